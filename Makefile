@@ -1,0 +1,28 @@
+# The README's two commands: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROMPT ?= Once upon a time, there was a little
+
+.PHONY: install run test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned to the CPU wheel on local disk, so nothing below can pull a CUDA build.
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,bench]'
+
+run: install
+	$(BIN)/hybridllm run --model default --max-tokens 48 "$(PROMPT)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/generate_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
