@@ -1,0 +1,76 @@
+"""The `hybridllm` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _cmd_run(args) -> int:
+    from .llm import LLM
+    from .sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()),
+                            ignore_eos=args.ignore_eos)
+    llm = LLM(model=args.model, policy=args.policy, dtype=args.dtype)
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    reason = None
+    for delta in llm.stream(args.prompt, params):
+        out.write(delta.text)
+        out.flush()
+        reason = delta.finish_reason
+    out.write(f"\n[finish_reason={reason}]\n")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from hybridllm.converters import convert
+
+    path = convert(args.src, args.out, progress=not args.quiet)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hybridllm", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log engine decisions")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate text in this process and stream it to stdout")
+    run.add_argument("prompt")
+    run.add_argument("--model", default="default", help='"default" (SmolLM2-135M), an HF folder or a .gguf file')
+    run.add_argument("--policy", default="auto")
+    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    run.add_argument("--max-tokens", type=int, default=64)
+    run.add_argument("--temperature", type=float, default=0.0)
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--top-k", type=int, default=0)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--stop", action="append", help="stop string (repeatable)")
+    run.add_argument("--ignore-eos", action="store_true")
+    run.set_defaults(func=_cmd_run)
+
+    conv = sub.add_parser("convert", help="GGUF file or HF folder -> HF folder with model.safetensors")
+    conv.add_argument("src")
+    conv.add_argument("out")
+    conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    conv.set_defaults(func=_cmd_convert)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+        print(f"hybridllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""LLMEngine: add / abort / step. Never imports Triton."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from ..attention import DeviceAttention
+from ..config import EngineConfig
+from ..kv import KVCacheManager, KVCacheTier, KVLayout, Tier
+from ..kv.layout import KV_DTYPES
+from ..models.config import ModelConfig
+from ..models.default import resolve_model
+from ..models.llama import LlamaModel
+from ..runtime import ModelRunner, num_device_blocks
+from ..sampling_params import SamplingParams
+from .detokenizer import IncrementalDetokenizer
+from .outputs import EngineStats, RequestOutput
+from .request import Request, RequestStatus
+from .sampler import sample
+from .scheduler import Scheduler
+from .stop import find_stop, held_back
+
+log = logging.getLogger("hybridllm")
+
+# Policies that run today; the rest arrive with the OpenVINO and policy issues.
+RUNNABLE_POLICIES = ("auto", "gpu_only")
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        if config.policy not in RUNNABLE_POLICIES:
+            raise NotImplementedError(
+                f"policy {config.policy!r} is not available yet; runnable policies: {', '.join(RUNNABLE_POLICIES)}")
+        if config.kv_cache_dtype == "u8":
+            raise ValueError("kv_cache_dtype 'u8' needs the OpenVINO host KV tier, which the device tier cannot hold")
+        self.model_path = resolve_model(config.model)
+        self.model_config = ModelConfig.from_folder(self.model_path)
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = _load_tokenizer(self.model_path)
+        self.model = LlamaModel.load(self.model_path, self.device, config.dtype)
+        mc = self.model_config
+        kv_dtype = self.model.dtype if config.kv_cache_dtype == "auto" else KV_DTYPES[config.kv_cache_dtype]
+        layout = KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, config.block_size, kv_dtype)
+        n_blocks = num_device_blocks(config, layout, self.device, self.model.weight_bytes)
+        self.device_kv = KVCacheTier(Tier.DEVICE, layout, n_blocks, self.device)
+        self.kv = KVCacheManager({Tier.DEVICE: self.device_kv}, config.block_size)
+        attn = DeviceAttention(self.device_kv.key_cache, self.device_kv.value_cache,
+                               mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
+        self.runner = ModelRunner(self.model, attn, config.block_size)
+        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
+        # A lone request must always fit in the pool, or it could never be rescheduled.
+        self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf,
+                                 n_blocks * config.block_size)
+        self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
+        self._num_steps = 0
+        self._num_preemptions = 0
+        self._next_seed = config.seed
+        log.info("engine ready: model=%s device=%s policy=%s (all on the compute device) "
+                 "device KV blocks=%d max_model_len=%d", self.model_path, self.device, config.policy,
+                 n_blocks, self.max_model_len)
+
+    # -- requests --------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: str | None, params: SamplingParams | None = None,
+                    prompt_token_ids: list[int] | None = None) -> None:
+        """Queues a request. Raises ValueError/TypeError, changing nothing, on bad input."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        if request_id in self.scheduler.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if prompt is not None and prompt_token_ids is not None:
+            raise ValueError("give either prompt or prompt_token_ids, not both")
+        if prompt_token_ids is None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+            if not prompt:
+                raise ValueError("prompt is empty")
+            prompt_token_ids = self.tokenizer.encode(prompt).ids
+        else:
+            prompt_token_ids = list(prompt_token_ids)
+            vocab = self.model_config.vocab_size
+            bad = [t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt_token_ids: {bad[0]!r} is not a token id in [0, {vocab})")
+        if not prompt_token_ids:
+            raise ValueError("prompt is empty (it has no tokens)")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt is {len(prompt_token_ids)} tokens; the context holds {self.max_model_len} "
+                f"(max_model_len), so the prompt must be at most {self.max_model_len - 1}")
+        generator = None
+        if not params.greedy:
+            seed = params.seed if params.seed is not None else self._take_seed()
+            generator = torch.Generator().manual_seed(seed)
+        detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids)
+        self.scheduler.add(Request(request_id, prompt, prompt_token_ids, params, detok, generator,
+                                   self.max_model_len))
+
+    def abort_request(self, request_id: str) -> bool:
+        """Drops the request and frees its blocks. False if it is unknown or already done."""
+        return self.scheduler.abort(request_id) is not None
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
+                           self.kv.num_used(Tier.DEVICE), self.device_kv.num_blocks,
+                           self._num_preemptions, self._num_steps)
+
+    # -- the loop --------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one batch; returns an output for every request that got a token."""
+        plan = self.scheduler.schedule()
+        self._num_preemptions += len(plan.preempted)
+        if plan.empty:
+            return []
+        logits = self.runner.execute(list(plan.scheduled))          # [num sampled, vocab]
+        self._num_steps += 1
+        sampled = [s for s in plan.scheduled if s.sample]
+        reqs = [self.scheduler.requests[s.request_id] for s in sampled]
+        tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
+        for s in plan.scheduled:
+            self.scheduler.requests[s.request_id].num_computed_tokens += len(s.token_ids)
+        return [self._append(req, tok) for req, tok in zip(reqs, tokens)]
+
+    def _append(self, req: Request, token: int) -> RequestOutput:
+        req.output_token_ids.append(token)
+        p = req.params
+        status = None
+        if token in self.eos_token_ids and not p.ignore_eos:
+            status = RequestStatus.FINISHED_STOPPED
+        else:
+            before = len(req.text)
+            req.text += req.detokenizer.push(token)
+            if p.stop:
+                cut = find_stop(req.text, before, p.stop)
+                if cut != -1:
+                    req.text = req.text[:cut]
+                    status = RequestStatus.FINISHED_STOPPED
+        if status is None and (len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= req.max_total_tokens):
+            status = RequestStatus.FINISHED_LENGTH
+            req.text += req.detokenizer.flush()
+        if status is not None:
+            self.scheduler.finish(req, status)
+        return self._output(req)
+
+    def _output(self, req: Request) -> RequestOutput:
+        end = len(req.text)
+        if not req.status.finished and req.params.stop:
+            end -= held_back(req.text, req.params.stop)
+        delta = req.text[req.num_sent_chars:end]
+        req.num_sent_chars = max(req.num_sent_chars, end)
+        new_ids = tuple(req.output_token_ids[req.num_sent_tokens:])
+        req.num_sent_tokens = len(req.output_token_ids)
+        return RequestOutput(req.request_id, req.prompt, tuple(req.prompt_token_ids), req.text,
+                             tuple(req.output_token_ids), delta, new_ids, req.finish_reason)
+
+    def _take_seed(self) -> int:
+        self._next_seed += 1
+        return self._next_seed
+
+
+def _load_tokenizer(folder: Path) -> Tokenizer:
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"model folder {folder}: tokenizer.json not found")
+    return Tokenizer.from_file(str(path))
+
+
+def _generation_eos(folder: Path) -> set[int]:
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return set()
+    eos = json.loads(path.read_text()).get("eos_token_id")
+    return set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())

@@ -1,0 +1,58 @@
+"""Request: the engine's mutable record of one generation."""
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from ..sampling_params import SamplingParams
+from .detokenizer import IncrementalDetokenizer
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
+                        RequestStatus.FINISHED_ABORTED)
+
+
+class Request:
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
+                 params: SamplingParams, detokenizer: IncrementalDetokenizer,
+                 generator: torch.Generator | None, max_total_tokens: int):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.output_token_ids: list[int] = []
+        self.num_computed_tokens = 0    # tokens whose K/V are in the cache
+        self.status = RequestStatus.WAITING
+        self.detokenizer = detokenizer
+        self.generator = generator
+        self.max_total_tokens = max_total_tokens  # prompt + output may not pass this (context / pool limit)
+        self.text = ""                  # output text so far, stop strings cut off
+        self.num_sent_chars = 0         # how much of `text` has been streamed
+        self.num_sent_tokens = 0
+        self.num_preemptions = 0
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.status.value if self.status.finished else None

@@ -1,0 +1,94 @@
+"""KVCacheManager: per-request block tables over the tiers."""
+from __future__ import annotations
+
+from typing import Hashable
+
+from .block_pool import KVLeakError
+from .cache import KVCacheTier
+from .layout import Tier
+
+
+class KVCacheManager:
+    """Maps each request to its tier and its block_table (a list of block ids).
+
+    A request's KV lives wholly on one tier. Token at position p sits in
+    block_table[p // block_size] at offset p % block_size, i.e. at slot
+    block_table[p // block_size] * block_size + p % block_size.
+    """
+
+    def __init__(self, tiers: dict[Tier, KVCacheTier], block_size: int):
+        self.tiers = tiers
+        self.block_size = block_size
+        self._tables: dict[Hashable, list[int]] = {}
+        self._tier_of: dict[Hashable, Tier] = {}
+
+    def pool(self, tier: Tier = Tier.DEVICE):
+        return self.tiers[tier].pool
+
+    def has(self, request_id: Hashable) -> bool:
+        return request_id in self._tables
+
+    def tier_of(self, request_id: Hashable) -> Tier:
+        return self._tier_of[request_id]
+
+    def block_table(self, request_id: Hashable) -> list[int]:
+        return self._tables.get(request_id, [])
+
+    def blocks_needed(self, request_id: Hashable, num_tokens: int) -> int:
+        """Extra blocks request_id needs to hold num_tokens tokens in total."""
+        have = len(self._tables.get(request_id, ()))
+        return max(0, -(-num_tokens // self.block_size) - have)
+
+    def allocate_slots(self, request_id: Hashable, num_tokens: int, tier: Tier = Tier.DEVICE) -> bool:
+        """Grow request_id's table to hold num_tokens tokens. False, with nothing taken, if short."""
+        if request_id in self._tier_of and self._tier_of[request_id] != tier:
+            raise KVLeakError(f"request {request_id!r} lives on {self._tier_of[request_id].value}, not {tier.value}")
+        need = self.blocks_needed(request_id, num_tokens)
+        if need == 0:
+            self._tables.setdefault(request_id, [])
+            self._tier_of.setdefault(request_id, tier)
+            return True
+        blocks = self.tiers[tier].pool.allocate(need, request_id)
+        if blocks is None:
+            return False
+        self._tables.setdefault(request_id, []).extend(blocks)
+        self._tier_of[request_id] = tier
+        return True
+
+    def free(self, request_id: Hashable) -> int:
+        """Release every block of request_id; returns how many. Unknown ids free nothing."""
+        table = self._tables.pop(request_id, None)
+        tier = self._tier_of.pop(request_id, None)
+        if not table:
+            return 0
+        self.tiers[tier].pool.free(table, request_id)
+        return len(table)
+
+    def slot_mapping(self, request_id: Hashable, start: int, end: int) -> list[int]:
+        """Slots of positions [start, end) of request_id."""
+        table = self._tables[request_id]
+        bs = self.block_size
+        if end > len(table) * bs:
+            raise KVLeakError(f"request {request_id!r}: position {end - 1} has no block")
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def num_used(self, tier: Tier = Tier.DEVICE) -> int:
+        return self.tiers[tier].pool.num_used
+
+    def num_free(self, tier: Tier = Tier.DEVICE) -> int:
+        return self.tiers[tier].pool.num_free
+
+    def check(self) -> None:
+        """Raise unless every pool is consistent and tables match pool ownership exactly."""
+        for tier, cache in self.tiers.items():
+            cache.pool.check()
+            owned: dict[int, Hashable] = {}
+            for rid, table in self._tables.items():
+                if self._tier_of[rid] != tier:
+                    continue
+                for b in table:
+                    if b in owned:
+                        raise KVLeakError(f"{tier.value} block {b} in the tables of {owned[b]!r} and {rid!r}")
+                    owned[b] = rid
+            if owned != cache.pool._owner:
+                raise KVLeakError(f"{tier.value} pool ownership differs from the block tables")

@@ -1,0 +1,142 @@
+"""Llama-family decoder (Llama, Mistral, Qwen2) as plain tensors.
+
+Attention is not in here: a layer is split into `attn_inputs` (norm, QKV
+projection, RoPE) and `attn_finish` (output projection, MLP, residuals), so
+the runtime can run the attention itself on whichever device holds the KV.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from .config import ModelConfig
+from .rope import RotaryEmbedding
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor          # [hidden]
+    qkv: torch.Tensor                 # [(H + 2 * KVH) * D, hidden]
+    qkv_bias: torch.Tensor | None     # [(H + 2 * KVH) * D]
+    o_proj: torch.Tensor              # [hidden, H * D]
+    post_norm: torch.Tensor           # [hidden]
+    gate_up: torch.Tensor             # [2 * intermediate, hidden]
+    down: torch.Tensor                # [hidden, intermediate]
+
+
+class LlamaModel:
+    def __init__(self, cfg: ModelConfig, layers: list[LayerWeights], embed: torch.Tensor,
+                 norm: torch.Tensor, lm_head: torch.Tensor, device: torch.device, dtype: torch.dtype):
+        self.cfg = cfg
+        self.layers = layers
+        self.embed_tokens = embed     # [vocab, hidden]
+        self.norm = norm              # [hidden]
+        self.lm_head = lm_head        # [vocab, hidden]; the same tensor as embed when tied
+        self.device = device
+        self.dtype = dtype
+        self.rope = RotaryEmbedding(cfg, device, dtype)
+        self.q_size = cfg.num_attention_heads * cfg.head_dim
+        self.kv_size = cfg.num_key_value_heads * cfg.head_dim
+
+    # -- the pieces the runtime strings together ---------------------------------
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.embed_tokens)          # [T, hidden]
+
+    def attn_inputs(self, i: int, h: torch.Tensor, positions: torch.Tensor):
+        """h: [T, hidden] -> q [T, H, D], k [T, KVH, D], v [T, KVH, D] (RoPE applied)."""
+        w = self.layers[i]
+        cfg = self.cfg
+        x = rms_norm(h, w.input_norm, cfg.rms_norm_eps)
+        qkv = F.linear(x, w.qkv, w.qkv_bias)                      # [T, (H + 2 * KVH) * D]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, cfg.num_attention_heads, cfg.head_dim)
+        k = k.view(-1, cfg.num_key_value_heads, cfg.head_dim)
+        v = v.view(-1, cfg.num_key_value_heads, cfg.head_dim)
+        q, k = self.rope(q, k, positions)
+        return q, k, v
+
+    def attn_finish(self, i: int, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """h: [T, hidden], attn_out: [T, H * D] -> the layer's output [T, hidden]."""
+        w = self.layers[i]
+        h = h + F.linear(attn_out, w.o_proj)
+        x = rms_norm(h, w.post_norm, self.cfg.rms_norm_eps)
+        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)        # [T, intermediate] each
+        return h + F.linear(F.silu(gate) * up, w.down)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h: [S, hidden] (last token of each sampled sequence) -> [S, vocab] in float32."""
+        x = rms_norm(h, self.norm, self.cfg.rms_norm_eps)
+        return F.linear(x, self.lm_head).float()
+
+    # -- loading ---------------------------------------------------------------
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu",
+             dtype: str = "float32") -> "LlamaModel":
+        folder = Path(folder)
+        cfg = ModelConfig.from_folder(folder)
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
+        tdtype = TORCH_DTYPES[dtype]
+        device = torch.device(device)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"model folder {folder}: no *.safetensors weights found")
+        # safe_open memory-maps the file; only the tensors we touch are read.
+        handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
+        where = {name: h for h in handles for name in h.keys()}
+
+        def get(name: str, required: bool = True) -> torch.Tensor | None:
+            if name not in where:
+                if required:
+                    raise ValueError(f"model folder {folder}: weight {name!r} is missing")
+                return None
+            return where[name].get_tensor(name).to(device=device, dtype=tdtype)
+
+        def cat(*names: str) -> torch.Tensor:
+            return torch.cat([get(n) for n in names], dim=0).contiguous()
+
+        layers = []
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            bias = None
+            if cfg.attention_bias:
+                bias = cat(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias")
+            layers.append(LayerWeights(
+                input_norm=get(p + "input_layernorm.weight"),
+                qkv=cat(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                qkv_bias=bias,
+                o_proj=get(a + "o_proj.weight"),
+                post_norm=get(p + "post_attention_layernorm.weight"),
+                gate_up=cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                down=get(p + "mlp.down_proj.weight"),
+            ))
+        embed = get("model.embed_tokens.weight")
+        lm_head = get("lm_head.weight", required=not cfg.tie_word_embeddings)
+        if lm_head is None:
+            lm_head = embed
+        return cls(cfg, layers, embed, get("model.norm.weight"), lm_head, device, tdtype)
+
+    @property
+    def weight_bytes(self) -> int:
+        ts = [self.embed_tokens, self.norm]
+        if self.lm_head is not self.embed_tokens:
+            ts.append(self.lm_head)
+        for w in self.layers:
+            ts += [t for t in vars(w).values() if t is not None]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # In float32 like HF, then back to the activation dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)

@@ -1,0 +1,41 @@
+"""How many KV blocks each tier gets. Decided once, at start-up."""
+from __future__ import annotations
+
+import torch
+
+from ..config import GiB, EngineConfig
+from ..kv import KVLayout
+
+CPU_DEFAULT_DEVICE_KV_BYTES = 1 * GiB   # with no GPU, the "device" tier is host memory too
+ACTIVATION_RESERVE = 0.10               # share of the device kept for activations and the allocator
+
+
+def device_kv_bytes(cfg: EngineConfig, device: torch.device, weight_bytes: int) -> int:
+    """Bytes for the device KV tier: the explicit cap, else what fits beside the weights."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        limit = min(total, cfg.device_memory_bytes or total)
+        fits = int(limit * (1 - ACTIVATION_RESERVE)) - weight_bytes
+        fits = min(fits, free - int(total * ACTIVATION_RESERVE))
+    else:
+        fits = CPU_DEFAULT_DEVICE_KV_BYTES
+        if cfg.device_memory_bytes is not None:
+            fits = int(cfg.device_memory_bytes * (1 - ACTIVATION_RESERVE)) - weight_bytes
+    want = cfg.device_kv_bytes if cfg.device_kv_bytes is not None else fits
+    if cfg.device_memory_bytes is not None and want > fits:
+        raise ValueError(
+            f"device_kv_bytes ({want}) does not fit in device_memory_bytes ({cfg.device_memory_bytes}) "
+            f"beside {weight_bytes} bytes of weights; at most {max(fits, 0)} fits")
+    if want <= 0:
+        raise ValueError(
+            f"no device memory left for the KV cache: the weights take {weight_bytes} bytes "
+            f"of device_memory_bytes={cfg.device_memory_bytes}")
+    return want
+
+
+def num_device_blocks(cfg: EngineConfig, layout: KVLayout, device: torch.device, weight_bytes: int) -> int:
+    n = layout.num_blocks_for(device_kv_bytes(cfg, device, weight_bytes))
+    if n < 1:
+        raise ValueError(
+            f"device_kv_bytes holds no KV block: one block takes {layout.bytes_per_block} bytes")
+    return n
