@@ -21,9 +21,9 @@ class KVCacheTier:
         self.device = torch.device(device)
         self.num_blocks = num_blocks
         shape = (layout.num_layers, num_blocks, layout.num_kv_heads, layout.block_size, layout.head_dim)
-        # empty, not zeros: a block is always written before it is read.
-        self._k = torch.empty(shape, dtype=layout.dtype, device=self.device, pin_memory=pin_memory)
-        self._v = torch.empty(shape, dtype=layout.dtype, device=self.device, pin_memory=pin_memory)
+        # zeros, not empty: masked-out slots still enter the matmul, and 0 * NaN garbage is NaN.
+        self._k = torch.zeros(shape, dtype=layout.dtype, device=self.device, pin_memory=pin_memory)
+        self._v = torch.zeros(shape, dtype=layout.dtype, device=self.device, pin_memory=pin_memory)
         self.key_cache = list(self._k.unbind(0))    # per layer: [num_blocks, kv_heads, block_size, head_dim]
         self.value_cache = list(self._v.unbind(0))
         self.pool = BlockPool(num_blocks, name=tier.value)
