@@ -1,0 +1,91 @@
+"""The real default model (SmolLM2-135M, converted from its GGUF) against HF transformers.
+
+Greedy tokens must be equal token for token in fp32.
+"""
+import pytest
+import torch
+
+from hybridllm import LLM, SamplingParams
+
+from .tiny_models import hf_greedy
+
+PROMPTS = [
+    "Hi",
+    "Once upon a time, there was a little",
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "List three colours: red,",
+    "In 1969, Neil Armstrong",
+    "The quick brown fox jumps over the lazy dog. " * 6 + "Then the fox",
+    ("Photosynthesis is the process by which green plants and some other organisms use sunlight to "
+     "synthesize foods from carbon dioxide and water. " * 5) + "In summary, photosynthesis",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,",
+]
+N = 32
+GREEDY = SamplingParams(max_tokens=N, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LLM(model="default")
+
+
+@pytest.fixture(scope="module")
+def hf_tokens(default_model_path, llm):
+    import transformers
+    hf = transformers.AutoModelForCausalLM.from_pretrained(default_model_path, dtype=torch.float32).eval()
+    return [hf_greedy(hf, llm.tokenizer.encode(p).ids, N) for p in PROMPTS]
+
+
+def test_prompts_have_different_lengths(llm):
+    lengths = [len(llm.tokenizer.encode(p).ids) for p in PROMPTS]
+    assert len(set(lengths)) >= 8 and min(lengths) == 1 and max(lengths) > 100
+
+
+def test_greedy_batched_matches_hf_token_for_token(llm, hf_tokens):
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    for prompt, out, ref in zip(PROMPTS, outs, hf_tokens):
+        assert list(out.token_ids) == ref, f"prompt {prompt[:40]!r}"
+        assert out.finish_reason == "length"
+    assert llm.engine.kv.num_used() == 0
+
+
+def test_one_at_a_time_matches_hf(llm, hf_tokens):
+    for prompt, ref in zip(PROMPTS, hf_tokens):
+        (out,) = llm.generate([prompt], GREEDY, use_tqdm=False)
+        assert list(out.token_ids) == ref
+
+
+def test_staggered_arrivals_small_budget_and_preemption_match_hf(default_model_path, hf_tokens):
+    # A small token budget forces chunked prefill; a small KV pool forces preemption (recompute).
+    llm = LLM(model=str(default_model_path), max_num_batched_tokens=48, max_num_seqs=6,
+              device_kv_bytes=24 * 16 * 46080)   # 24 blocks of 16 tokens
+    engine = llm.engine
+    outs = {}
+    pending = list(enumerate(PROMPTS))
+    step = 0
+    while pending or engine.has_unfinished_requests():
+        if pending and step % 3 == 0:          # a new arrival every third step
+            i, p = pending.pop(0)
+            engine.add_request(f"r{i}", p, GREEDY)
+        for o in engine.step():
+            if o.finished:
+                outs[o.request_id] = o
+        engine.kv.check()
+        step += 1
+    assert engine.stats().num_preemptions > 0, "the KV pool was meant to force preemption"
+    for i, ref in enumerate(hf_tokens):
+        assert list(outs[f"r{i}"].token_ids) == ref, f"prompt {i}"
+    assert engine.kv.num_used() == 0
+
+
+def test_stream_concatenates_to_generate_text(llm):
+    params = SamplingParams(max_tokens=40, temperature=0.0)
+    deltas = list(llm.stream(PROMPTS[1], params))
+    (full,) = llm.generate([PROMPTS[1]], params, use_tqdm=False)
+    assert "".join(d.text for d in deltas) == full.text
+    assert sum((d.token_ids for d in deltas), ()) == full.token_ids
+    assert [d.finish_reason for d in deltas][-1] == full.finish_reason
+    assert all(d.finish_reason is None for d in deltas[:-1])
+    assert full.text.startswith(" girl named Emma")
