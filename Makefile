@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first, pinned to the CPU wheel on local disk, so nothing below can pull a CUDA build.
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,serve]'
 
 run: install
 	$(BIN)/hybridllm run --model default --max-tokens 48 "$(PROMPT)"

@@ -9,14 +9,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from ..attention import DeviceAttention
 from ..config import EngineConfig
-from ..kv import KVCacheManager, KVCacheTier, KVLayout, Tier
-from ..kv.layout import KV_DTYPES
 from ..models.config import ModelConfig
 from ..models.default import resolve_model
-from ..models.llama import LlamaModel
-from ..runtime import ModelRunner, num_device_blocks
+from ..runtime.factory import build_runtime
 from ..sampling_params import SamplingParams
 from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
@@ -27,43 +23,29 @@ from .stop import find_stop, held_back
 
 log = logging.getLogger("hybridllm")
 
-# Policies that run today; the rest arrive with the OpenVINO and policy issues.
-RUNNABLE_POLICIES = ("auto", "gpu_only")
-
-
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
-        if config.policy not in RUNNABLE_POLICIES:
-            raise NotImplementedError(
-                f"policy {config.policy!r} is not available yet; runnable policies: {', '.join(RUNNABLE_POLICIES)}")
-        if config.kv_cache_dtype == "u8":
-            raise ValueError("kv_cache_dtype 'u8' needs the OpenVINO host KV tier, which the device tier cannot hold")
         self.model_path = resolve_model(config.model)
-        self.model_config = ModelConfig.from_folder(self.model_path)
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model_config = mc = ModelConfig.from_folder(self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
-        self.model = LlamaModel.load(self.model_path, self.device, config.dtype)
-        mc = self.model_config
-        kv_dtype = self.model.dtype if config.kv_cache_dtype == "auto" else KV_DTYPES[config.kv_cache_dtype]
-        layout = KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, config.block_size, kv_dtype)
-        n_blocks = num_device_blocks(config, layout, self.device, self.model.weight_bytes)
-        self.device_kv = KVCacheTier(Tier.DEVICE, layout, n_blocks, self.device)
-        self.kv = KVCacheManager({Tier.DEVICE: self.device_kv}, config.block_size)
-        attn = DeviceAttention(self.device_kv.key_cache, self.device_kv.value_cache,
-                               mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
-        self.runner = ModelRunner(self.model, attn, config.block_size)
-        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runtime = build_runtime(config, self.model_path, mc)
+        self.model = self.runtime.model
+        self.device = self.runtime.device
+        self.kv = self.runtime.kv
+        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.runtime.tier)
+        n_blocks = self.kv.pool(self.runtime.tier).num_blocks
         # A lone request must always fit in the pool, or it could never be rescheduled.
         self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf,
                                  n_blocks * config.block_size)
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
         self._num_steps = 0
+        self._steps_by_policy: dict[str, int] = {}
         self._num_preemptions = 0
         self._next_seed = config.seed
-        log.info("engine ready: model=%s device=%s policy=%s (all on the compute device) "
-                 "device KV blocks=%d max_model_len=%d", self.model_path, self.device, config.policy,
-                 n_blocks, self.max_model_len)
+        log.info("engine ready: model=%s device=%s policy=%s runs %s, KV blocks=%d on the %s tier, "
+                 "max_model_len=%d", self.model_path, self.device, config.policy, self.runtime.policy,
+                 n_blocks, self.runtime.tier.value, self.max_model_len)
 
     # -- requests --------------------------------------------------------------
 
@@ -113,9 +95,12 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def stats(self) -> EngineStats:
-        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
-                           self.kv.num_used(Tier.DEVICE), self.device_kv.num_blocks,
-                           self._num_preemptions, self._num_steps)
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            blocks_used={t.value: self.kv.num_used(t) for t in self.kv.tiers},
+            blocks_total={t.value: self.kv.pool(t).num_blocks for t in self.kv.tiers},
+            num_preemptions=self._num_preemptions, num_steps=self._num_steps,
+            steps_by_policy=dict(self._steps_by_policy))
 
     # -- the loop --------------------------------------------------------------
 
@@ -125,8 +110,9 @@ class LLMEngine:
         self._num_preemptions += len(plan.preempted)
         if plan.empty:
             return []
-        logits = self.runner.execute(list(plan.scheduled))          # [num sampled, vocab]
+        logits = self.runtime.executor.execute(list(plan.scheduled))  # [num sampled, vocab]
         self._num_steps += 1
+        self._steps_by_policy[self.runtime.policy] = self._steps_by_policy.get(self.runtime.policy, 0) + 1
         sampled = [s for s in plan.scheduled if s.sample]
         reqs = [self.scheduler.requests[s.request_id] for s in sampled]
         tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])

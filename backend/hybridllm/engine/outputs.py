@@ -24,10 +24,11 @@ class RequestOutput:
 class EngineStats:
     num_running: int
     num_waiting: int
-    device_blocks_used: int
-    device_blocks_total: int
+    blocks_used: dict[str, int]     # per tier ("device", "host")
+    blocks_total: dict[str, int]
     num_preemptions: int
     num_steps: int
+    steps_by_policy: dict[str, int]
 
 
 @dataclass(frozen=True)

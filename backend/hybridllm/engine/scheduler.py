@@ -34,8 +34,10 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 tier: Tier = Tier.DEVICE):
         self.kv = kv
+        self.tier = tier            # where new requests' KV goes
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Request] = deque()
@@ -59,7 +61,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            while not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, Tier.DEVICE):
+            while not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, self.tier):
                 victim = self.running.pop()
                 self._preempt(victim)
                 preempted.append(victim.request_id)
@@ -75,7 +77,7 @@ class Scheduler:
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, Tier.DEVICE):
+            if not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, self.tier):
                 break
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
