@@ -33,8 +33,10 @@ class LLMEngine:
         self.model = self.runtime.model
         self.device = self.runtime.device
         self.kv = self.runtime.kv
-        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, self.runtime.tier)
-        n_blocks = self.kv.pool(self.runtime.tier).num_blocks
+        rt = self.runtime
+        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
+                                   rt.tier, rt.decode_tier)
+        n_blocks = min(self.kv.pool(rt.tier).num_blocks, self.kv.pool(rt.decode_tier).num_blocks)
         # A lone request must always fit in the pool, or it could never be rescheduled.
         self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf,
                                  n_blocks * config.block_size)
@@ -43,9 +45,10 @@ class LLMEngine:
         self._steps_by_policy: dict[str, int] = {}
         self._num_preemptions = 0
         self._next_seed = config.seed
-        log.info("engine ready: model=%s device=%s policy=%s runs %s, KV blocks=%d on the %s tier, "
-                 "max_model_len=%d", self.model_path, self.device, config.policy, self.runtime.policy,
-                 n_blocks, self.runtime.tier.value, self.max_model_len)
+        log.info("engine ready: model=%s device=%s policy=%s -> prefill %s, decode %s (%s); KV blocks %s; "
+                 "max_model_len=%d", self.model_path, self.device, config.policy, rt.prefill_policy,
+                 rt.decode_policy, rt.reason, {t.value: p.num_blocks for t, p in self.kv.tiers.items()},
+                 self.max_model_len)
 
     # -- requests --------------------------------------------------------------
 
@@ -110,15 +113,31 @@ class LLMEngine:
         self._num_preemptions += len(plan.preempted)
         if plan.empty:
             return []
-        logits = self.runtime.executor.execute(list(plan.scheduled))  # [num sampled, vocab]
+        for c in plan.copies:   # requests changing tier: their K/V must arrive before the step reads it
+            self.kv.copy_blocks(c.src_tier, list(c.src_blocks), c.dst_tier, list(c.dst_blocks))
+        sampled, logits = self._execute(list(plan.scheduled))         # logits: [num sampled, vocab]
         self._num_steps += 1
-        self._steps_by_policy[self.runtime.policy] = self._steps_by_policy.get(self.runtime.policy, 0) + 1
-        sampled = [s for s in plan.scheduled if s.sample]
         reqs = [self.scheduler.requests[s.request_id] for s in sampled]
         tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
         for s in plan.scheduled:
             self.scheduler.requests[s.request_id].num_computed_tokens += len(s.token_ids)
         return [self._append(req, tok) for req, tok in zip(reqs, tokens)]
+
+    def _execute(self, seqs):
+        """Runs each sequence with the executor of the tier its KV is on; returns (sampled seqs, logits)."""
+        rt = self.runtime
+        groups = {rt.prefill_policy: seqs}
+        if rt.decode_policy != rt.prefill_policy:
+            on_decode = [s for s in seqs if self.kv.tier_of(s.request_id) == rt.decode_tier]
+            groups = {rt.prefill_policy: [s for s in seqs if s not in on_decode], rt.decode_policy: on_decode}
+        sampled, logits = [], []
+        for policy, group in groups.items():
+            if not group:
+                continue
+            logits.append(rt.executors[policy].execute(group))
+            sampled += [s for s in group if s.sample]
+            self._steps_by_policy[policy] = self._steps_by_policy.get(policy, 0) + 1
+        return sampled, torch.cat(logits) if logits else None
 
     def _append(self, req: Request, token: int) -> RequestOutput:
         req.output_token_ids.append(token)

@@ -20,9 +20,20 @@ from .request import Request, RequestStatus
 
 
 @dataclass(frozen=True)
+class BlockCopy:
+    """K/V to copy between tiers before the step runs (a request changing tier)."""
+    request_id: str
+    src_tier: Tier
+    src_blocks: tuple[int, ...]
+    dst_tier: Tier
+    dst_blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class SchedulerOutput:
     scheduled: tuple[StepInput, ...]
     preempted: tuple[str, ...]
+    copies: tuple[BlockCopy, ...] = ()
 
     @property
     def num_batched_tokens(self) -> int:
@@ -35,9 +46,10 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 tier: Tier = Tier.DEVICE):
+                 tier: Tier = Tier.DEVICE, decode_tier: Tier | None = None):
         self.kv = kv
-        self.tier = tier            # where new requests' KV goes
+        self.tier = tier                            # where prefills' KV goes
+        self.decode_tier = decode_tier or tier      # where decodes' KV must be (moved there after prefill)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Request] = deque()
@@ -57,11 +69,12 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[StepInput] = []
         preempted: list[str] = []
+        copies: list[BlockCopy] = []
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            while not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, self.tier):
+            while not self._reserve(req, n, copies):
                 victim = self.running.pop()
                 self._preempt(victim)
                 preempted.append(victim.request_id)
@@ -84,7 +97,21 @@ class Scheduler:
             self.running.append(req)
             scheduled.append(self._step_input(req, n))
             budget -= n
-        return SchedulerOutput(tuple(scheduled), tuple(preempted))
+        return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(copies))
+
+    def _reserve(self, req: Request, n: int, copies: list[BlockCopy]) -> bool:
+        """Blocks for req's next n tokens, on the tier its phase runs on (moving it there if needed)."""
+        total = req.num_computed_tokens + n
+        decoding = n == 1 and total == req.num_tokens and req.num_computed_tokens > 0
+        tier = self.decode_tier if decoding else self.tier
+        if self.kv.has(req.request_id) and self.kv.tier_of(req.request_id) != tier:
+            moved = self.kv.migrate(req.request_id, tier, total)
+            if moved is None:
+                return False
+            src_tier, src, dst = moved
+            copies.append(BlockCopy(req.request_id, src_tier, tuple(src), tier, tuple(dst)))
+            return True
+        return self.kv.allocate_slots(req.request_id, total, tier)
 
     def _step_input(self, req: Request, n: int) -> StepInput:
         start = req.num_computed_tokens

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Hashable
 
+import torch
+
 from .block_pool import KVLeakError
 from .cache import KVCacheTier
 from .layout import Tier
@@ -63,6 +65,33 @@ class KVCacheManager:
             return 0
         self.tiers[tier].pool.free(table, request_id)
         return len(table)
+
+    def migrate(self, request_id: Hashable, to: Tier, num_tokens: int) -> tuple[Tier, list[int], list[int]] | None:
+        """Moves request_id's table to tier `to`, sized for num_tokens; returns (from, src, dst) blocks.
+
+        Bookkeeping only: the caller copies src -> dst before anything writes to
+        the freed src blocks. None, with nothing changed, when `to` is short.
+        """
+        src_tier = self._tier_of[request_id]
+        src = self._tables[request_id]
+        need = max(len(src), -(-num_tokens // self.block_size))
+        dst = self.tiers[to].pool.allocate(need, request_id)
+        if dst is None:
+            return None
+        self.tiers[src_tier].pool.free(src, request_id)
+        self._tables[request_id] = list(dst)
+        self._tier_of[request_id] = to
+        return src_tier, list(src), list(dst)
+
+    def copy_blocks(self, src_tier: Tier, src: list[int], dst_tier: Tier, dst: list[int]) -> None:
+        """Copies the K/V of blocks src (on src_tier) into blocks dst (on dst_tier), every layer."""
+        a, b = self.tiers[src_tier], self.tiers[dst_tier]
+        n = min(len(src), len(dst))
+        si = torch.tensor(src[:n], dtype=torch.int64, device=a.device)
+        di = torch.tensor(dst[:n], dtype=torch.int64, device=b.device)
+        for layer in range(a.layout.num_layers):
+            b.key_cache[layer][di] = a.key_cache[layer][si].to(b.device, b.layout.dtype)
+            b.value_cache[layer][di] = a.value_cache[layer][si].to(b.device, b.layout.dtype)
 
     def slot_mapping(self, request_id: Hashable, start: int, end: int) -> list[int]:
         """Slots of positions [start, end) of request_id."""

@@ -49,9 +49,11 @@ class LlamaModel:
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.embed_tokens)          # [T, hidden]
 
-    def attn_inputs(self, i: int, h: torch.Tensor, positions: torch.Tensor):
-        """h: [T, hidden] -> q [T, H, D], k [T, KVH, D], v [T, KVH, D] (RoPE applied)."""
-        w = self.layers[i]
+    def attn_inputs(self, i: int, h: torch.Tensor, positions: torch.Tensor, w: LayerWeights | None = None):
+        """h: [T, hidden] -> q [T, H, D], k [T, KVH, D], v [T, KVH, D] (RoPE applied).
+
+        w overrides layer i's weights (e.g. a staging copy streamed in by gpu_offload)."""
+        w = w or self.layers[i]
         cfg = self.cfg
         x = rms_norm(h, w.input_norm, cfg.rms_norm_eps)
         qkv = F.linear(x, w.qkv, w.qkv_bias)                      # [T, (H + 2 * KVH) * D]
@@ -62,9 +64,10 @@ class LlamaModel:
         q, k = self.rope(q, k, positions)
         return q, k, v
 
-    def attn_finish(self, i: int, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    def attn_finish(self, i: int, h: torch.Tensor, attn_out: torch.Tensor,
+                    w: LayerWeights | None = None) -> torch.Tensor:
         """h: [T, hidden], attn_out: [T, H * D] -> the layer's output [T, hidden]."""
-        w = self.layers[i]
+        w = w or self.layers[i]
         h = h + F.linear(attn_out, w.o_proj)
         x = rms_norm(h, w.post_norm, self.cfg.rms_norm_eps)
         gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)        # [T, intermediate] each
@@ -79,7 +82,8 @@ class LlamaModel:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu",
-             dtype: str = "float32") -> "LlamaModel":
+             dtype: str = "float32", layer_device: str | torch.device | None = None) -> "LlamaModel":
+        """layer_device puts the decoder layers elsewhere (host memory for gpu_offload)."""
         folder = Path(folder)
         cfg = ModelConfig.from_folder(folder)
         if dtype not in TORCH_DTYPES:
@@ -93,15 +97,17 @@ class LlamaModel:
         handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
         where = {name: h for h in handles for name in h.keys()}
 
-        def get(name: str, required: bool = True) -> torch.Tensor | None:
+        ldev = torch.device(layer_device) if layer_device is not None else device
+
+        def get(name: str, required: bool = True, dev: torch.device = device) -> torch.Tensor | None:
             if name not in where:
                 if required:
                     raise ValueError(f"model folder {folder}: weight {name!r} is missing")
                 return None
-            return where[name].get_tensor(name).to(device=device, dtype=tdtype)
+            return where[name].get_tensor(name).to(device=dev, dtype=tdtype)
 
         def cat(*names: str) -> torch.Tensor:
-            return torch.cat([get(n) for n in names], dim=0).contiguous()
+            return torch.cat([get(n, dev=ldev) for n in names], dim=0).contiguous()
 
         layers = []
         for i in range(cfg.num_hidden_layers):
@@ -111,15 +117,21 @@ class LlamaModel:
             if cfg.attention_bias:
                 bias = cat(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias")
             layers.append(LayerWeights(
-                input_norm=get(p + "input_layernorm.weight"),
+                input_norm=get(p + "input_layernorm.weight", dev=ldev),
                 qkv=cat(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
                 qkv_bias=bias,
-                o_proj=get(a + "o_proj.weight"),
-                post_norm=get(p + "post_attention_layernorm.weight"),
+                o_proj=get(a + "o_proj.weight", dev=ldev),
+                post_norm=get(p + "post_attention_layernorm.weight", dev=ldev),
                 gate_up=cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
-                down=get(p + "mlp.down_proj.weight"),
+                down=get(p + "mlp.down_proj.weight", dev=ldev),
             ))
         embed = get("model.embed_tokens.weight")
+        if ldev.type == "cpu" and device.type == "cuda":
+            # Pinned host memory lets the copy stream move layers asynchronously.
+            for w in layers:
+                for f, t in vars(w).items():
+                    if t is not None:
+                        setattr(w, f, t.pin_memory())
         lm_head = get("lm_head.weight", required=not cfg.tie_word_embeddings)
         if lm_head is None:
             lm_head = embed
@@ -127,12 +139,19 @@ class LlamaModel:
 
     @property
     def weight_bytes(self) -> int:
+        return self.resident_bytes + sum(layer_bytes(w) for w in self.layers)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Embedding, final norm and LM head: what stays on the device under gpu_offload."""
         ts = [self.embed_tokens, self.norm]
         if self.lm_head is not self.embed_tokens:
             ts.append(self.lm_head)
-        for w in self.layers:
-            ts += [t for t in vars(w).values() if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
+
+
+def layer_bytes(w: LayerWeights) -> int:
+    return sum(t.numel() * t.element_size() for t in vars(w).values() if t is not None)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

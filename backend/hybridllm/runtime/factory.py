@@ -1,9 +1,14 @@
-"""Builds the runtime for a policy: the model on its device, the KV tiers, and the executor.
+"""Builds the runtime for a policy: the model on its device, the KV tiers, and the executors.
 
 Decided once at start-up. Every executor has `execute(seqs: list[StepInput]) -> logits`.
+A runtime may hold two executors, one for prefill and one for decode (the
+planner's per-phase choice); the scheduler then moves each request's KV to the
+decode executor's tier once its prefill is done.
 """
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +24,10 @@ from ..models.llama import LlamaModel
 from .memory import num_device_blocks
 from .model_runner import ModelRunner, StepInput
 
+log = logging.getLogger("hybridllm")
+HOST = torch.device("cpu")
+KV_TIER = {"gpu_only": Tier.DEVICE, "gpu_offload": Tier.DEVICE, "partition": Tier.HOST, "cpu_only": Tier.HOST}
+
 
 class Executor(Protocol):
     def execute(self, seqs: list[StepInput]) -> torch.Tensor: ...
@@ -26,42 +35,103 @@ class Executor(Protocol):
 
 @dataclass
 class Runtime:
-    executor: Executor
+    executors: dict[str, Executor]   # by policy name
+    prefill_policy: str
+    decode_policy: str
     kv: KVCacheManager
-    tier: Tier                 # where new requests' KV lives
-    policy: str                # the policy that runs, as reported in stats and metrics
     model: LlamaModel
     device: torch.device
+    reason: str = ""                 # why these policies (logged at start-up)
+
+    @property
+    def tier(self) -> Tier:
+        return KV_TIER[self.prefill_policy]
+
+    @property
+    def decode_tier(self) -> Tier:
+        return KV_TIER[self.decode_policy]
+
+    @property
+    def policy(self) -> str:
+        if self.prefill_policy == self.decode_policy:
+            return self.prefill_policy
+        return f"{self.prefill_policy}+{self.decode_policy}"
 
 
 def compute_device(config: EngineConfig) -> torch.device:
     return torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtime:
-    policy = config.policy
-    if policy in ("auto", "gpu_only"):
-        # "auto" runs everything on the compute device until the planner lands.
-        return _build_gpu_only(config, model_path, mc)
-    if policy == "cpu_only":
-        from .cpu_only import build_cpu_only
-        return build_cpu_only(config, model_path, mc)
-    raise NotImplementedError(f"policy {policy!r} is not available yet")
-
-
 def kv_layout(config: EngineConfig, mc: ModelConfig, model_dtype: torch.dtype) -> KVLayout:
     if config.kv_cache_dtype == "u8":
-        raise ValueError("kv_cache_dtype 'u8' needs the OpenVINO host KV tier (policy cpu_only or partition)")
+        raise ValueError("kv_cache_dtype 'u8' needs the OpenVINO host KV tier (policy cpu_only)")
     dtype = model_dtype if config.kv_cache_dtype == "auto" else KV_DTYPES[config.kv_cache_dtype]
     return KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, config.block_size, dtype)
 
 
-def _build_gpu_only(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtime:
+def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtime:
+    policy = config.policy
+    if policy == "cpu_only":
+        from .cpu_only import build_cpu_only
+        return build_cpu_only(config, model_path, mc)
+    if policy == "auto":
+        from .auto import choose_policies
+        prefill, decode, reason = choose_policies(config, model_path, mc)
+    else:
+        prefill = decode = policy
+        reason = "forced by the policy option"
+    return build_policies(config, model_path, mc, prefill, decode, reason)
+
+
+def build_policies(config: EngineConfig, model_path: Path, mc: ModelConfig, prefill: str, decode: str,
+                   reason: str) -> Runtime:
     device = compute_device(config)
-    model = LlamaModel.load(model_path, device, config.dtype)
+    wanted = {prefill, decode}
+    if "cpu_only" in wanted:
+        raise ValueError("cpu_only cannot share a runtime with another policy; force policy='cpu_only' instead")
+    layer_device = HOST if wanted == {"gpu_offload"} else None
+    model = LlamaModel.load(model_path, device, config.dtype, layer_device=layer_device)
     layout = kv_layout(config, mc, model.dtype)
-    tier = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, model.weight_bytes), device)
-    kv = KVCacheManager({Tier.DEVICE: tier}, config.block_size)
-    attn = DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
+    tiers: dict[Tier, KVCacheTier] = {}
+    if Tier.DEVICE in {KV_TIER[p] for p in wanted}:
+        on_device = model.resident_bytes if layer_device is not None else model.weight_bytes
+        if "gpu_offload" in wanted:
+            on_device += 2 * (model.weight_bytes - model.resident_bytes) // mc.num_hidden_layers  # staging slots
+        tiers[Tier.DEVICE] = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, on_device),
+                                         device)
+    if Tier.HOST in {KV_TIER[p] for p in wanted}:
+        n = layout.num_blocks_for(config.host_kv_bytes)
+        if n < 1:
+            raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) holds no KV block; "
+                             f"one block takes {layout.bytes_per_block} bytes")
+        tiers[Tier.HOST] = KVCacheTier(Tier.HOST, layout, n, HOST, pin_memory=device.type == "cuda")
+    kv = KVCacheManager(tiers, config.block_size)
+    executors: dict[str, Executor] = {}
+    for p in wanted:
+        executors[p] = _executor(p, model, tiers, mc, config.block_size)
+    return Runtime(executors, prefill, decode, kv, model, device, reason)
+
+
+def _attention(tier: KVCacheTier, mc: ModelConfig):
+    return DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
                            mc.head_dim, mc.sliding_window)
-    return Runtime(ModelRunner(model, attn, config.block_size), kv, Tier.DEVICE, "gpu_only", model, device)
+
+
+def _executor(policy: str, model: LlamaModel, tiers, mc: ModelConfig, block_size: int) -> Executor:
+    if policy == "gpu_only":
+        return ModelRunner(model, _attention(tiers[Tier.DEVICE], mc), block_size)
+    if policy == "gpu_offload":
+        from .offload import OffloadRunner
+        return OffloadRunner(model, _attention(tiers[Tier.DEVICE], mc), block_size)
+    if policy == "partition":
+        from .partition import PartitionRunner
+        return PartitionRunner(model, host_attention(tiers[Tier.HOST], mc), block_size)
+    raise ValueError(f"policy: {policy!r} has no executor here")
+
+
+def host_attention(tier: KVCacheTier, mc: ModelConfig):
+    """Attention over the host tier. Torch on the CPU, behind DeviceAttention's interface."""
+    if os.environ.get("HYBRIDLLM_HOST_ATTENTION", "") not in ("", "torch"):
+        log.warning("HYBRIDLLM_HOST_ATTENTION=%s is not available to partition yet; using torch",
+                    os.environ["HYBRIDLLM_HOST_ATTENTION"])
+    return _attention(tier, mc)

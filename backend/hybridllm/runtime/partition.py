@@ -1,0 +1,33 @@
+"""partition: linear layers on the compute device, attention on the host over the host KV tier.
+
+Per layer, the new tokens' Q/K/V go down to the host and the attention output
+comes back up. This executor runs the two halves back to back; the NEO
+pipelined variant overlaps them over two sub-batches.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..models.llama import LlamaModel
+from .model_runner import StepInput, prepare_step
+
+HOST = torch.device("cpu")
+
+
+class PartitionRunner:
+    def __init__(self, model: LlamaModel, host_attention, block_size: int):
+        self.model = model                        # on the compute device
+        self.attention = host_attention           # same forward() as DeviceAttention, over host KV
+        self.block_size = block_size
+        self.device = model.device
+
+    @torch.inference_mode()
+    def execute(self, seqs: list[StepInput]) -> torch.Tensor:
+        model = self.model
+        st = prepare_step(seqs, self.block_size, self.device, HOST, model.cfg.sliding_window)
+        h = model.embed(st.input_ids)                                              # [T, hidden]
+        for i in range(model.cfg.num_hidden_layers):
+            q, k, v = model.attn_inputs(i, h, st.positions)
+            o = self.attention.forward(i, q.to(HOST), k.to(HOST), v.to(HOST), st.md)  # [T, H * D] on the host
+            h = model.attn_finish(i, h, o.to(self.device, non_blocking=True))
+        return model.logits(h[st.sample_index])                                    # [S, vocab]
