@@ -1,0 +1,64 @@
+"""Every executor gives gpu_only's greedy tokens on the real default model, phase switches included."""
+import json
+
+import pytest
+
+from hybridllm import LLM, SamplingParams
+from hybridllm.kv import Tier
+from hybridllm.policy.reference import PROFILE_DIR
+
+PROMPTS = ["Once upon a time, there was a little", "The capital of France is", "Hi",
+           "def fibonacci(n):\n    " * 4, "Water boils at", "List of prime numbers: 2, 3, 5,"]
+GREEDY = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+
+
+def tokens(llm):
+    return [o.token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+
+
+@pytest.fixture(scope="module")
+def reference(default_model_path):
+    return tokens(LLM(str(default_model_path), policy="gpu_only", max_num_batched_tokens=48))
+
+
+@pytest.mark.parametrize("policy", ["gpu_offload", "partition"])
+def test_forced_policy_matches_gpu_only(default_model_path, reference, policy):
+    llm = LLM(str(default_model_path), policy=policy, max_num_batched_tokens=48)
+    assert tokens(llm) == reference
+    stats = llm.engine.stats()
+    assert stats.steps_by_policy == {policy: stats.num_steps}
+    assert sum(stats.blocks_used.values()) == 0
+    tier = Tier.HOST if policy == "partition" else Tier.DEVICE
+    assert list(llm.engine.kv.tiers) == [tier]
+
+
+def test_auto_switches_device_prefill_to_host_decode(default_model_path, reference, tmp_path):
+    # A profile whose device decode attention is very slow makes the planner pick partition for
+    # decode while prefill stays on gpu_only: KV written on the device must be read on the host.
+    prof = json.loads((PROFILE_DIR / "h100-sxm-spr.json").read_text())
+    prof["name"] = "slow-device-decode"
+    prof["device_attention_decode"]["seconds"] = [[v * 1e4 for v in r] for r in prof["device_attention_decode"]["seconds"]]
+    (tmp_path / "p.json").write_text(json.dumps(prof))
+    llm = LLM(str(default_model_path), policy="auto", hardware_profile=str(tmp_path / "p.json"),
+              max_num_batched_tokens=48)
+    rt = llm.engine.runtime
+    assert (rt.prefill_policy, rt.decode_policy) == ("gpu_only", "partition"), rt.reason
+    assert tokens(llm) == reference
+    stats = llm.engine.stats()
+    assert stats.steps_by_policy["gpu_only"] > 0 and stats.steps_by_policy["partition"] > 0
+    assert stats.blocks_used == {"device": 0, "host": 0}
+    llm.engine.kv.check()
+
+
+def test_auto_without_profile_runs_on_the_device_and_says_why(default_model_path):
+    llm = LLM(str(default_model_path), policy="auto")
+    rt = llm.engine.runtime
+    assert (rt.prefill_policy, rt.decode_policy) == ("gpu_only", "gpu_only")
+    assert "no hardware profile" in rt.reason
+
+
+def test_policy_that_cannot_fit_is_refused_at_start_up(default_model_path):
+    with pytest.raises(ValueError, match=r"no device memory left for the KV cache: the weights take \d+ bytes"):
+        LLM(str(default_model_path), policy="gpu_only", device_memory_bytes=100 * 2**20)
+    with pytest.raises(FileNotFoundError, match="hardware_profile: 'nope'"):
+        LLM(str(default_model_path), policy="auto", hardware_profile="nope")
