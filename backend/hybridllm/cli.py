@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("out")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     conv.set_defaults(func=_cmd_convert)
+
+    from .policy.cli import add_subcommands as add_policy_subcommands
+    add_policy_subcommands(sub)   # profile, plan
     return ap
 
 

@@ -1,0 +1,226 @@
+"""`hybridllm profile`: measure this machine's HardwareProfile for a model's layer shapes.
+
+Times the real kernels the executors call (torch linear on the compute device,
+the attention backends over paged caches, host<->device copies), each at a small
+grid of sizes, median of a few runs. Well under two minutes on a 2-core VM.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..attention import DeviceAttention, build_metadata
+from ..kv import KVCacheTier, KVLayout, Tier
+from ..models.config import ModelConfig
+from ..models.llama import TORCH_DTYPES
+from .profile import HardwareProfile
+from .shapes import DTYPE_BYTES, ModelShape
+from .tables import Table2D
+
+GEMM_TOKENS = (1, 4, 16, 64, 256, 1024)
+DECODE_SEQS = (1, 4, 16, 32)
+DECODE_TOTAL_TOKENS = (512, 4096, 32768)
+PREFILL_TOKENS = (16, 128, 512, 2048)
+PREFILL_CONTEXT = (16, 128, 512, 2048)
+BLOCK = 16
+
+
+def _timeit(fn: Callable[[], object], device: torch.device, reps: int = 3) -> float:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return max(statistics.median(times), 1e-7)
+
+
+class _Bar:
+    def __init__(self, total: int, progress: bool):
+        self.bar = tqdm(total=total, desc="profile", unit="probe", disable=None if progress else True)
+
+    def step(self, what: str):
+        self.bar.set_postfix_str(what)
+        self.bar.update(1)
+
+
+def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name: str, bar: _Bar) -> Table2D:
+    mats = {n * k: (n, k) for n, k in shape.gemms}
+    mats[shape.vocab * shape.hidden] = (shape.vocab, shape.hidden)
+    params = sorted(mats)
+    rows = {}
+    for p in params:
+        n, k = mats[p]
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        col = []
+        for t in GEMM_TOKENS:
+            if p == shape.vocab * shape.hidden and t > 256 and col:
+                col.append(col[-1] * t / GEMM_TOKENS[len(col) - 1])   # the LM head only sees sampled rows
+            else:
+                x = torch.randn(t, k, device=device, dtype=dtype)
+                col.append(_timeit(lambda: F.linear(x, w), device))
+            bar.step(f"{name} {n}x{k} tokens={t}")
+        rows[p] = col
+    seconds = tuple(tuple(rows[p][i] for p in params) for i in range(len(GEMM_TOKENS)))
+    return Table2D(tuple(float(t) for t in GEMM_TOKENS), tuple(float(p) for p in params), seconds, name)
+
+
+def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_dtype: torch.dtype, name: str,
+                     bar: _Bar) -> tuple[Table2D, Table2D]:
+    """(decode, prefill) tables for one attention backend over a one-layer paged cache."""
+    H, KVH, D = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
+    kv_bytes = torch.empty((), dtype=kv_dtype).element_size()
+    max_tokens = max(max(DECODE_TOTAL_TOKENS), max(PREFILL_TOKENS) * max(PREFILL_CONTEXT) // min(PREFILL_CONTEXT))
+    tier = KVCacheTier(Tier.HOST if device.type == "cpu" else Tier.DEVICE,
+                       KVLayout(1, KVH, D, BLOCK, kv_dtype), max_tokens // BLOCK + 64, device)
+    attn = make_backend(tier)
+    act = tier.key_cache[0].dtype if kv_dtype != torch.uint8 else torch.float32
+
+    def run(query_lens: list[int], seq_lens: list[int]) -> float:
+        tables, nxt = [], 0
+        for n in seq_lens:
+            nb = -(-n // BLOCK)
+            tables.append(list(range(nxt, nxt + nb)))
+            nxt += nb
+        md = build_metadata(query_lens, seq_lens, tables, BLOCK, device)
+        T = sum(query_lens)
+        q = torch.randn(T, H, D, device=device, dtype=act)
+        k = torch.randn(T, KVH, D, device=device, dtype=act)
+        v = torch.randn(T, KVH, D, device=device, dtype=act)
+        return _timeit(lambda: attn.forward(0, q, k, v, md), device)
+
+    dec_rows = []
+    for s in DECODE_SEQS:
+        row = []
+        for total in DECODE_TOTAL_TOKENS:
+            ctx = max(total // s, 2)
+            row.append(run([1] * s, [ctx] * s))
+            bar.step(f"{name} decode seqs={s} ctx={ctx}")
+        dec_rows.append(row)
+    y_dec = tuple(float(t * 2 * KVH * D * kv_bytes) for t in DECODE_TOTAL_TOKENS)
+    pre_rows = []
+    for T in PREFILL_TOKENS:
+        row = []
+        for n in PREFILL_CONTEXT:
+            # Keep the mean keys per new token at (n + 1) / 2 in every cell of the column:
+            # whole causal prefills of n tokens, or one chunk of T tokens ending a context of (n + T) / 2.
+            if T >= n:
+                row.append(run([n] * (T // n), [n] * (T // n)))
+            else:
+                row.append(run([T], [(n + T) // 2]))
+            bar.step(f"{name} prefill tokens={T} ctx={n}")
+        pre_rows.append(row)
+    # y: attention FLOPs per new token, as the cost model computes them
+    y_pre = tuple(4 * (n + 1) / 2 * H * D for n in PREFILL_CONTEXT)
+    return (Table2D(tuple(float(s) for s in DECODE_SEQS), y_dec, tuple(map(tuple, dec_rows)), f"{name}_decode"),
+            Table2D(tuple(float(t) for t in PREFILL_TOKENS), y_pre, tuple(map(tuple, pre_rows)), f"{name}_prefill"))
+
+
+def copy_bandwidths(device: torch.device, nbytes: int = 1 << 28) -> dict[str, float]:
+    host = torch.empty(nbytes, dtype=torch.uint8)
+    if device.type != "cuda":
+        dst = torch.empty_like(host)
+        bw = nbytes / _timeit(lambda: dst.copy_(host), device)
+        return {"h2d_pinned": bw, "h2d_pageable": bw, "d2h_pinned": bw, "d2h_pageable": bw}
+    pinned = host.pin_memory()
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    return {"h2d_pinned": nbytes / _timeit(lambda: dev.copy_(pinned, non_blocking=True), device),
+            "h2d_pageable": nbytes / _timeit(lambda: dev.copy_(host), device),
+            "d2h_pinned": nbytes / _timeit(lambda: pinned.copy_(dev, non_blocking=True), device),
+            "d2h_pageable": nbytes / _timeit(lambda: host.copy_(dev), device)}
+
+
+def host_read_bandwidth(nbytes: int = 1 << 29) -> float:
+    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    return nbytes / _timeit(lambda: x.sum(), torch.device("cpu"), reps=5)
+
+
+def _meminfo_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 16 * 2**30
+
+
+def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, progress: bool = True,
+            name: str | None = None) -> HardwareProfile:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    host = torch.device("cpu")
+    tdtype = TORCH_DTYPES[dtype]
+    shape = ModelShape.from_config(mc, dtype)
+    n_gemm = (len(shape.gemms) + 1) * len(GEMM_TOKENS)
+    n_attn = len(DECODE_SEQS) * len(DECODE_TOTAL_TOKENS) + len(PREFILL_TOKENS) * len(PREFILL_CONTEXT)
+    bar = _Bar(2 * n_gemm + 2 * n_attn, progress)
+
+    def backend(tier):
+        return DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
+                               mc.head_dim)
+
+    t0 = time.perf_counter()
+    bw = host_read_bandwidth()
+    copies = copy_bandwidths(dev)
+    dev_gemm = gemm_table(shape, dev, tdtype, "device_gemm", bar)
+    host_gemm = gemm_table(shape, host, tdtype, "host_gemm", bar)
+    dev_dec, dev_pre = attention_tables(mc, backend, dev, tdtype, "device_attention", bar)
+    kv_name = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[dtype]
+    host_dec, host_pre = attention_tables(mc, backend, host, tdtype, "host_attention", bar)
+    bar.bar.close()
+    overhead = _layer_overhead(mc, dev, tdtype)
+    total_mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else _meminfo_total()
+    return HardwareProfile(
+        name=name or f"{platform.node()}-{dev.type}", source="measured",
+        device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+        host_name=platform.processor() or platform.machine(), dtype=dtype,
+        device_memory_bytes=int(total_mem), host_memory_bytes=_meminfo_total(), host_memory_bandwidth=bw,
+        **copies, launch_overhead_s=overhead["step"], layer_overhead_s=overhead["layer"],
+        device_gemm=dev_gemm, device_attention_decode=dev_dec, device_attention_prefill=dev_pre,
+        host_gemm=host_gemm, host_attention_decode={kv_name: host_dec}, host_attention_prefill={kv_name: host_pre},
+        device_is_host=dev.type == "cpu",
+        notes=f"measured in {time.perf_counter() - t0:.0f} s for a model with hidden={mc.hidden_size}, "
+              f"layers={mc.num_hidden_layers}; host attention: torch",
+        extra={"model_dtype_bytes": DTYPE_BYTES[dtype]})
+
+
+def _layer_overhead(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Per-layer and per-step time outside GEMMs and attention: norms, RoPE, residuals, metadata."""
+    from ..models.llama import rms_norm
+    from ..models.rope import RotaryEmbedding
+    hdim, H, KVH, D = mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
+    rope = RotaryEmbedding(mc, device, dtype)
+    h = torch.randn(1, hdim, device=device, dtype=dtype)
+    w = torch.ones(hdim, device=device, dtype=dtype)
+    q = torch.randn(1, H, D, device=device, dtype=dtype)
+    k = torch.randn(1, KVH, D, device=device, dtype=dtype)
+    pos = torch.zeros(1, dtype=torch.int64, device=device)
+    g = torch.randn(1, 2 * mc.intermediate_size, device=device, dtype=dtype)
+
+    def layer():
+        x = rms_norm(h, w, 1e-5)
+        rope(q, k, pos)
+        y = h + x
+        a, b = g.chunk(2, dim=-1)
+        F.silu(a) * b
+        rms_norm(y, w, 1e-5)
+        return y + x
+
+    def step():
+        md = build_metadata([1], [17], [[0, 1]], BLOCK, device)
+        torch.tensor([1], device=device)
+        return md
+
+    return {"layer": _timeit(layer, device, reps=20), "step": _timeit(step, device, reps=20)}
