@@ -1,0 +1,64 @@
+"""`hybridllm profile` / `hybridllm plan` and the profile measurement, run for real."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hybridllm.models.config import ModelConfig
+from hybridllm.policy import HardwareProfile
+from hybridllm.policy.measure import measure
+
+TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+        "max_position_embeddings": 4096}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "hybridllm.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_measured_profile_is_valid_and_round_trips(tmp_path):
+    prof = measure(ModelConfig.from_dict(TINY), progress=False)
+    assert prof.source == "measured" and prof.device_is_host
+    assert prof.host_memory_bandwidth > 1e8 and prof.h2d_pinned > 1e8
+    # More tokens never make a GEMM much cheaper, and more KV never makes decode much cheaper.
+    big = max(prof.device_gemm.y)
+    assert prof.device_gemm(1024, big) > prof.device_gemm(1, big)
+    dec = prof.host_attention("decode", "f32")
+    assert dec(4, max(dec.y)) > dec(4, min(dec.y))
+    prof.save(tmp_path / "p.json")
+    assert HardwareProfile.load(tmp_path / "p.json").to_dict() == json.loads((tmp_path / "p.json").read_text())
+
+
+def test_plan_prints_every_policy_and_the_choice(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    r = cli("plan", "--batch", "4", "--input-len", "512", "--output-len", "32", "--profile", "a10g-epyc",
+            "--model", str(tmp_path / "config.json"))
+    assert r.returncode == 0, r.stderr
+    for policy in ("gpu_only", "gpu_offload", "cpu_only", "partition"):
+        assert r.stdout.count(policy) >= 2
+    assert "chosen: prefill=" in r.stdout and "[spec]" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "0", "--input-len", "5", "--output-len", "3"], "BatchShape.batch must be an integer >= 1"),
+    (["--batch", "1", "--input-len", "5", "--output-len", "3", "--profile", "v100"], "'v100' is neither"),
+])
+def test_plan_bad_input_is_named(tmp_path, args, message):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    r = cli("plan", *args, "--model", str(tmp_path / "config.json"), *([] if "--profile" in args else
+                                                                       ["--profile", "t4-xeon8"]))
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_plan_that_nothing_fits_reports_each_policys_needs(tmp_path):
+    from hybridllm.policy.reference import PROFILE_DIR
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    prof = json.loads((PROFILE_DIR / "t4-xeon8.json").read_text())
+    prof["host_memory_bytes"] = 1000
+    (tmp_path / "small.json").write_text(json.dumps(prof))
+    r = cli("plan", "--batch", "64", "--input-len", "4000", "--output-len", "32", "--profile",
+            str(tmp_path / "small.json"), "--model", str(tmp_path / "config.json"), "--device-memory-bytes", "1000")
+    assert r.returncode == 2
+    assert "gpu_only prefill: needs" in r.stderr and "available" in r.stderr
