@@ -18,6 +18,7 @@ from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
 from .request import Request, RequestStatus
 from .sampler import sample
+from .neo_scheduler import NeoScheduler
 from .scheduler import Scheduler
 from .stop import find_stop, held_back
 
@@ -34,9 +35,14 @@ class LLMEngine:
         self.device = self.runtime.device
         self.kv = self.runtime.kv
         rt = self.runtime
-        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
-                                   rt.tier, rt.decode_tier)
-        n_blocks = min(self.kv.pool(rt.tier).num_blocks, self.kv.pool(rt.decode_tier).num_blocks)
+        if rt.neo:
+            self.scheduler = NeoScheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, rt.neo_costs)
+            # A request may live on either tier, so it must fit the larger one.
+            n_blocks = max(p.pool.num_blocks for p in self.kv.tiers.values())
+        else:
+            self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
+                                       rt.tier, rt.decode_tier)
+            n_blocks = min(self.kv.pool(rt.tier).num_blocks, self.kv.pool(rt.decode_tier).num_blocks)
         # A lone request must always fit in the pool, or it could never be rescheduled.
         self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf,
                                  n_blocks * config.block_size)
@@ -115,17 +121,33 @@ class LLMEngine:
             return []
         for c in plan.copies:   # requests changing tier: their K/V must arrive before the step reads it
             self.kv.copy_blocks(c.src_tier, list(c.src_blocks), c.dst_tier, list(c.dst_blocks))
-        sampled, logits = self._execute(list(plan.scheduled))         # logits: [num sampled, vocab]
+        sampled, logits, failed = self._execute(list(plan.scheduled))  # logits: [num sampled, vocab]
         self._num_steps += 1
         reqs = [self.scheduler.requests[s.request_id] for s in sampled]
         tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
         for s in plan.scheduled:
-            self.scheduler.requests[s.request_id].num_computed_tokens += len(s.token_ids)
-        return [self._append(req, tok) for req, tok in zip(reqs, tokens)]
+            if s.request_id not in failed:
+                self.scheduler.requests[s.request_id].num_computed_tokens += len(s.token_ids)
+        outs = [self._fail(self.scheduler.requests[rid], err) for rid, err in failed.items()]
+        return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens)]
+
+    def _fail(self, req: Request, error: str) -> RequestOutput:
+        """Ends one request with an error (its blocks freed); the others carry on."""
+        log.error("request %s failed: %s", req.request_id, error)
+        req.error = error
+        self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
+        return self._output(req)
 
     def _execute(self, seqs):
         """Runs each sequence with the executor of the tier its KV is on; returns (sampled seqs, logits)."""
         rt = self.runtime
+        if rt.neo:
+            runner = rt.executors["partition"]
+            logits = runner.execute(seqs)
+            by_id = {s.request_id: s for s in seqs}
+            pol = "partition" if any(s.attn == "host" for s in seqs) else "gpu_only"
+            self._steps_by_policy[pol] = self._steps_by_policy.get(pol, 0) + 1
+            return [by_id[r] for r in runner.order], logits, dict(runner.last_failed)
         groups = {rt.prefill_policy: seqs}
         if rt.decode_policy != rt.prefill_policy:
             on_decode = [s for s in seqs if self.kv.tier_of(s.request_id) == rt.decode_tier]
@@ -137,7 +159,7 @@ class LLMEngine:
             logits.append(rt.executors[policy].execute(group))
             sampled += [s for s in group if s.sample]
             self._steps_by_policy[policy] = self._steps_by_policy.get(policy, 0) + 1
-        return sampled, torch.cat(logits) if logits else None
+        return sampled, (torch.cat(logits) if logits else None), {}
 
     def _append(self, req: Request, token: int) -> RequestOutput:
         req.output_token_ids.append(token)
@@ -169,7 +191,7 @@ class LLMEngine:
         new_ids = tuple(req.output_token_ids[req.num_sent_tokens:])
         req.num_sent_tokens = len(req.output_token_ids)
         return RequestOutput(req.request_id, req.prompt, tuple(req.prompt_token_ids), req.text,
-                             tuple(req.output_token_ids), delta, new_ids, req.finish_reason)
+                             tuple(req.output_token_ids), delta, new_ids, req.finish_reason, req.error)
 
     def _take_seed(self) -> int:
         self._next_seed += 1

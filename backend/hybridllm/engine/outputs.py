@@ -13,7 +13,8 @@ class RequestOutput:
     token_ids: tuple[int, ...]      # all output tokens so far
     delta_text: str                 # text new since the last output of this request
     delta_token_ids: tuple[int, ...]
-    finish_reason: str | None       # None while running; "stop" | "length" | "abort"
+    finish_reason: str | None       # None while running; "stop" | "length" | "abort" | "error"
+    error: str | None = None        # why, when finish_reason == "error"
 
     @property
     def finished(self) -> bool:

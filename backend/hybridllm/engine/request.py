@@ -15,11 +15,12 @@ class RequestStatus(enum.Enum):
     FINISHED_STOPPED = "stop"
     FINISHED_LENGTH = "length"
     FINISHED_ABORTED = "abort"
+    FINISHED_ERROR = "error"
 
     @property
     def finished(self) -> bool:
         return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
-                        RequestStatus.FINISHED_ABORTED)
+                        RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR)
 
 
 class Request:
@@ -40,6 +41,7 @@ class Request:
         self.num_sent_chars = 0         # how much of `text` has been streamed
         self.num_sent_tokens = 0
         self.num_preemptions = 0
+        self.error: str | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -42,6 +42,8 @@ class Runtime:
     model: LlamaModel
     device: torch.device
     reason: str = ""                 # why these policies (logged at start-up)
+    neo: bool = False                # NEO online serving: both tiers, NeoScheduler, pipelined steps
+    neo_costs: object = None         # policy.neo.NeoCostTables when a hardware profile is given
 
     @property
     def tier(self) -> Tier:
@@ -74,6 +76,8 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Ru
     if policy == "cpu_only":
         from .cpu_only import build_cpu_only
         return build_cpu_only(config, model_path, mc)
+    if policy == "partition":
+        return build_neo(config, model_path, mc)
     if policy == "auto":
         from .auto import choose_policies
         prefill, decode, reason = choose_policies(config, model_path, mc)
@@ -110,6 +114,53 @@ def build_policies(config: EngineConfig, model_path: Path, mc: ModelConfig, pref
     for p in wanted:
         executors[p] = _executor(p, model, tiers, mc, config.block_size)
     return Runtime(executors, prefill, decode, kv, model, device, reason)
+
+
+def check_host_kv_bytes(config: EngineConfig) -> None:
+    avail = _mem_available()
+    if avail is not None and config.host_kv_bytes > avail:
+        raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) is larger than the free host memory ({avail})")
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def build_neo(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtime:
+    """policy="partition" for online serving: NEO's split KV, swapping and pipelined steps."""
+    from .neo_runner import NeoRunner
+    check_host_kv_bytes(config)
+    device = compute_device(config)
+    model = LlamaModel.load(model_path, device, config.dtype)
+    layout = kv_layout(config, mc, model.dtype)
+    dev = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, model.weight_bytes), device)
+    n_host = layout.num_blocks_for(config.host_kv_bytes)
+    if n_host < 1:
+        raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) holds no KV block; "
+                         f"one block takes {layout.bytes_per_block} bytes")
+    host = KVCacheTier(Tier.HOST, layout, n_host, HOST, pin_memory=device.type == "cuda")
+    kv = KVCacheManager({Tier.DEVICE: dev, Tier.HOST: host}, config.block_size)
+    runner = NeoRunner(model, _attention(dev, mc), host_attention(host, mc), host, config.block_size)
+    costs = None
+    reason = "NEO: no hardware profile, so every host decode joins each step"
+    if config.hardware_profile is not None:
+        from ..policy import ModelShape
+        from ..policy.neo import NeoCostTables
+        from .auto import load_profile
+        prof = load_profile(config.hardware_profile)
+        kv_name = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[layout.dtype]
+        costs = NeoCostTables(ModelShape.from_config(mc, config.dtype), prof, kv_name,
+                              torch.empty((), dtype=layout.dtype).element_size())
+        reason = f"NEO: load-aware host sub-batches from profile {prof.name}"
+    return Runtime({"partition": runner}, "partition", "partition", kv, model, device, reason,
+                   neo=True, neo_costs=costs)
 
 
 def _attention(tier: KVCacheTier, mc: ModelConfig):

@@ -17,6 +17,8 @@ class StepInput:
     num_computed_tokens: int        # tokens already in the KV cache; the first new token's position
     block_table: tuple[int, ...]
     sample: bool                    # whether this chunk ends the known tokens, so a token is sampled
+    attn: str = "device"            # NEO placement: "device", "device_to_host" (fresh prefill whose KV
+                                    # goes to the host tier) or "host" (attention on the host tier)
 
 
 @dataclass(frozen=True)

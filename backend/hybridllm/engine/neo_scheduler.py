@@ -1,0 +1,162 @@
+"""NeoScheduler: NEO's online scheduling over two KV tiers.
+
+Each running request's KV lives wholly on the device tier or wholly on the host
+tier. Queues: waiting, device-resident running, host-resident running.
+- New prefills run on the device; their KV goes to the device tier when it has
+  room, else to the host tier (the device writes it there layer by layer).
+- Device requests that outgrow the device tier are swapped out to the host
+  (newest first) instead of being preempted; when the device tier has a lot of
+  room again, the oldest host requests are swapped back in at the start of a
+  step (hysteresis: only while `swap_in_free_fraction` of the tier stays free).
+- Host decodes join the step's host sub-batch by `choose_host_batch`.
+Deterministic, no clocks or I/O; tier moves are returned as BlockCopy records.
+"""
+from __future__ import annotations
+
+from ..kv import KVCacheManager, Tier
+from ..policy.neo import DeviceWork, HostBatchChoice, HostCandidate, NeoCostTables, choose_host_batch
+from ..runtime import StepInput
+from .request import Request, RequestStatus
+from .scheduler import BlockCopy, Scheduler, SchedulerOutput
+
+D, H = Tier.DEVICE, Tier.HOST
+
+
+class NeoScheduler(Scheduler):
+    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 costs: NeoCostTables | None = None, swap_in_free_fraction: float = 0.25):
+        super().__init__(kv, max_num_seqs, max_num_batched_tokens, D, D)
+        self.costs = costs
+        self.swap_in_free_fraction = swap_in_free_fraction
+        self.skipped: dict[str, int] = {}
+        self.last_choice: HostBatchChoice | None = None
+        self.num_swap_out = 0
+        self.num_swap_in = 0
+
+    def _on(self, tier: Tier) -> list[Request]:
+        return [r for r in self.running if self.kv.has(r.request_id) and self.kv.tier_of(r.request_id) == tier]
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        a: list[StepInput] = []
+        b: list[StepInput] = []
+        copies: list[BlockCopy] = []
+        preempted: list[str] = []
+        # 0. Swap in, oldest host request first, while the device tier has plenty of room
+        #    (hysteresis: a request only comes back when a quarter of the tier would still be free).
+        pool = self.kv.pool(D)
+        for req in self._on(H):
+            need = -(-(req.num_tokens + 1) // self.kv.block_size)
+            if pool.num_free - need < self.swap_in_free_fraction * pool.num_blocks:
+                break
+            moved = self.kv.migrate(req.request_id, D, req.num_tokens + 1)
+            if moved:
+                copies.append(BlockCopy(req.request_id, moved[0], tuple(moved[1]), D, tuple(moved[2])))
+                self.num_swap_in += 1
+        # 1. Device-resident requests, oldest first; swap the newest out when the device tier is short.
+        for req in self._on(D):
+            if budget <= 0:
+                break
+            if req not in self.running or self.kv.tier_of(req.request_id) != D:
+                continue                     # swapped out or preempted while making room for an older one
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            while not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
+                victim = self._on(D)[-1]
+                self._evict(victim, copies, preempted)
+                if victim is req:
+                    break
+            else:
+                a.append(self._input(req, n, "device"))
+                budget -= n
+        # 2. Host-resident requests: unfinished prefill chunks must run; decodes are candidates.
+        cands: list[HostCandidate] = []
+        for req in self._on(H):
+            left = req.num_tokens - req.num_computed_tokens
+            if left > 1 and budget > 0:
+                n = min(left, budget)
+                if self._grow_on_host(req, n, preempted, b):
+                    b.append(self._input(req, n, "host"))
+                    budget -= n
+            elif left == 1:
+                cands.append(HostCandidate(req.request_id, req.num_tokens, self.skipped.get(req.request_id, 0)))
+        # 3. Admit new requests: device tier if the whole request fits with room to grow, else the host tier.
+        reserve = len(self._on(D))           # a block of growth room for each device request
+        while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1)
+            if self.kv.num_free(D) - reserve >= need and self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
+                placement = "device"
+                reserve += 1
+            elif self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
+                placement = "device_to_host" if req.num_computed_tokens == 0 else "host"
+            else:
+                break
+            self.waiting.popleft()
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            (a if placement == "device_to_host" or placement == "device" else b).append(self._input(req, n, placement))
+            budget -= n
+        # 4. Load-aware host sub-batch.
+        chosen = self._choose(a, cands)
+        for c in cands:
+            req = self.requests[c.request_id]
+            if c.request_id in chosen and req in self.running and self._grow_on_host(req, 1, preempted, a + b):
+                b.append(self._input(req, 1, "host"))
+                self.skipped.pop(c.request_id, None)
+            elif req in self.running:
+                self.skipped[c.request_id] = self.skipped.get(c.request_id, 0) + 1
+        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies))
+
+    def _choose(self, a: list[StepInput], cands: list[HostCandidate]) -> set[str]:
+        if not cands:
+            self.last_choice = None
+            return set()
+        if self.costs is None:               # no profile: every host decode runs
+            self.last_choice = HostBatchChoice(tuple(c.request_id for c in cands), 0.0, 0.0, "no profile")
+            return set(self.last_choice.chosen)
+        dec = [s for s in a if len(s.token_ids) == 1]
+        pre = [s for s in a if len(s.token_ids) > 1]
+        pre_tokens = sum(len(s.token_ids) for s in pre)
+        work = DeviceWork(tokens=sum(len(s.token_ids) for s in a), seqs=len(a), decode_seqs=len(dec),
+                          decode_context=sum(s.num_computed_tokens + 1 for s in dec), prefill_tokens=pre_tokens,
+                          prefill_mean_context=(sum((s.num_computed_tokens + len(s.token_ids)) * len(s.token_ids)
+                                                    for s in pre) / pre_tokens) if pre_tokens else 0.0)
+        self.last_choice = choose_host_batch(work, cands, self.costs, self.max_num_seqs)
+        return set(self.last_choice.chosen)
+
+    def _grow_on_host(self, req: Request, n: int, preempted: list[str], scheduled: list[StepInput]) -> bool:
+        """Host blocks for req's next n tokens, preempting the newest unscheduled host request if short."""
+        busy = {s.request_id for s in scheduled}
+        while not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
+            victims = [r for r in self._on(H) if r.request_id not in busy]
+            if not victims:
+                return False
+            victim = victims[-1]
+            self._remove_and_preempt(victim, preempted)
+            if victim is req:
+                return False
+        return True
+
+    def _evict(self, victim: Request, copies: list[BlockCopy], preempted: list[str]) -> None:
+        """Swap a device request out to the host tier; preempt it only if the host is full too."""
+        moved = self.kv.migrate(victim.request_id, H, victim.num_computed_tokens + 1)
+        if moved is None:
+            self._remove_and_preempt(victim, preempted)
+            return
+        copies.append(BlockCopy(victim.request_id, moved[0], tuple(moved[1]), H, tuple(moved[2])))
+        self.num_swap_out += 1
+
+    def _remove_and_preempt(self, victim: Request, preempted: list[str]) -> None:
+        self.running.remove(victim)
+        self._preempt(victim)
+        preempted.append(victim.request_id)
+
+    def _input(self, req: Request, n: int, attn: str) -> StepInput:
+        start = req.num_computed_tokens
+        return StepInput(req.request_id, tuple(req.all_token_ids[start:start + n]), start,
+                         tuple(self.kv.block_table(req.request_id)), sample=start + n == req.num_tokens, attn=attn)
+
+    def finish(self, req: Request, status) -> None:
+        self.skipped.pop(req.request_id, None)
+        super().finish(req, status)

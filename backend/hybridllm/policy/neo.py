@@ -1,0 +1,114 @@
+"""Load-aware choice of NEO's host sub-batch (pure: queue state + profile in, decision out).
+
+Sub-batch A (prefills and device decodes) runs attention on the device; sub-batch B
+(host decodes) runs attention on the host while the device does linear work.
+A host decode joins B only while the host's attention still hides under the
+device's linear work (the step's slack); one that would lengthen the step waits.
+Finally the pipelined step is compared with a device-only step (B empty) by
+throughput, and the better one is chosen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .profile import HardwareProfile
+from .shapes import ModelShape
+
+STARVATION_STEPS = 4   # a host decode skipped this many steps in a row joins regardless
+
+
+@dataclass(frozen=True)
+class HostCandidate:
+    request_id: str
+    context: int          # tokens of KV it reads
+    skipped: int = 0      # consecutive steps it was left out
+
+
+@dataclass(frozen=True)
+class DeviceWork:
+    """Sub-batch A: new tokens (prefill chunks + device decodes) and the KV the device decodes read."""
+    tokens: int
+    seqs: int
+    decode_seqs: int
+    decode_context: int    # total context of A's decodes
+    prefill_tokens: int
+    prefill_mean_context: float
+
+
+@dataclass(frozen=True)
+class HostBatchChoice:
+    chosen: tuple[str, ...]
+    pipelined_s: float     # predicted step time with B = chosen
+    device_only_s: float   # predicted step time with B empty
+    reason: str
+
+
+class NeoCostTables:
+    """The handful of per-step predictions the decision needs, from the profile's tables."""
+
+    def __init__(self, m: ModelShape, hw: HardwareProfile, kv_dtype: str, kv_bytes: int):
+        self.m, self.hw, self.kv_dtype, self.kv_bytes = m, hw, kv_dtype, kv_bytes
+        self.kv_per_token_layer = 2 * m.num_kv_heads * m.head_dim * kv_bytes
+
+    def linear(self, tokens: int, seqs: int) -> float:
+        if tokens == 0:
+            return 0.0
+        m, t = self.m, self.hw.device_gemm
+        return m.num_layers * (sum(t(tokens, n * k) for n, k in m.gemms) + self.hw.layer_overhead_s) \
+            + t(max(seqs, 1), m.vocab * m.hidden) + self.hw.launch_overhead_s
+
+    def device_attention(self, a: DeviceWork) -> float:
+        m, hw = self.m, self.hw
+        t = 0.0
+        if a.decode_seqs:
+            t += hw.device_attention_decode(a.decode_seqs, a.decode_context * self.kv_per_token_layer)
+        if a.prefill_tokens:
+            t += hw.device_attention_prefill(a.prefill_tokens,
+                                             4 * (a.prefill_mean_context + 1) / 2 * m.num_heads * m.head_dim)
+        return m.num_layers * t
+
+    def host_attention(self, seqs: int, context: int) -> float:
+        if seqs == 0:
+            return 0.0
+        m = self.m
+        table = self.hw.host_attention("decode", self.kv_dtype)
+        xfer = seqs * ((m.num_heads + 2 * m.num_kv_heads) * m.head_dim * m.act_bytes / self.hw.d2h_pinned
+                       + m.num_heads * m.head_dim * m.act_bytes / self.hw.h2d_pinned)
+        return m.num_layers * (table(seqs, context * self.kv_per_token_layer) + xfer)
+
+    def step(self, a: DeviceWork, b_seqs: int, b_context: int) -> float:
+        dev = self.linear(a.tokens + b_seqs, a.seqs + b_seqs) + self.device_attention(a)
+        host = self.host_attention(b_seqs, b_context)
+        if self.hw.device_is_host or a.tokens == 0:
+            return dev + host                      # same cores, or nothing to overlap with
+        # B's attention hides under A's device work; only a per-layer sliver of the shorter is exposed.
+        return max(dev, host) + min(dev, host) / self.m.num_layers
+
+
+def choose_host_batch(a: DeviceWork, candidates: list[HostCandidate], costs: NeoCostTables,
+                      max_seqs: int) -> HostBatchChoice:
+    room = max(0, max_seqs - a.seqs)
+    if a.tokens == 0:
+        chosen = tuple(c.request_id for c in candidates[:max(room, 1)])
+        t = costs.step(a, len(chosen), sum(c.context for c in candidates[:len(chosen)]))
+        return HostBatchChoice(chosen, t, 0.0, "no device work: a host-only step")
+    base = costs.step(a, 0, 0)
+    chosen: list[HostCandidate] = []
+    ctx = 0
+    # Starving requests first, then the rest in queue order.
+    for c in sorted(candidates, key=lambda c: c.skipped < STARVATION_STEPS):
+        if len(chosen) >= room:
+            break
+        forced = c.skipped >= STARVATION_STEPS
+        dev = costs.linear(a.tokens + len(chosen) + 1, a.seqs + len(chosen) + 1) + costs.device_attention(a)
+        host = costs.host_attention(len(chosen) + 1, ctx + c.context)
+        if forced or host <= dev:
+            chosen.append(c)
+            ctx += c.context
+    piped = costs.step(a, len(chosen), ctx)
+    # Throughput: tokens produced per second of step.
+    if chosen and (a.seqs + len(chosen)) / piped < a.seqs / base:
+        if not any(c.skipped >= STARVATION_STEPS for c in chosen):
+            return HostBatchChoice((), piped, base, "device-only step has the higher throughput")
+    why = f"{len(chosen)} of {len(candidates)} host decodes fit the slack"
+    return HostBatchChoice(tuple(c.request_id for c in chosen), piped, base, why)

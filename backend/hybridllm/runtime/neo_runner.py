@@ -1,0 +1,135 @@
+"""NEO's asymmetric pipelining: the device's linear work for sub-batch A overlaps the
+host's attention for sub-batch B, layer by layer.
+
+A holds prefills and device decodes (attention on the device; a fresh prefill whose
+KV belongs on the host tier also attends on the device and has its K/V written to
+the host tier as the layer finishes). B holds host decodes (attention on the host
+tier, in a worker thread; torch and OpenVINO release the GIL, so the two overlap).
+On a CPU-only machine the same code runs, correctly, on the same cores.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+
+from ..kv import KVCacheTier
+from ..models.llama import LlamaModel
+from .model_runner import StepInput, prepare_step
+from .trace import NullTracer
+
+log = logging.getLogger("hybridllm")
+HOST = torch.device("cpu")
+
+
+class NeoRunner:
+    def __init__(self, model: LlamaModel, device_attention, host_attention, host_tier: KVCacheTier,
+                 block_size: int):
+        self.model = model
+        self.device_attention = device_attention      # over the device tier
+        self.host_attention = host_attention          # over the host tier
+        self.host_tier = host_tier
+        self.block_size = block_size
+        self.device = model.device
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hybridllm-host-attn")
+        self.tracer = NullTracer()
+        self.last_failed: dict[str, str] = {}          # request_id -> error, from the last execute()
+
+    @torch.inference_mode()
+    def execute(self, seqs: list[StepInput]) -> torch.Tensor:
+        self.last_failed = {}
+        a_dev = [s for s in seqs if s.attn == "device"]
+        a_d2h = [s for s in seqs if s.attn == "device_to_host"]
+        b = [s for s in seqs if s.attn == "host"]
+        m = self.model
+        tr = self.tracer
+        sw = m.cfg.sliding_window
+        a = a_dev + a_d2h
+        st_a = prepare_step(a, self.block_size, self.device, self.device, sw) if a else None
+        st_b = prepare_step(b, self.block_size, self.device, HOST, sw) if b else None
+        n_dev = sum(len(s.token_ids) for s in a_dev)
+        h_a = m.embed(st_a.input_ids) if a else None                               # [Ta, hidden]
+        h_b = m.embed(st_b.input_ids) if b else None                               # [Tb, hidden]
+        d2h = self._d2h_plan(a_d2h, n_dev) if a_d2h else None
+        for i in range(m.cfg.num_hidden_layers):
+            fut = None
+            if h_b is not None:
+                with tr.span("device", f"L{i} B linear-in", tokens=h_b.shape[0]):
+                    qb, kb, vb = m.attn_inputs(i, h_b, st_b.positions)
+                    qb, kb, vb = qb.to(HOST), kb.to(HOST), vb.to(HOST)
+                fut = self.pool.submit(self._host_attn, i, qb, kb, vb, st_b.md)
+            if h_a is not None:
+                with tr.span("device", f"L{i} A", tokens=h_a.shape[0]):
+                    q, k, v = m.attn_inputs(i, h_a, st_a.positions)
+                    o = self._attn_a(i, q, k, v, st_a, n_dev, d2h)
+                    h_a = m.attn_finish(i, h_a, o)
+            if fut is not None:
+                try:
+                    ob = fut.result()
+                except Exception as e:     # fail B's requests only; A carries on
+                    log.exception("host attention failed at layer %d", i)
+                    self.last_failed = {s.request_id: f"host attention failed: {e}" for s in b}
+                    h_b = None
+                    continue
+                with tr.span("device", f"L{i} B linear-out", tokens=h_b.shape[0]):
+                    h_b = m.attn_finish(i, h_b, ob.to(self.device, non_blocking=True))
+        logits = []
+        if h_a is not None and st_a.sample_index.numel():
+            logits.append(m.logits(h_a[st_a.sample_index]))
+        if h_b is not None and st_b.sample_index.numel():
+            logits.append(m.logits(h_b[st_b.sample_index]))
+        # Rows follow the order sampled sequences appear in `a + b`; the engine reads `order`.
+        self.order = [s.request_id for s in a if s.sample] + \
+            ([s.request_id for s in b if s.sample] if h_b is not None else [])
+        if not logits:
+            return torch.empty((0, m.cfg.vocab_size), device=self.device)
+        return torch.cat(logits)
+
+    def _host_attn(self, i, q, k, v, md):
+        with self.tracer.span("host", f"L{i} B attention", tokens=q.shape[0]):
+            return self.host_attention.forward(i, q, k, v, md)                  # [Tb, H * D]
+
+    def _d2h_plan(self, seqs: list[StepInput], offset: int):
+        """Token ranges (within A) and host slots of the fresh prefills whose KV goes to the host tier."""
+        bs = self.block_size
+        spans, slots, start = [], [], offset
+        for s in seqs:
+            n = len(s.token_ids)
+            spans.append((start, start + n))
+            slots += [s.block_table[p // bs] * bs + p % bs for p in range(n)]
+            start += n
+        slots = torch.tensor(slots, dtype=torch.int64)
+        return spans, slots // bs, slots % bs
+
+    def _attn_a(self, i, q, k, v, st, n_dev: int, d2h) -> torch.Tensor:
+        """q: [Ta, H, D] -> [Ta, H * D]; device-tier sequences first, then the host-bound prefills."""
+        if d2h is None:
+            return self.device_attention.forward(i, q, k, v, st.md)
+        out = torch.empty(q.shape[0], q.shape[1] * q.shape[2], dtype=q.dtype, device=q.device)
+        if n_dev:
+            md = st.md
+            out[:n_dev] = self.device_attention.forward(i, q[:n_dev], k[:n_dev], v[:n_dev], _head(md, n_dev))
+        spans, blk, off = d2h
+        kc, vc = self.host_tier.key_cache[i], self.host_tier.value_cache[i]
+        for lo, hi in spans:
+            # A fresh prefill attends only to itself: causal SDPA over its own K/V, on the device.
+            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None],
+                                               v[lo:hi].transpose(0, 1)[None], is_causal=True, enable_gqa=True)
+            out[lo:hi] = o[0].transpose(0, 1).reshape(hi - lo, -1)
+        lo = spans[0][0]
+        kc[blk, :, off] = k[lo:].to(HOST, kc.dtype)                           # this layer's K/V to the host tier
+        vc[blk, :, off] = v[lo:].to(HOST, vc.dtype)
+        return out
+
+
+def _head(md, n_tokens: int):
+    """The metadata of the first sequences of a step (the device-tier ones), built from the full step's."""
+    from dataclasses import replace
+    prefills = tuple(p for p in md.prefills if p.q_end <= n_tokens)
+    keep = md.decode_token_index < n_tokens
+    return replace(md, num_tokens=n_tokens, slot_mapping=md.slot_mapping[:n_tokens],
+                   slot_block=md.slot_block[:n_tokens], slot_offset=md.slot_offset[:n_tokens], prefills=prefills,
+                   decode_token_index=md.decode_token_index[keep], decode_block_tables=md.decode_block_tables[keep],
+                   decode_mask=md.decode_mask[keep])

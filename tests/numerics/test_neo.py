@@ -1,0 +1,111 @@
+"""NEO online serving (policy="partition") on the real default model: split KV, swapping, faults."""
+import json
+
+import pytest
+
+from hybridllm import LLM, SamplingParams
+from hybridllm.kv import Tier
+
+PROMPTS = [f"Story {i}: Once upon a time" + " and then" * (i % 7) for i in range(32)]
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+BLOCK_BYTES = 16 * 30 * 2 * 3 * 64 * 4          # one fp32 block of the default model
+
+
+@pytest.fixture(scope="module")
+def reference(default_model_path):
+    llm = LLM(str(default_model_path), policy="gpu_only")
+    return [o.token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+
+
+def neo(path, device_blocks=12, host_blocks=400, **kw):
+    return LLM(str(path), policy="partition", device_kv_bytes=device_blocks * BLOCK_BYTES,
+               host_kv_bytes=host_blocks * BLOCK_BYTES, max_num_seqs=32, **kw)
+
+
+def test_tiny_device_budget_32_concurrent_requests_match_all_device(default_model_path, reference):
+    llm = neo(default_model_path)
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert [o.token_ids for o in outs] == reference
+    stats = llm.engine.stats()
+    assert stats.steps_by_policy.get("partition", 0) > 0          # host decodes really ran
+    assert stats.blocks_used == {"device": 0, "host": 0}
+    llm.engine.kv.check()
+
+
+def test_swap_out_and_in_under_load_lose_nothing(default_model_path):
+    # Short prompts that grow by 60 tokens: device requests outgrow their blocks and get swapped out,
+    # and once early requests finish, host requests are swapped back in.
+    params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+    prompts = PROMPTS[:20]
+    reference = [o.token_ids for o in LLM(str(default_model_path), policy="gpu_only").generate(
+        prompts, params, use_tqdm=False)]
+    llm = neo(default_model_path, device_blocks=24, host_blocks=400, max_num_batched_tokens=64)
+    engine = llm.engine
+    done = {}
+    pending = list(enumerate(prompts))
+    step = 0
+    while pending or engine.has_unfinished_requests():
+        if pending and step % 2 == 0:                 # staggered arrivals
+            i, p = pending.pop(0)
+            engine.add_request(f"r{i}", p, params)
+        for o in engine.step():
+            if o.finished:
+                done[o.request_id] = o
+        engine.kv.check()
+        step += 1
+    sched = engine.scheduler
+    assert sched.num_swap_out > 0 and sched.num_swap_in > 0, (sched.num_swap_out, sched.num_swap_in)
+    assert sorted(done) == sorted(f"r{i}" for i in range(len(prompts)))
+    assert [done[f"r{i}"].token_ids for i in range(len(prompts))] == reference
+    assert engine.kv.num_used(Tier.DEVICE) == 0 and engine.kv.num_used(Tier.HOST) == 0
+
+
+def test_host_attention_failure_fails_only_its_requests(default_model_path):
+    llm = neo(default_model_path, device_blocks=6)
+    engine = llm.engine
+    runner = engine.runtime.executors["partition"]
+    real = runner.host_attention.forward
+    calls = {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated OpenVINO fault")
+        return real(*args)
+
+    runner.host_attention.forward = flaky
+    outs = llm.generate(PROMPTS[:8], GREEDY, use_tqdm=False)
+    errors = [o for o in outs if o.finish_reason == "error"]
+    assert errors and all("simulated OpenVINO fault" in o.error for o in errors)
+    assert len(errors) < len(outs)
+    assert all(len(o.token_ids) == 24 for o in outs if o.finish_reason != "error")
+    assert engine.kv.num_used(Tier.DEVICE) == 0 and engine.kv.num_used(Tier.HOST) == 0
+    runner.host_attention.forward = real
+    (again,) = llm.generate([PROMPTS[0]], GREEDY, use_tqdm=False)
+    assert again.finish_reason == "length"
+
+
+def test_request_that_fits_neither_tier_is_refused(default_model_path):
+    llm = neo(default_model_path, device_blocks=4, host_blocks=8)   # 128 tokens at most
+    with pytest.raises(ValueError, match=r"prompt is \d+ tokens; the context holds 128"):
+        llm.generate(["word " * 200], GREEDY)
+    (ok,) = llm.generate(["Hi"], GREEDY, use_tqdm=False)
+    assert len(ok.token_ids) == 24
+
+
+def test_host_kv_budget_beyond_free_memory_is_refused(default_model_path):
+    with pytest.raises(ValueError, match=r"host_kv_bytes \(\d+\) is larger than the free host memory \(\d+\)"):
+        LLM(str(default_model_path), policy="partition", host_kv_bytes=1 << 50)
+
+
+def test_trace_shows_device_and_host_lanes(default_model_path, tmp_path):
+    from hybridllm.runtime.trace import Tracer
+    llm = neo(default_model_path, device_blocks=6)
+    runner = llm.engine.runtime.executors["partition"]
+    runner.tracer = Tracer()
+    llm.generate(PROMPTS[:6], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True), use_tqdm=False)
+    runner.tracer.save(tmp_path / "trace.json")
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    lanes = {e["tid"] for e in events if e["ph"] == "X"}
+    assert lanes == {1, 2}
+    assert any("B attention" in e["name"] for e in events) and any(" A" in e["name"] for e in events)
