@@ -101,8 +101,10 @@ class NeoScheduler(Scheduler):
         chosen = self._choose(a, cands)
         for c in cands:
             req = self.requests[c.request_id]
-            if c.request_id in chosen and req in self.running and self._grow_on_host(req, 1, preempted, a + b):
+            if (c.request_id in chosen and budget > 0 and req in self.running
+                    and self._grow_on_host(req, 1, preempted, a + b)):
                 b.append(self._input(req, 1, "host"))
+                budget -= 1
                 self.skipped.pop(c.request_id, None)
             elif req in self.running:
                 self.skipped[c.request_id] = self.skipped.get(c.request_id, 0) + 1

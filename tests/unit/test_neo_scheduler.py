@@ -1,0 +1,178 @@
+"""NeoScheduler invariants (hypothesis) and the load-aware host sub-batch decision (tables of cases)."""
+import torch
+from hypothesis import given, settings, strategies as st
+
+from hybridllm.engine import RequestStatus
+from hybridllm.engine.neo_scheduler import NeoScheduler
+from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier
+from hybridllm.policy import ModelShape, Table2D
+from hybridllm.policy.neo import DeviceWork, HostCandidate, NeoCostTables, STARVATION_STEPS, choose_host_batch
+
+from .test_policy import const, synthetic
+from .test_scheduler import req, run_step
+
+LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, dtype=torch.float32)
+
+
+def make(dev_blocks, host_blocks, max_num_seqs=8, budget=64, costs=None):
+    kv = KVCacheManager({Tier.DEVICE: KVCacheTier(Tier.DEVICE, LAYOUT, dev_blocks, "cpu"),
+                         Tier.HOST: KVCacheTier(Tier.HOST, LAYOUT, host_blocks, "cpu")}, 16)
+    return NeoScheduler(kv, max_num_seqs, budget, costs), kv
+
+
+def test_prefill_goes_to_host_tier_when_device_is_full():
+    sched, kv = make(dev_blocks=3, host_blocks=10)
+    sched.add(req("a", 30, max_tokens=4))      # 31 tokens -> 2 blocks on the device, leaves 1 (reserved)
+    sched.add(req("b", 20, max_tokens=4))
+    out = sched.schedule()
+    placement = {s.request_id: s.attn for s in out.scheduled}
+    assert placement == {"a": "device", "b": "device_to_host"}
+    assert kv.tier_of("a") is Tier.DEVICE and kv.tier_of("b") is Tier.HOST
+    run_step(sched, out)
+    out = sched.schedule()
+    assert {s.request_id: s.attn for s in out.scheduled} == {"a": "device", "b": "host"}
+
+
+def test_device_shortage_swaps_newest_out_instead_of_preempting():
+    sched, kv = make(dev_blocks=4, host_blocks=10, budget=64)
+    sched.add(req("old", 15, max_tokens=8))
+    run_step(sched, sched.schedule())
+    sched.add(req("new", 15, max_tokens=8))
+    run_step(sched, sched.schedule())
+    assert kv.tier_of("new") is Tier.DEVICE and kv.num_free(Tier.DEVICE) == 2
+    kv.pool(Tier.DEVICE).allocate(2, "hog")
+    # "old" reaches its 17th token and needs a second block; the newest device request makes room.
+    out = sched.schedule()
+    assert out.preempted == ()
+    assert [(c.request_id, c.src_tier, c.dst_tier) for c in out.copies] == [("new", Tier.DEVICE, Tier.HOST)]
+    assert {s.request_id: s.attn for s in out.scheduled} == {"old": "device", "new": "host"}
+    assert kv.tier_of("new") is Tier.HOST and sched.requests["new"].num_computed_tokens == 15
+
+
+def test_swap_in_waits_for_a_quarter_of_the_device_tier_to_stay_free():
+    sched, kv = make(dev_blocks=8, host_blocks=10)
+    r = req("h", 40, max_tokens=4)
+    sched.add(r)
+    sched.waiting.clear()
+    r.status = RequestStatus.RUNNING
+    sched.running.append(r)
+    assert kv.allocate_slots("h", 40, Tier.HOST)
+    r.num_computed_tokens = 40
+    r.output_token_ids.append(7)
+    hog = kv.pool(Tier.DEVICE).allocate(4, "hog")          # 4 free: 4 - 3 needed < 2 (a quarter of 8)
+    out = sched.schedule()
+    assert out.copies == () and kv.tier_of("h") is Tier.HOST
+    kv.pool(Tier.DEVICE).free(hog, "hog")                   # 8 free: 8 - 3 >= 2
+    out = sched.schedule()
+    assert [(c.request_id, c.dst_tier) for c in out.copies] == [("h", Tier.DEVICE)]
+    assert {s.request_id: s.attn for s in out.scheduled} == {"h": "device"}
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 60), st.integers(1, 40)),
+    st.tuples(st.just("step"), st.just(0), st.just(0)),
+    st.tuples(st.just("abort"), st.integers(0, 30), st.just(0)),
+), min_size=1, max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, dev=st.integers(2, 10), host=st.integers(6, 16), seqs=st.integers(1, 6), budget=st.integers(16, 96))
+def test_random_arrivals_keep_neo_invariants(ops, dev, host, seqs, budget):
+    sched, kv = make(dev, host, seqs, budget)
+    biggest = max(dev, host) * 16
+    added = []
+
+    def check(out):
+        assert out.num_batched_tokens <= budget and len(sched.running) <= seqs
+        ids = [s.request_id for s in out.scheduled]
+        assert len(ids) == len(set(ids)) and not set(ids) & set(out.preempted)
+        for s in out.scheduled:
+            tier = kv.tier_of(s.request_id)
+            assert (tier is Tier.HOST) == (s.attn in ("host", "device_to_host"))
+            assert s.attn != "device_to_host" or s.num_computed_tokens == 0
+            assert len(kv.block_table(s.request_id)) * 16 >= s.num_computed_tokens + len(s.token_ids)
+        for c in out.copies:
+            assert c.src_tier != c.dst_tier and len(c.dst_blocks) >= len(c.src_blocks)
+        kv.check()
+        for t in (Tier.DEVICE, Tier.HOST):
+            p = kv.pool(t)
+            assert p.num_free + p.num_used == p.num_blocks
+
+    for op, a, b in ops:
+        if op == "add":
+            if a + b > biggest:
+                continue
+            rid = f"r{len(added)}"
+            added.append(rid)
+            sched.add(req(rid, a, b))
+        elif op == "abort" and added:
+            sched.abort(added[a % len(added)])
+            kv.check()
+        else:
+            out = sched.schedule()
+            check(out)
+            run_step(sched, out)
+    for _ in range(20_000):
+        if not sched.has_unfinished():
+            break
+        out = sched.schedule()
+        assert not out.empty, "NEO scheduler stalled with work left"
+        check(out)
+        run_step(sched, out)
+    assert not sched.has_unfinished()
+    assert kv.num_used(Tier.DEVICE) == 0 and kv.num_used(Tier.HOST) == 0
+
+
+# -- load-aware decision ---------------------------------------------------------
+
+MODEL = ModelShape("m", num_layers=4, hidden=1024, num_heads=8, num_kv_heads=8, head_dim=128,
+                   intermediate=4096, vocab=1000)
+
+
+def costs(host_decode: Table2D, **over):
+    return NeoCostTables(MODEL, synthetic(host_attention_decode={"f32": host_decode}, **over), "f32", 4)
+
+
+def lin(per_seq_s):
+    """Host decode attention that costs per_seq_s per sequence per layer."""
+    return Table2D.from_function((1, 2, 4, 8, 16, 32, 64), (1.0, 1e12), lambda s, y: per_seq_s * s, "h")
+
+
+A = DeviceWork(tokens=200, seqs=4, decode_seqs=3, decode_context=600, prefill_tokens=197, prefill_mean_context=99)
+CANDS = [HostCandidate(f"h{i}", 500) for i in range(10)]
+
+
+def test_host_decodes_join_while_they_hide_under_device_work():
+    # Device: 4 layers x (4 GEMMs x 1 ms + decode 2 ms + prefill 4 ms attention) + 1 ms LM head = 41 ms.
+    # Host: 4 layers x 1.5 ms per sequence (+ ~16 us of PCIe each) = ~6.07 ms per sequence.
+    choice = choose_host_batch(A, CANDS, costs(lin(1.5e-3)), max_seqs=64)
+    assert choice.chosen == tuple(f"h{i}" for i in range(6))  # a seventh (42.5 ms) would outlast the device
+    assert choice.pipelined_s < choice.device_only_s * 1.5
+
+
+def test_cheap_host_attention_takes_every_candidate_up_to_max_seqs():
+    choice = choose_host_batch(A, CANDS, costs(lin(1e-6)), max_seqs=9)
+    assert choice.chosen == tuple(f"h{i}" for i in range(5))   # 9 seqs minus A's 4
+
+
+def test_expensive_host_attention_means_a_device_only_step():
+    choice = choose_host_batch(A, CANDS, costs(lin(1.0)), max_seqs=64)
+    assert choice.chosen == () and choice.device_only_s > 0
+
+
+def test_starving_host_decode_joins_anyway():
+    cands = [HostCandidate("young", 500), HostCandidate("old", 500, skipped=STARVATION_STEPS)]
+    choice = choose_host_batch(A, cands, costs(lin(1.0)), max_seqs=64)
+    assert choice.chosen == ("old",)
+
+
+def test_no_device_work_runs_host_only():
+    idle = DeviceWork(0, 0, 0, 0, 0, 0.0)
+    choice = choose_host_batch(idle, CANDS[:3], costs(lin(1.0)), max_seqs=64)
+    assert choice.chosen == ("h0", "h1", "h2") and "host-only" in choice.reason
+
+
+def test_same_silicon_never_overlaps():
+    c = costs(lin(1e-3), device_is_host=True)
+    assert c.step(A, 2, 1000) == c.step(A, 2, 1000)
+    assert c.step(A, 2, 1000) > c.step(A, 0, 0) + c.host_attention(2, 1000) - 1e-12
