@@ -110,6 +110,8 @@ SIM_SETUPS = (
 def run_sim(args) -> None:
     rows = []
     for prof_name, m, kv_gb in SIM_SETUPS:
+        if args.profiles and prof_name not in args.profiles:
+            continue
         prof = reference_profile(prof_name)
         costs = NeoCostTables(m, prof, "bf16", 2)
         block = 16 * m.kv_bytes_per_token(2)
@@ -182,6 +184,7 @@ def main() -> None:
     ap.add_argument("--out-hi", type=int, default=400)
     ap.add_argument("--device-blocks", type=int, default=64)
     ap.add_argument("--profile", default=None, help="hardware profile for NEO's load-aware choice (real mode)")
+    ap.add_argument("--profiles", type=lambda s: s.split(","), default=None, help="sim: only these reference profiles")
     args = ap.parse_args()
     if args.mode == "sim":
         args.rates = args.rates or [1.0, 2.0, 4.0, 8.0]

@@ -96,10 +96,13 @@ def choose_host_batch(a: DeviceWork, candidates: list[HostCandidate], costs: Neo
     chosen: list[HostCandidate] = []
     ctx = 0
     # Starving requests first, then the rest in queue order.
+    forced_one = False
     for c in sorted(candidates, key=lambda c: c.skipped < STARVATION_STEPS):
         if len(chosen) >= room:
             break
-        forced = c.skipped >= STARVATION_STEPS
+        # At most one starving request is forced in per step, so fairness cannot swamp the step.
+        forced = c.skipped >= STARVATION_STEPS and not forced_one
+        forced_one |= forced
         dev = costs.linear(a.tokens + len(chosen) + 1, a.seqs + len(chosen) + 1) + costs.device_attention(a)
         host = costs.host_attention(len(chosen) + 1, ctx + c.context)
         if forced or host <= dev:
