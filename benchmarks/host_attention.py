@@ -1,0 +1,213 @@
+"""Host attention speed: decode KV read rate against this machine's read bandwidth, prefill GFLOP/s.
+
+    python benchmarks/host_attention.py [--batches 1,8,32] [--contexts 512,2048,8192] [--kv f32,f16,u8]
+                                        [--prefill 128,512,2048] [--path ov_paged] [--levers] [--repeats 5]
+
+Decode: one step of B sequences, each with `context` tokens already cached, 32/8
+heads of 128 (a Llama-8B layer), through HostAttention.forward (the public call,
+metadata check and KV write included). "KV GB/s" is the bytes of the blocks the
+step reads (u8 counts its scale/zero-point bytes) over the median time; "% of
+read BW" divides it by the read bandwidth measured right before and after that
+row, because these machines drift. "vs torch" is torch SDPA (f32, contiguous
+[B, KVH, ctx, D] cache, enable_gqa) time over ours: > 1 means we are faster.
+
+Prefill: one sequence of L new tokens, causal; GFLOP/s counts 4*H*D*L*(L+1)/2.
+
+--levers times the issue's levers at batch 32 x context 2048, f16: one request
+on all cores (what HostAttention does), the batch split over two infer requests
+on two streams, one thread only (if one thread is half as fast, the kernel is
+compute-bound, not bandwidth-bound) and thread pinning off.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import machine, median, read_bandwidth_gbs, table  # noqa: E402
+
+from hybridllm.attention import build_metadata  # noqa: E402
+from hybridllm.attention.host import HostAttention, HostAttentionSpec  # noqa: E402
+
+H, KVH, D = 32, 8, 128
+CPU = torch.device("cpu")
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return median(ts)
+
+
+def bandwidth() -> float:
+    return read_bandwidth_gbs(512 << 20, repeats=3)
+
+
+def make_attention(precision: str, path: str, num_blocks: int) -> HostAttention:
+    spec = HostAttentionSpec(num_layers=1, num_heads=H, num_kv_heads=KVH, head_dim=D, kv_precision=precision)
+    ha = HostAttention.create(spec, num_blocks=num_blocks, path=path)
+    for t in (ha.tier._k, ha.tier._v):      # values: finite, and the pages really allocated
+        if t.dtype == torch.uint8:
+            t.random_(0, 255)
+        else:
+            t.uniform_(-1, 1)
+    if precision == "u8":                    # sane scales / zero points: f32 1/64 and 128
+        kb, vb = ha.tier._k, ha.tier._v
+        kb[..., 0:4, :] = torch.tensor([0.015625], dtype=torch.float32).view(torch.uint8).repeat(D).view(4, D)
+        kb[..., 4:8, :] = torch.tensor([128.0], dtype=torch.float32).view(torch.uint8).repeat(D).view(4, D)
+        vb[..., 0:8] = torch.tensor([0.015625, 128.0], dtype=torch.float32).view(torch.uint8)
+    return ha
+
+
+def decode_rows(args) -> list[list]:
+    rows = []
+    for precision in args.kv:
+        for ctx in args.contexts:
+            for b in args.batches:
+                bs = 32 if args.path == "ov_paged" else 16
+                nb = -(-(ctx + 1) // bs)
+                ha = make_attention(precision, args.path, b * nb)
+                tables = torch.arange(b * nb).view(b, nb)[:, torch.randperm(nb)].tolist()   # scattered blocks
+                md = build_metadata([1] * b, [ctx + 1] * b, tables, bs, CPU)
+                q, k, v = torch.randn(b, H, D), torch.randn(b, KVH, D), torch.randn(b, KVH, D)
+                bw0 = bandwidth()
+                t_ours = timed(lambda: ha.forward(0, q, k, v, md), args.repeats)
+                bw1 = bandwidth()
+                per_block = ha.layout.bytes_per_block            # one layer
+                kv_bytes = b * nb * per_block
+                del ha
+                kt = torch.empty(b, KVH, ctx + 1, D).uniform_(-1, 1)
+                vt = torch.empty(b, KVH, ctx + 1, D).uniform_(-1, 1)
+                qt = q.unsqueeze(2)
+                t_torch = timed(lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True), args.repeats)
+                del kt, vt
+                bw = median([bw0, bw1])
+                gbs = kv_bytes / t_ours / 1e9
+                rows.append([precision, b, ctx, f"{t_ours * 1e3:.2f}", f"{gbs:.1f}", f"{bw:.1f}",
+                             f"{100 * gbs / bw:.0f}%", f"{t_torch * 1e3:.2f}", f"{t_torch / t_ours:.2f}x"])
+                print(" | ".join(str(c) for c in rows[-1]), flush=True)
+    return rows
+
+
+def prefill_rows(args) -> list[list]:
+    rows = []
+    for n in args.prefill:
+        bs = 32 if args.path == "ov_paged" else 16
+        nb = -(-n // bs)
+        ha = make_attention("f32", args.path, nb)
+        md = build_metadata([n], [n], [list(range(nb))], bs, CPU)
+        q, k, v = torch.randn(n, H, D), torch.randn(n, KVH, D), torch.randn(n, KVH, D)
+        flops = 4 * H * D * n * (n + 1) / 2
+        t_ours = timed(lambda: ha.forward(0, q, k, v, md), args.repeats)
+        qt, kt, vt = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+        t_torch = timed(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True),
+                        args.repeats)
+        rows.append([n, f"{t_ours * 1e3:.1f}", f"{flops / t_ours / 1e9:.0f}", f"{t_torch * 1e3:.1f}",
+                     f"{flops / t_torch / 1e9:.0f}", f"{t_torch / t_ours:.2f}x"])
+        print(" | ".join(str(c) for c in rows[-1]), flush=True)
+    return rows
+
+
+def lever_rows(args) -> list[list]:
+    """Batch 32 x context 2048, f16, straight on the compiled op with different stream / thread setups."""
+    import openvino as ov
+    from hybridllm.attention.host_ov_paged import build_model, cache_layout, compile_config
+    from hybridllm.kv.host_tier import HostKVTier
+    from hybridllm.runtime.ov_common import core
+
+    b, ctx = 32, 2048
+    spec = HostAttentionSpec(num_layers=1, num_heads=H, num_kv_heads=KVH, head_dim=D, kv_precision="f16")
+    setups = [("1 request, LATENCY, all cores", {}, 1),
+              ("2 requests x 2 streams (batch split)", {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2"}, 2),
+              ("1 request, 1 thread", {"INFERENCE_NUM_THREADS": "1"}, 1),
+              ("1 request, pinning off", {"ENABLE_CPU_PINNING": "NO"}, 1)]
+    rows = []
+    for name, extra, nreq in setups:
+        cfg = dict(compile_config(spec), **extra)
+        compiled = core().compile_model(build_model(spec), "CPU", cfg)
+        layout = cache_layout(compiled, spec)
+        nb = ctx // layout.block_size
+        tier = HostKVTier(layout, b * nb)
+        tier._k.uniform_(-1, 1)
+        tier._v.uniform_(-1, 1)
+        kn, vn = tier.numpy_views(0)
+        reqs, keep = [], []
+        per = b // nreq
+        for r in range(nreq):
+            req = compiled.create_infer_request()
+            feed = {
+                "query": np.random.randn(per, H * D).astype(np.float32),
+                "key": np.random.randn(per, KVH * D).astype(np.float32),
+                "value": np.random.randn(per, KVH * D).astype(np.float32),
+                "past_lens": np.full(per, ctx - 1, np.int32),
+                "subsequence_begins": np.arange(per + 1, dtype=np.int32),
+                "block_indices": np.arange(r * per * nb, (r + 1) * per * nb, dtype=np.int32),
+                "block_indices_begins": (np.arange(per + 1) * nb).astype(np.int32),
+                "max_context_len": np.array(ctx, np.int32),
+            }
+            keep.append(feed)
+            for n, a in feed.items():
+                req.set_tensor(n, ov.Tensor(a, shared_memory=True))
+            req.set_tensor("key_cache", ov.Tensor(kn, list(kn.shape), ov.Type.f16))
+            req.set_tensor("value_cache", ov.Tensor(vn, list(vn.shape), ov.Type.f16))
+            reqs.append(req)
+
+        def run():
+            for req in reqs:
+                req.start_async()
+            for req in reqs:
+                req.wait()
+        bw0 = bandwidth()
+        t = timed(run, args.repeats)
+        bw = median([bw0, bandwidth()])
+        gbs = tier.num_bytes / t / 1e9
+        flops = 4 * b * H * D * ctx
+        rows.append([name, f"{t * 1e3:.2f}", f"{gbs:.1f}", f"{100 * gbs / bw:.0f}%", f"{flops / t / 1e9:.0f}"])
+        print(" | ".join(str(c) for c in rows[-1]), flush=True)
+        del reqs, tier
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--contexts", default="512,2048,8192")
+    ap.add_argument("--kv", default="f32,f16,u8")
+    ap.add_argument("--prefill", default="128,512,2048")
+    ap.add_argument("--path", default="ov_paged", choices=["ov_paged", "ov_sdpa", "torch"])
+    ap.add_argument("--levers", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    args.batches = [int(x) for x in args.batches.split(",")]
+    args.contexts = [int(x) for x in args.contexts.split(",")]
+    args.kv = args.kv.split(",")
+    args.prefill = [int(x) for x in args.prefill.split(",") if x]
+    torch.manual_seed(0)
+
+    print(f"machine: {machine()}; path {args.path}; heads {H}/{KVH}, head_dim {D}; median of {args.repeats}\n")
+    dec = decode_rows(args)
+    pre = prefill_rows(args) if args.prefill else []
+    lev = lever_rows(args) if args.levers else []
+    print("\n### Decode\n")
+    print(table(["KV", "batch", "context", "ms", "KV GB/s", "read BW GB/s", "% of read BW", "torch SDPA ms",
+                 "vs torch"], dec))
+    if pre:
+        print("\n### Prefill (causal, one sequence, f32 KV)\n")
+        print(table(["tokens", "ms", "GFLOP/s", "torch SDPA ms", "torch GFLOP/s", "vs torch"], pre))
+    if lev:
+        print("\n### Levers at batch 32 x context 2048, f16 KV\n")
+        print(table(["setup", "ms", "KV GB/s", "% of read BW", "GFLOP/s"], lev))
+
+
+if __name__ == "__main__":
+    main()
