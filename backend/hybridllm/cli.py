@@ -13,7 +13,23 @@ def _cmd_run(args) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()),
                             ignore_eos=args.ignore_eos)
-    llm = LLM(model=args.model, policy=args.policy, dtype=args.dtype)
+    options = {k: v for k, v in (("device_kv_bytes", args.device_kv_bytes), ("host_kv_bytes", args.host_kv_bytes),
+                                 ("hardware_profile", args.hardware_profile)) if v is not None}
+    llm = LLM(model=args.model, policy=args.policy, dtype=args.dtype, **options)
+    tracer = None
+    if args.trace:
+        from .runtime.trace import Tracer
+        tracer = Tracer()
+        for ex in llm.engine.runtime.executors.values():
+            if hasattr(ex, "tracer"):
+                ex.tracer = tracer
+    if args.batch > 1:     # a batch of copies, e.g. to see NEO's device and host lanes in the trace
+        outs = llm.generate([args.prompt] * args.batch, params)
+        print(args.prompt + outs[0].text + f"\n[finish_reason={outs[0].finish_reason}, batch={args.batch}]")
+        if tracer:
+            tracer.save(args.trace)
+            print(f"trace: {args.trace} (open in https://ui.perfetto.dev)", file=sys.stderr)
+        return 0
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
@@ -23,6 +39,9 @@ def _cmd_run(args) -> int:
         out.flush()
         reason = delta.finish_reason
     out.write(f"\n[finish_reason={reason}]\n")
+    if tracer:
+        tracer.save(args.trace)
+        print(f"trace: {args.trace} (open in https://ui.perfetto.dev)", file=sys.stderr)
     return 0
 
 
@@ -51,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--stop", action="append", help="stop string (repeatable)")
     run.add_argument("--ignore-eos", action="store_true")
+    run.add_argument("--batch", type=int, default=1, help="run this many copies of the prompt together")
+    run.add_argument("--device-kv-bytes", type=int, default=None)
+    run.add_argument("--host-kv-bytes", type=int, default=None)
+    run.add_argument("--hardware-profile", default=None, help="profile JSON or reference name (policy auto/partition)")
+    run.add_argument("--trace", default=None, help="write a Chrome trace JSON of the steps (device and host lanes)")
     run.set_defaults(func=_cmd_run)
 
     conv = sub.add_parser("convert", help="GGUF file or HF folder -> HF folder with model.safetensors")

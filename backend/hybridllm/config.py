@@ -39,7 +39,7 @@ class EngineConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.block_size != 16:
-            # The OpenVINO PagedAttention op on the CPU is built for 16-token blocks.
+            # Device and torch/ov_sdpa host tiers use 16-token blocks (cpu_only's OpenVINO tier uses the op's 32).
             raise ValueError(f"block_size must be 16, got {self.block_size}")
         for name in ("device_kv_bytes", "device_memory_bytes", "max_model_len"):
             value = getattr(self, name)

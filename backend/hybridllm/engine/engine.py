@@ -45,7 +45,7 @@ class LLMEngine:
             n_blocks = min(self.kv.pool(rt.tier).num_blocks, self.kv.pool(rt.decode_tier).num_blocks)
         # A lone request must always fit in the pool, or it could never be rescheduled.
         self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf,
-                                 n_blocks * config.block_size)
+                                 n_blocks * self.kv.block_size)
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
         self._num_steps = 0
         self._steps_by_policy: dict[str, int] = {}
