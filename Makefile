@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROMPT ?= Once upon a time, there was a little
 
-.PHONY: install run test bench clean
+.PHONY: install run serve test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(BIN)/python
 
 run: install
 	$(BIN)/hybridllm run --model default --max-tokens 48 "$(PROMPT)"
+
+# The main job: tritonserver (from the nvidia-pytriton wheel) serving the default model on
+# 127.0.0.1:8000 (HTTP), :8001 (gRPC), :8002 (metrics) until Ctrl-C. SERVE_ARGS="--policy ..." adds options.
+serve: install
+	$(BIN)/hybridllm serve --model default $(SERVE_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

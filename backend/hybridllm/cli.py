@@ -53,6 +53,36 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .config import EngineConfig
+    from .serving.options import ServingLimits
+    from .serving.server import serve
+
+    config = EngineConfig(model=args.model, policy=args.policy, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+                          device_kv_bytes=args.device_kv_bytes, host_kv_bytes=args.host_kv_bytes,
+                          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                          max_model_len=args.max_model_len)
+    return serve(config, ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream), host=args.host,
+                 http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                 workdir=args.workdir, ready_timeout=args.ready_timeout, log_file=args.log_file)
+
+
+def _cmd_generate(args) -> int:
+    from .serving.client import main_generate
+
+    return main_generate(args)
+
+
+def _add_sampling(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hybridllm", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log engine decisions")
@@ -63,13 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="default", help='"default" (SmolLM2-135M), an HF folder or a .gguf file')
     run.add_argument("--policy", default="auto")
     run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    run.add_argument("--max-tokens", type=int, default=64)
-    run.add_argument("--temperature", type=float, default=0.0)
-    run.add_argument("--top-p", type=float, default=1.0)
-    run.add_argument("--top-k", type=int, default=0)
-    run.add_argument("--seed", type=int, default=None)
-    run.add_argument("--stop", action="append", help="stop string (repeatable)")
-    run.add_argument("--ignore-eos", action="store_true")
+    _add_sampling(run, max_tokens=64)
     run.add_argument("--batch", type=int, default=1, help="run this many copies of the prompt together")
     run.add_argument("--device-kv-bytes", type=int, default=None)
     run.add_argument("--host-kv-bytes", type=int, default=None)
@@ -82,6 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("out")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     conv.set_defaults(func=_cmd_convert)
+
+    srv = sub.add_parser("serve", help="build the model repository and run tritonserver in the foreground")
+    srv.add_argument("--model", default="default", help='"default" (SmolLM2-135M), an HF folder or a .gguf file')
+    srv.add_argument("--policy", default="auto")
+    srv.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    srv.add_argument("--kv-cache-dtype", default="auto")
+    srv.add_argument("--device-kv-bytes", type=int, default=None)
+    srv.add_argument("--host-kv-bytes", type=int, default=2 << 30)
+    srv.add_argument("--max-num-seqs", type=int, default=64)
+    srv.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    srv.add_argument("--max-model-len", type=int, default=None)
+    srv.add_argument("--max-tokens-non-stream", type=int, default=4096, help="max_tokens cap for stream=false")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
+    srv.add_argument("--http-port", type=int, default=8000)
+    srv.add_argument("--grpc-port", type=int, default=8001)
+    srv.add_argument("--metrics-port", type=int, default=8002)
+    srv.add_argument("--workdir", default=None, help="where the repository is built (default: the cache)")
+    srv.add_argument("--log-file", default=None, help="tritonserver log (default: this terminal)")
+    srv.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the model to load")
+    srv.set_defaults(func=_cmd_serve)
+
+    gen = sub.add_parser("generate", help="ask a running server (gRPC) and print tokens as they arrive")
+    gen.add_argument("prompt")
+    gen.add_argument("--url", default="127.0.0.1:8001", help="gRPC address of the server")
+    gen.add_argument("--model-name", default="hybrid_llm", help="Triton model name")
+    gen.add_argument("--stream", action="store_true", help="a response per token (else one at the end)")
+    _add_sampling(gen, max_tokens=64)
+    gen.set_defaults(func=_cmd_generate)
 
     from .policy.cli import add_subcommands as add_policy_subcommands
     add_policy_subcommands(sub)   # profile, plan

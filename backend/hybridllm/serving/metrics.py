@@ -1,0 +1,92 @@
+"""Prometheus metrics through pb_utils.MetricFamily; Triton serves them on its metrics port.
+
+Every metric update is an IPC round trip from the stub to the server, so gauges are only written
+when they change and counters once per engine step, not once per token.
+"""
+from __future__ import annotations
+
+from .engine_loop import StepReport
+
+TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+TPOT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5]
+
+# name -> (kind, help); kinds are pb_utils.MetricFamily attribute names.
+FAMILIES = {
+    "hybridllm_prompt_tokens_total": ("COUNTER", "Prompt tokens prefilled"),
+    "hybridllm_generation_tokens_total": ("COUNTER", "Output tokens generated"),
+    "hybridllm_time_to_first_token_seconds": ("HISTOGRAM", "Time from request arrival to its first token"),
+    "hybridllm_time_per_output_token_seconds": ("HISTOGRAM", "Time between consecutive tokens of a request"),
+    "hybridllm_num_requests_running": ("GAUGE", "Requests in the running batch"),
+    "hybridllm_num_requests_waiting": ("GAUGE", "Requests queued for admission"),
+    "hybridllm_kv_blocks_used": ("GAUGE", "KV cache blocks in use, per tier"),
+    "hybridllm_kv_blocks_total": ("GAUGE", "KV cache blocks, per tier"),
+    "hybridllm_steps_total": ("COUNTER", "Engine steps, per execution policy that ran them"),
+    "hybridllm_preemptions_total": ("COUNTER", "Requests preempted (recomputed later) for KV space"),
+}
+
+
+class ServingMetrics:
+    """An engine-loop Observer that writes the families above. `pb` is triton_python_backend_utils."""
+
+    def __init__(self, pb, labels: dict[str, str]):
+        self._labels = dict(labels)
+        self._families = {
+            name: pb.MetricFamily(name=name, description=help_, kind=getattr(pb.MetricFamily, kind))
+            for name, (kind, help_) in FAMILIES.items()
+        }
+        f = self._families
+        self._prompt = f["hybridllm_prompt_tokens_total"].Metric(labels=self._labels)
+        self._generated = f["hybridllm_generation_tokens_total"].Metric(labels=self._labels)
+        self._ttft = f["hybridllm_time_to_first_token_seconds"].Metric(labels=self._labels, buckets=TTFT_BUCKETS)
+        self._tpot = f["hybridllm_time_per_output_token_seconds"].Metric(labels=self._labels, buckets=TPOT_BUCKETS)
+        self._running = f["hybridllm_num_requests_running"].Metric(labels=self._labels)
+        self._waiting = f["hybridllm_num_requests_waiting"].Metric(labels=self._labels)
+        self._preemptions = f["hybridllm_preemptions_total"].Metric(labels=self._labels)
+        self._per_label: dict[tuple[str, str], object] = {}   # (family, label value) -> Metric
+        self._last: dict[object, float] = {}                  # last value written, per key
+
+    def _labelled(self, family: str, key: str, value: str):
+        m = self._per_label.get((family, value))
+        if m is None:
+            m = self._families[family].Metric(labels={**self._labels, key: value})
+            self._per_label[(family, value)] = m
+        return m
+
+    def _set(self, metric, value: float) -> None:
+        if self._last.get(id(metric)) != value:
+            metric.set(value)
+            self._last[id(metric)] = value
+
+    def _count(self, key, metric, total: int) -> None:
+        """Counters from cumulative engine stats: increment by what is new since last time."""
+        delta = total - self._last.get(key, 0)
+        if delta > 0:
+            metric.increment(delta)
+        self._last[key] = total
+
+    def step_done(self, r: StepReport) -> None:
+        if r.prompt_tokens:
+            self._prompt.increment(r.prompt_tokens)
+        if r.generation_tokens:
+            self._generated.increment(r.generation_tokens)
+        for t in r.ttft_s:
+            self._ttft.observe(t)
+        for t in r.tpot_s:
+            self._tpot.observe(t)
+        s = r.stats
+        self._set(self._running, s.num_running)
+        self._set(self._waiting, s.num_waiting)
+        for tier, n in s.blocks_used.items():
+            self._set(self._labelled("hybridllm_kv_blocks_used", "tier", tier), n)
+        for tier, n in s.blocks_total.items():
+            self._set(self._labelled("hybridllm_kv_blocks_total", "tier", tier), n)
+        for policy, n in s.steps_by_policy.items():
+            self._count(("steps", policy), self._labelled("hybridllm_steps_total", "policy", policy), n)
+        self._count("preemptions", self._preemptions, s.num_preemptions)
+
+    def close(self) -> None:
+        # The backend requires Metric objects to go before their MetricFamily.
+        self._per_label.clear()
+        for name in ("_prompt", "_generated", "_ttft", "_tpot", "_running", "_waiting", "_preemptions"):
+            setattr(self, name, None)
+        self._families.clear()

@@ -1,0 +1,73 @@
+"""Model parameters in config.pbtxt <-> EngineConfig + ServingLimits.
+
+Triton hands every parameter over as a string; this module is the one place that turns them into
+typed options (and back), so `hybridllm serve`, the checked-in config.pbtxt and the model agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..config import EngineConfig
+
+# Options that only the serving layer uses (not engine options).
+DEFAULT_MAX_TOKENS_NON_STREAM = 4096
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    # stream=false holds the whole answer (and the client) until the end, so it gets a cap.
+    max_tokens_non_stream: int = DEFAULT_MAX_TOKENS_NON_STREAM
+
+    def __post_init__(self):
+        v = self.max_tokens_non_stream
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"max_tokens_non_stream must be an integer >= 1, got {v!r}")
+
+
+_ENGINE_FIELDS = {f.name: f for f in fields(EngineConfig)}
+_LIMIT_FIELDS = {f.name: f for f in fields(ServingLimits)}
+# Parameters Triton or the Python backend read themselves; they are not ours to reject.
+_TRITON_PARAMETERS = {"EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS"}
+
+
+def _parse(name: str, annotation: str, text: str):
+    """One parameter string -> the field's type; annotations are strings (postponed evaluation)."""
+    optional = "None" in annotation
+    if optional and text.strip().lower() in ("", "none", "null"):
+        return None
+    if annotation.startswith("int"):
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError(f"model parameter {name}: {text!r} is not an integer") from None
+    return text
+
+
+def _format(value) -> str:
+    return "" if value is None else str(value)
+
+
+def parse_parameters(params: dict) -> tuple[EngineConfig, ServingLimits]:
+    """Triton's model_config["parameters"] ({key: {"string_value": s}}) -> typed options.
+
+    Raises ValueError/TypeError naming the parameter, so a bad config fails the model load clearly.
+    """
+    engine: dict = {}
+    limits: dict = {}
+    for name, value in params.items():
+        text = value.get("string_value", "") if isinstance(value, dict) else str(value)
+        if name in _ENGINE_FIELDS:
+            engine[name] = _parse(name, str(_ENGINE_FIELDS[name].type), text)
+        elif name in _LIMIT_FIELDS:
+            limits[name] = _parse(name, str(_LIMIT_FIELDS[name].type), text)
+        elif name not in _TRITON_PARAMETERS:
+            known = sorted(set(_ENGINE_FIELDS) | set(_LIMIT_FIELDS))
+            raise ValueError(f"unknown model parameter {name!r}; known: {', '.join(known)}")
+    return EngineConfig(**engine), ServingLimits(**limits)
+
+
+def to_parameters(config: EngineConfig, limits: ServingLimits) -> dict[str, str]:
+    """Typed options -> parameter strings, every field spelled out so the file documents them."""
+    out = {name: _format(getattr(config, name)) for name in _ENGINE_FIELDS}
+    out.update({name: _format(getattr(limits, name)) for name in _LIMIT_FIELDS})
+    return out

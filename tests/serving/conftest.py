@@ -1,0 +1,39 @@
+"""One real tritonserver for the serving tests: the default model (`hybrid_llm`) and a tiny
+random Llama (`tiny_llm`), on free loopback ports, stopped by PID at the end."""
+from __future__ import annotations
+
+import pytest
+
+from hybridllm.config import EngineConfig
+from hybridllm.serving.options import ServingLimits
+from hybridllm.serving.repository import write_model
+
+from ..numerics.tiny_models import make_tiny
+from .triton_helpers import start_server
+
+TINY = "tiny_llm"
+DEFAULT = "hybrid_llm"
+TINY_NON_STREAM_CAP = 256
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny_serving"), "llama")
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory, tiny_model_dir, default_model_path):
+    root = tmp_path_factory.mktemp("triton")
+    repo = root / "repo"
+    # Small KV tiers: tests need a few hundred tokens per request, not the 1 GiB CPU default.
+    write_model(repo, DEFAULT, EngineConfig(model=str(default_model_path), device_kv_bytes=128 << 20,
+                                            host_kv_bytes=64 << 20))
+    write_model(repo, TINY, EngineConfig(model=str(tiny_model_dir), device_kv_bytes=16 << 20,
+                                         host_kv_bytes=4 << 20),
+                ServingLimits(max_tokens_non_stream=TINY_NON_STREAM_CAP))
+    server = start_server(repo, root)
+    yield server
+    pid = server.pid
+    server.stop()
+    assert server.proc.returncode == 0, f"tritonserver (pid {pid}) exited with {server.proc.returncode}"
+    assert server.leaked_at_exit == [], f"shared memory left by tritonserver: {server.leaked_at_exit}"

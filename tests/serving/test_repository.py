@@ -1,0 +1,149 @@
+"""The model repository, its parameters, the server environment, and the Dockerfile."""
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hybridllm.config import EngineConfig
+from hybridllm.serving.options import ServingLimits, parse_parameters, to_parameters
+from hybridllm.serving.repository import (INPUTS, MODEL_PY, OUTPUTS, build_backend_dir, find_triton,
+                                          render_config, server_env, write_model)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKED_IN = ROOT / "model_repository" / "hybrid_llm"
+
+
+def _pbtxt_parameters(text: str) -> dict:
+    pairs = re.findall(r'parameters \{ key: "(\w+)" value: \{ string_value: "([^"]*)" \} \}', text)
+    return {k: {"string_value": v} for k, v in pairs}
+
+
+def test_checked_in_repository_is_the_generated_one():
+    assert (CHECKED_IN / "config.pbtxt").read_text() == render_config(), \
+        "regenerate: python -c 'from hybridllm.serving.repository import write_model; write_model(\"model_repository\")'"
+    assert (CHECKED_IN / "1" / "model.py").read_text() == MODEL_PY
+    assert len(MODEL_PY.strip().splitlines()) == 2
+
+
+def test_config_keeps_the_design_contract():
+    text = render_config()
+    assert "model_transaction_policy { decoupled: true }" in text and "kind: KIND_MODEL" in text
+    contract_in = {"text_input": "TYPE_STRING", "stream": "TYPE_BOOL", "sampling_parameters": "TYPE_STRING",
+                   "exclude_input_in_output": "TYPE_BOOL", "input_ids": "TYPE_INT32"}
+    contract_out = {"text_output": "TYPE_STRING", "output_ids": "TYPE_INT32", "finish_reason": "TYPE_STRING",
+                    "num_input_tokens": "TYPE_INT32", "num_output_tokens": "TYPE_INT32"}
+    assert contract_in.items() <= {n: t for n, t, _, _ in INPUTS}.items()
+    assert contract_out == {n: t for n, t, _ in OUTPUTS}
+    for name, kind in {**contract_in, **contract_out}.items():
+        assert re.search(rf'name: "{name}" data_type: {kind}', text), name
+    assert parse_parameters(_pbtxt_parameters(text)) == (EngineConfig(), ServingLimits())
+
+
+def test_parameters_round_trip():
+    cfg = EngineConfig(model="/m", policy="gpu_only", dtype="bfloat16", kv_cache_dtype="f16",
+                       device_kv_bytes=123 << 20, host_kv_bytes=0, max_num_seqs=3, max_num_batched_tokens=99,
+                       max_model_len=300, hardware_profile="/p.json", seed=7)
+    limits = ServingLimits(max_tokens_non_stream=10)
+    params = {k: {"string_value": v} for k, v in to_parameters(cfg, limits).items()}
+    assert parse_parameters(params) == (cfg, limits)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"max_num_seq": "3"}, "unknown model parameter 'max_num_seq'"),
+    ({"max_num_seqs": "lots"}, "model parameter max_num_seqs: 'lots' is not an integer"),
+    ({"policy": "fastest"}, "policy: 'fastest' is not one of"),
+    ({"max_tokens_non_stream": "0"}, "max_tokens_non_stream must be an integer >= 1"),
+])
+def test_bad_parameters_name_the_parameter(params, match):
+    with pytest.raises((ValueError, TypeError), match=re.escape(match)):
+        parse_parameters({k: {"string_value": v} for k, v in params.items()})
+
+
+def test_write_model_refreshes_only_what_changed(tmp_path):
+    folder = write_model(tmp_path, "m", EngineConfig(max_num_seqs=4))
+    cfg = folder / "config.pbtxt"
+    mtime = cfg.stat().st_mtime_ns
+    write_model(tmp_path, "m", EngineConfig(max_num_seqs=4))
+    assert cfg.stat().st_mtime_ns == mtime
+    write_model(tmp_path, "m", EngineConfig(max_num_seqs=5))
+    assert 'key: "max_num_seqs" value: { string_value: "5" }' in cfg.read_text()
+
+
+def test_backend_dir_and_environment(tmp_path):
+    install = find_triton()
+    backend = build_backend_dir(tmp_path / "backends", install) / "python"
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py", "triton_python_backend_stub"):
+        assert (backend / name).resolve().is_file(), name
+    assert (backend / "triton_python_backend_stub").resolve() == install.stub().resolve()
+    build_backend_dir(tmp_path / "backends", install)   # idempotent
+    env = server_env(install, base={"PATH": "/usr/bin", "PYTHONPATH": "/x"})
+    assert env["LD_LIBRARY_PATH"].split(":")[0] == str(install.libs)
+    assert (Path(env["PATH"].split(":")[0]) / "python3").exists()
+    assert "PYTHONPATH" not in env
+
+
+# -- Docker ---------------------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
+
+
+def _pyproject_pins() -> dict[str, str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    reqs = list(data["project"]["dependencies"])
+    for extra in data["project"].get("optional-dependencies", {}).values():
+        reqs += extra
+    pins = {}
+    for req in reqs:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^;\s]+)", req.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(3)
+    return pins
+
+
+def test_dockerfile_is_from_the_ngc_tritonserver_py3_image():
+    instr = _instructions()
+    (base,) = [arg for op, arg in instr if op == "FROM"]
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\S+-py3", base), base
+
+
+def test_dockerfile_copies_only_files_that_exist():
+    copies = [shlex.split(arg) for op, arg in _instructions() if op == "COPY"]
+    assert copies
+    for args in copies:
+        *sources, _dest = [a for a in args if not a.startswith("--")]
+        for src in sources:
+            assert (ROOT / src).exists(), f"COPY source {src} is missing"
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    for args in copies:  # and the context filter lets every one of them through
+        for src in [a for a in args if not a.startswith("--")][:-1]:
+            assert f"!{src.rstrip('/')}" in ignore, src
+
+
+def test_dockerfile_pip_installs_only_pinned_packages_from_pyproject():
+    pins = _pyproject_pins()
+    installs = [shlex.split(arg) for op, arg in _instructions() if op == "RUN" and "pip install" in arg]
+    assert installs
+    named = []
+    for words in installs:
+        for cmd in " ".join(words).split("&&"):
+            cmd = cmd.split()
+            if "install" not in cmd:
+                continue
+            for word in cmd[cmd.index("install") + 1:]:
+                if word.startswith("-") or word in (".", "./"):
+                    continue
+                m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", word)
+                assert m, f"{word!r} is not pinned with =="
+                assert pins.get(m.group(1).lower()) == m.group(2), f"{word} is not pinned so in pyproject.toml"
+                named.append(m.group(1).lower())
+    assert {"torch", "openvino"} <= set(named)

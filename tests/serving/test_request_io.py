@@ -1,0 +1,110 @@
+"""request_io: Triton inputs -> GenerateRequest, without a server."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hybridllm.serving.request_io import Limits, RequestError, output_arrays, parse_request
+
+LIMITS = Limits(vocab_size=100, max_tokens_non_stream=50)
+
+
+def _get(**inputs):
+    arrays = {}
+    for name, value in inputs.items():
+        if isinstance(value, str):
+            value = np.array([value.encode()], dtype=np.object_)
+        elif isinstance(value, bytes):
+            value = np.array([value], dtype=np.object_)
+        elif isinstance(value, bool):
+            value = np.array([value])
+        elif isinstance(value, dict):
+            value = np.array([json.dumps(value).encode()], dtype=np.object_)
+        arrays[name] = value
+    return arrays.get
+
+
+def test_defaults_follow_vllm_backend():
+    r = parse_request(_get(text_input="hi"), LIMITS)
+    assert (r.prompt, r.prompt_token_ids, r.stream, r.prepend_input) == ("hi", None, False, True)
+    assert r.params.max_tokens == 16
+    r = parse_request(_get(text_input="hi", stream=True), LIMITS)
+    assert r.stream and not r.prepend_input          # streaming never echoes the prompt
+    r = parse_request(_get(text_input="hi", exclude_input_in_output=True), LIMITS)
+    assert not r.prepend_input
+
+
+def test_sampling_parameters_typed_and_as_strings():
+    r = parse_request(_get(text_input="hi", sampling_parameters={
+        "max_tokens": "7", "temperature": "0.5", "top_p": 0.9, "top_k": "3", "seed": 4, "stop": ["."],
+        "ignore_eos": "true"}), LIMITS)
+    p = r.params
+    assert (p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop, p.ignore_eos) == \
+        (7, 0.5, 0.9, 3, 4, (".",), True)
+
+
+def test_openai_frontend_defaults_are_accepted():
+    # What Triton's OpenAI frontend (--backend vllm) dumps for a plain completion request.
+    sent = {"best_of": 1, "frequency_penalty": 0.0, "n": 1, "presence_penalty": 0.0, "temperature": 1.0,
+            "top_p": 1.0, "logprobs": False, "max_tokens": 5}
+    assert parse_request(_get(text_input="hi", sampling_parameters=sent), LIMITS).params.max_tokens == 5
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"n": 2}, "sampling_parameters.n: 2 is not supported; only 1"),
+    ({"frequency_penalty": 0.5}, "sampling_parameters.frequency_penalty"),
+    ({"temperature": float("nan")}, "temperature: must be a finite number"),
+    ({"max_tokens": 2.5}, "max_tokens must be an integer >= 1"),
+    ({"stop": [1]}, "stop must be a string or a list of non-empty strings"),
+    ({"max_tokens": 51}, "51 is over the cap of 50"),
+])
+def test_bad_sampling_values(params, fragment):
+    with pytest.raises(RequestError) as e:
+        parse_request(_get(text_input="hi", sampling_parameters=params), LIMITS)
+    assert fragment in str(e.value)
+
+
+def test_stream_lifts_the_non_stream_cap():
+    r = parse_request(_get(text_input="hi", stream=True, sampling_parameters={"max_tokens": 1000}), LIMITS)
+    assert r.params.max_tokens == 1000
+
+
+def test_request_parameters_when_no_sampling_input():
+    # HTTP generate's extra top-level keys arrive as request parameters; triton_* ones are Triton's.
+    r = parse_request(_get(text_input="hi"), LIMITS,
+                      json.dumps({"max_tokens": 3, "temperature": 0, "triton_enable_empty_final_response": True}))
+    assert r.params.max_tokens == 3 and r.params.greedy
+    with pytest.raises(RequestError, match="parameters: unknown key"):
+        parse_request(_get(text_input="hi"), LIMITS, json.dumps({"max_tokns": 3}))
+
+
+def test_input_ids():
+    r = parse_request(_get(input_ids=np.array([1, 2, 99], dtype=np.int32)), LIMITS)
+    assert r.prompt is None and r.prompt_token_ids == (1, 2, 99)
+    with pytest.raises(RequestError, match=r"input_ids: 100 is not a token id in \[0, 100\)"):
+        parse_request(_get(input_ids=np.array([1, 100], dtype=np.int32)), LIMITS)
+    with pytest.raises(RequestError, match="input_ids: is empty"):
+        parse_request(_get(input_ids=np.array([], dtype=np.int32)), LIMITS)
+
+
+@pytest.mark.parametrize("inputs, fragment", [
+    ({"text_input": np.array([b"a", b"b"], dtype=np.object_)}, "text_input: expected exactly 1 element"),
+    ({"text_input": b"\xff\xfe"}, "text_input: is not valid UTF-8"),
+    ({"text_input": "hi", "stream": np.array([b"true"], dtype=np.object_)}, "stream: must be BOOL"),
+])
+def test_malformed_tensors(inputs, fragment):
+    with pytest.raises(RequestError) as e:
+        parse_request(_get(**inputs), LIMITS)
+    assert fragment in str(e.value)
+
+
+def test_output_arrays_match_the_contract():
+    out = output_arrays("hé", (5, 6), "stop", 3)
+    assert out["text_output"].dtype == np.object_ and out["text_output"][0] == "hé".encode()
+    assert out["output_ids"].dtype == np.int32 and out["output_ids"].tolist() == [5, 6]
+    assert out["finish_reason"][0] == b"stop"
+    assert out["num_input_tokens"].dtype == np.int32 and out["num_input_tokens"].tolist() == [3]
+    assert out["num_output_tokens"].tolist() == [2]
+    assert output_arrays("", (), None, 1)["finish_reason"][0] == b""

@@ -1,0 +1,145 @@
+"""Helpers for tests against a real tritonserver: ports, start-up, HTTP, gRPC streams, metrics."""
+from __future__ import annotations
+
+import json
+import queue
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybridllm.serving.client import build_inputs, to_chunk
+from hybridllm.serving.server import ServerError, TritonServer
+
+READY_TIMEOUT = 240.0  # two models loading on 2 busy cores; a hung stub fails after this
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def start_server(repo: Path, workdir: Path, attempts: int = 3, **kwargs) -> TritonServer:
+    """Starts tritonserver on free loopback ports; retries when a port was taken in between."""
+    for attempt in range(attempts):
+        http, grpc, metrics = free_ports(3)
+        server = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, workdir=workdir,
+                              log_file=workdir / f"tritonserver.{attempt}.log", **kwargs).start()
+        try:
+            server.wait_ready(READY_TIMEOUT)
+            return server
+        except ServerError as e:
+            if "address already in use" not in str(e).lower() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def http_post(server: TritonServer, path: str, body: dict, timeout: float = 300) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def sse_events(text: str) -> list[dict]:
+    return [json.loads(line[len("data:"):]) for line in text.splitlines() if line.startswith("data:")]
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$')
+
+
+def scrape(server: TritonServer) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text -> {(name, frozenset of label pairs): value}."""
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+            out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+def metric(server: TritonServer, name: str, **labels) -> float:
+    want = set(labels.items())
+    values = [v for (n, ls), v in scrape(server).items() if n == name and want <= ls]
+    assert values, f"no sample of {name} with labels {labels}"
+    return sum(values)
+
+
+@dataclass
+class StreamResult:
+    chunks: list = field(default_factory=list)      # client.Chunk per data response
+    finals: int = 0                                  # responses flagged FINAL
+    errors: list = field(default_factory=list)       # error messages
+    after_final: int = 0                             # responses that came after a FINAL (must be 0)
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for c in self.chunks for t in c.token_ids]
+
+
+def raw_inputs(arrays: dict):
+    """{name: numpy array} -> tritonclient gRPC inputs, for requests build_inputs would not make."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, arr in arrays.items():
+        t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    return inputs
+
+
+def grpc_stream(server: TritonServer, model: str, prompt=None, params=None, *, stream: bool = True,
+                exclude_input_in_output: bool | None = None, inputs=None, timeout: float = 300) -> StreamResult:
+    """One request over a gRPC stream, with every response's FINAL flag and error recorded."""
+    import tritonclient.grpc as grpcclient
+
+    q: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: q.put((result, error)))
+    res = StreamResult()
+    if inputs is None:
+        inputs = build_inputs(prompt, params, stream, exclude_input_in_output)
+    try:
+        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        deadline = time.monotonic() + timeout
+        while not (res.finals or res.errors):
+            result, error = q.get(timeout=max(0.1, deadline - time.monotonic()))
+            if error is not None:
+                res.errors.append(error.message())
+                continue
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                res.finals += 1
+            chunk = to_chunk(result)
+            if chunk.text or chunk.token_ids or chunk.finish_reason:
+                res.chunks.append(chunk)
+        time.sleep(0.05)  # anything sent after the FINAL would arrive now
+        while not q.empty():
+            q.get()
+            res.after_final += 1
+    finally:
+        client.stop_stream()
+        client.close()
+    return res
