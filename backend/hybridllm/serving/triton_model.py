@@ -1,7 +1,7 @@
 """TritonPythonModel: the thin adapter between Triton's Python backend and the engine loop.
 
 `execute` validates each request, hands it to the EngineLoop and returns at once (decoupled
-model); the loop thread streams responses back through each request's response sender. Every
+model); the loop's outbox thread sends the responses through each request's response sender. Every
 request gets exactly one response with the FINAL flag: the last token, or an error.
 """
 from __future__ import annotations
