@@ -30,6 +30,20 @@ def test_tiny_device_budget_32_concurrent_requests_match_all_device(default_mode
     assert stats.steps_by_policy.get("partition", 0) > 0          # host decodes really ran
     assert stats.blocks_used == {"device": 0, "host": 0}
     llm.engine.kv.check()
+    # The host half ran in OpenVINO's PagedAttention, over 32-token host blocks next to 16-token device ones.
+    assert llm.engine.runtime.executors["partition"].host_attention.name == "ov_paged"
+    assert (llm.engine.kv.block_size_of(Tier.DEVICE), llm.engine.kv.block_size_of(Tier.HOST)) == (16, 32)
+
+
+@pytest.mark.parametrize("path", ["ov_sdpa", "torch"])
+def test_forced_host_attention_paths_match_all_device(default_model_path, reference, monkeypatch, path):
+    monkeypatch.setenv("HYBRIDLLM_HOST_ATTENTION", path)
+    llm = neo(default_model_path, device_blocks=6)
+    assert llm.engine.runtime.executors["partition"].host_attention.name == path
+    outs = llm.generate(PROMPTS[:12], GREEDY, use_tqdm=False)
+    assert [o.token_ids for o in outs] == reference[:12]
+    assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
+    llm.engine.kv.check()
 
 
 def test_swap_out_and_in_under_load_lose_nothing(default_model_path):

@@ -9,10 +9,91 @@ from hybridllm.kv import BlockPool, KVCacheManager, KVCacheTier, KVLayout, KVLea
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=3, head_dim=8, block_size=16, dtype=torch.float32)
 
 
+# OpenVINO's PagedAttention on the CPU keeps 32-token host blocks; the device tier has 16.
+HOST_LAYOUT = KVLayout(num_layers=2, num_kv_heads=3, head_dim=8, block_size=32, dtype=torch.float16)
+
+
 def make_manager(num_blocks=8, host_blocks=4):
     tiers = {Tier.DEVICE: KVCacheTier(Tier.DEVICE, LAYOUT, num_blocks, "cpu"),
              Tier.HOST: KVCacheTier(Tier.HOST, LAYOUT, host_blocks, "cpu")}
     return KVCacheManager(tiers, 16)
+
+
+def make_mixed_manager(num_blocks=8, host_blocks=4):
+    return KVCacheManager({Tier.DEVICE: KVCacheTier(Tier.DEVICE, LAYOUT, num_blocks, "cpu"),
+                           Tier.HOST: KVCacheTier(Tier.HOST, HOST_LAYOUT, host_blocks, "cpu")})
+
+
+def write_tokens(kv, rid, n, seed):
+    """Random K/V at positions [0, n) of rid, through its slot mapping; returns them [L, n, KVH, D]."""
+    tier = kv.tiers[kv.tier_of(rid)]
+    bs = kv.block_size_of(kv.tier_of(rid))
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(2, n, 3, 8, generator=g).to(tier.layout.dtype)
+    v = torch.randn(2, n, 3, 8, generator=g).to(tier.layout.dtype)
+    slots = torch.tensor(kv.slot_mapping(rid, 0, n))
+    for layer in range(2):
+        tier.key_cache[layer][slots // bs, :, slots % bs] = k[layer]
+        tier.value_cache[layer][slots // bs, :, slots % bs] = v[layer]
+    return k, v
+
+
+def read_tokens(kv, rid, n):
+    tier = kv.tiers[kv.tier_of(rid)]
+    bs = kv.block_size_of(kv.tier_of(rid))
+    slots = torch.tensor(kv.slot_mapping(rid, 0, n))
+    return (torch.stack([tier.key_cache[i][slots // bs, :, slots % bs] for i in range(2)]),
+            torch.stack([tier.value_cache[i][slots // bs, :, slots % bs] for i in range(2)]))
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 47, 64])
+def test_migrate_between_block_sizes_keeps_every_token(n):
+    kv = make_mixed_manager()
+    assert kv.allocate_slots("r", n, Tier.DEVICE)
+    k, v = write_tokens(kv, "r", n, seed=n)
+    src_tier, src, dst = kv.migrate("r", Tier.HOST, n + 1)
+    assert src_tier == Tier.DEVICE and len(dst) == -(-max(len(src) * 16, n + 1) // 32)
+    kv.copy_blocks(src_tier, src, Tier.HOST, dst)
+    assert kv.block_size_of(kv.tier_of("r")) == 32 and kv.num_used(Tier.DEVICE) == 0
+    hk, hv = read_tokens(kv, "r", n)
+    torch.testing.assert_close(hk, k.to(torch.float16), rtol=0, atol=0)   # f32 -> f16 is the only change
+    torch.testing.assert_close(hv, v.to(torch.float16), rtol=0, atol=0)
+    # ... and back: host 32-token blocks -> device 16-token blocks.
+    src_tier, src, dst = kv.migrate("r", Tier.DEVICE, n + 1)
+    kv.copy_blocks(src_tier, src, Tier.DEVICE, dst)
+    dk, dv = read_tokens(kv, "r", n)
+    torch.testing.assert_close(dk, k.to(torch.float16).float(), rtol=0, atol=0)
+    torch.testing.assert_close(dv, v.to(torch.float16).float(), rtol=0, atol=0)
+    kv.check()
+    assert kv.free("r") == len(dst) and kv.num_used(Tier.HOST) == 0
+
+
+def test_copy_between_block_sizes_leaves_other_blocks_alone():
+    kv = make_mixed_manager()
+    assert kv.allocate_slots("other", 40, Tier.HOST)
+    ok, ov = write_tokens(kv, "other", 40, seed=1)
+    assert kv.allocate_slots("r", 20, Tier.DEVICE)
+    write_tokens(kv, "r", 20, seed=2)
+    src_tier, src, dst = kv.migrate("r", Tier.HOST, 21)
+    kv.copy_blocks(src_tier, src, Tier.HOST, dst)
+    k2, v2 = read_tokens(kv, "other", 40)
+    assert torch.equal(k2, ok) and torch.equal(v2, ov)
+
+
+def test_blocks_needed_and_slots_follow_the_tier_block_size():
+    kv = make_mixed_manager()
+    assert kv.blocks_needed("new", 40, Tier.HOST) == 2 and kv.blocks_needed("new", 40, Tier.DEVICE) == 3
+    assert kv.allocate_slots("h", 40, Tier.HOST) and len(kv.block_table("h")) == 2
+    t = kv.block_table("h")
+    assert kv.slot_mapping("h", 31, 33) == [t[0] * 32 + 31, t[1] * 32]
+    assert kv.capacity_tokens(Tier.HOST) == 4 * 32 and kv.capacity_tokens(Tier.DEVICE) == 8 * 16
+    assert kv.block_size == 16
+
+
+def test_manager_refuses_a_block_size_its_tiers_do_not_have():
+    tiers = {Tier.HOST: KVCacheTier(Tier.HOST, HOST_LAYOUT, 2, "cpu")}
+    with pytest.raises(ValueError, match="block_size: the host tier has 32-token blocks, not 16"):
+        KVCacheManager(tiers, 16)
 
 
 def test_pool_allocate_until_full_returns_none_and_takes_nothing():
@@ -85,7 +166,7 @@ class KVMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.kv = make_manager(num_blocks=12, host_blocks=6)
+        self.kv = make_mixed_manager(num_blocks=12, host_blocks=6)
         self.tokens: dict[str, int] = {}
         self.next_id = 0
 
@@ -97,7 +178,7 @@ class KVMachine(RuleBasedStateMachine):
         free_before = self.kv.num_free(tier)
         if self.kv.allocate_slots(rid, n, tier):
             self.tokens[rid] = n
-            assert self.kv.num_free(tier) == free_before - -(-n // 16)
+            assert self.kv.num_free(tier) == free_before - -(-n // self.kv.block_size_of(tier))
         else:
             assert self.kv.num_free(tier) == free_before and not self.kv.has(rid)
 
@@ -112,9 +193,26 @@ class KVMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def finish_or_abort(self, data):
         rid = data.draw(st.sampled_from(sorted(self.tokens)))
+        bs = self.kv.block_size_of(self.kv.tier_of(rid))
+        held = len(self.kv.block_table(rid))
         n = self.kv.free(rid)
-        assert n == -(-self.tokens.pop(rid) // 16)
+        assert n == held and held >= -(-self.tokens.pop(rid) // bs)
         assert self.kv.free(rid) == 0                 # a second free of the same request is a no-op
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data())
+    def migrate(self, data):
+        rid = data.draw(st.sampled_from(sorted(self.tokens)))
+        src_tier = self.kv.tier_of(rid)
+        to = Tier.HOST if src_tier == Tier.DEVICE else Tier.DEVICE
+        free_before = self.kv.num_free(to)
+        moved = self.kv.migrate(rid, to, self.tokens[rid])
+        if moved is None:
+            assert self.kv.tier_of(rid) == src_tier and self.kv.num_free(to) == free_before
+        else:
+            self.kv.copy_blocks(*moved[:2], to, moved[2])
+            assert self.kv.tier_of(rid) == to and len(self.kv.block_table(rid)) * self.kv.block_size_of(to) \
+                >= self.tokens[rid]
 
     @invariant()
     def pools_are_exact(self):
@@ -123,7 +221,8 @@ class KVMachine(RuleBasedStateMachine):
             pool = self.kv.pool(tier)
             assert pool.num_free + pool.num_used == pool.num_blocks
         for rid, n in self.tokens.items():
-            assert len(self.kv.block_table(rid)) == -(-n // 16)
+            # exact, except that a migration keeps room for every slot the source held
+            assert len(self.kv.block_table(rid)) >= -(-n // self.kv.block_size_of(self.kv.tier_of(rid)))
 
 
 TestKVMachine = KVMachine.TestCase

@@ -38,14 +38,13 @@ class LLMEngine:
         if rt.neo:
             self.scheduler = NeoScheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, rt.neo_costs)
             # A request may live on either tier, so it must fit the larger one.
-            n_blocks = max(p.pool.num_blocks for p in self.kv.tiers.values())
+            fits = max(self.kv.capacity_tokens(t) for t in self.kv.tiers)
         else:
             self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
                                        rt.tier, rt.decode_tier)
-            n_blocks = min(self.kv.pool(rt.tier).num_blocks, self.kv.pool(rt.decode_tier).num_blocks)
+            fits = min(self.kv.capacity_tokens(rt.tier), self.kv.capacity_tokens(rt.decode_tier))
         # A lone request must always fit in the pool, or it could never be rescheduled.
-        self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf,
-                                 n_blocks * self.kv.block_size)
+        self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf, fits)
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
         self._num_steps = 0
         self._steps_by_policy: dict[str, int] = {}

@@ -46,7 +46,7 @@ class NeoScheduler(Scheduler):
         #    (hysteresis: a request only comes back when a quarter of the tier would still be free).
         pool = self.kv.pool(D)
         for req in self._on(H):
-            need = -(-(req.num_tokens + 1) // self.kv.block_size)
+            need = -(-(req.num_tokens + 1) // self.kv.block_size_of(D))
             if pool.num_free - need < self.swap_in_free_fraction * pool.num_blocks:
                 break
             moved = self.kv.migrate(req.request_id, D, req.num_tokens + 1)
@@ -84,7 +84,7 @@ class NeoScheduler(Scheduler):
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1)
+            need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1, D)
             if self.kv.num_free(D) - reserve >= need and self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
                 placement = "device"
                 reserve += 1

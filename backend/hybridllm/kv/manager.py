@@ -15,14 +15,34 @@ class KVCacheManager:
 
     A request's KV lives wholly on one tier. Token at position p sits in
     block_table[p // block_size] at offset p % block_size, i.e. at slot
-    block_table[p // block_size] * block_size + p % block_size.
+    block_table[p // block_size] * block_size + p % block_size, where block_size
+    is that tier's. Tiers may differ in block size: OpenVINO's PagedAttention on
+    the CPU insists on 32-token blocks, the device tier uses 16.
     """
 
-    def __init__(self, tiers: dict[Tier, KVCacheTier], block_size: int):
+    def __init__(self, tiers: dict[Tier, KVCacheTier], block_size: int | None = None):
+        if not tiers:
+            raise ValueError("KVCacheManager needs at least one tier")
+        if block_size is not None:
+            for t, c in tiers.items():
+                if c.layout.block_size != block_size:
+                    raise ValueError(f"block_size: the {t.value} tier has {c.layout.block_size}-token blocks, "
+                                     f"not {block_size}")
         self.tiers = tiers
-        self.block_size = block_size
         self._tables: dict[Hashable, list[int]] = {}
         self._tier_of: dict[Hashable, Tier] = {}
+
+    @property
+    def block_size(self) -> int:
+        """The device tier's block size (the only tier's, when there is one)."""
+        return self.block_size_of(Tier.DEVICE if Tier.DEVICE in self.tiers else next(iter(self.tiers)))
+
+    def block_size_of(self, tier: Tier) -> int:
+        return self.tiers[tier].layout.block_size
+
+    def capacity_tokens(self, tier: Tier) -> int:
+        """Tokens one request could hold if it had the whole tier."""
+        return self.tiers[tier].pool.num_blocks * self.block_size_of(tier)
 
     def pool(self, tier: Tier = Tier.DEVICE):
         return self.tiers[tier].pool
@@ -36,16 +56,18 @@ class KVCacheManager:
     def block_table(self, request_id: Hashable) -> list[int]:
         return self._tables.get(request_id, [])
 
-    def blocks_needed(self, request_id: Hashable, num_tokens: int) -> int:
-        """Extra blocks request_id needs to hold num_tokens tokens in total."""
+    def blocks_needed(self, request_id: Hashable, num_tokens: int, tier: Tier | None = None) -> int:
+        """Extra blocks request_id needs to hold num_tokens tokens in total, on its tier (or `tier`
+        for a request that has none yet)."""
+        tier = self._tier_of.get(request_id, tier if tier is not None else Tier.DEVICE)
         have = len(self._tables.get(request_id, ()))
-        return max(0, -(-num_tokens // self.block_size) - have)
+        return max(0, -(-num_tokens // self.block_size_of(tier)) - have)
 
     def allocate_slots(self, request_id: Hashable, num_tokens: int, tier: Tier = Tier.DEVICE) -> bool:
         """Grow request_id's table to hold num_tokens tokens. False, with nothing taken, if short."""
         if request_id in self._tier_of and self._tier_of[request_id] != tier:
             raise KVLeakError(f"request {request_id!r} lives on {self._tier_of[request_id].value}, not {tier.value}")
-        need = self.blocks_needed(request_id, num_tokens)
+        need = self.blocks_needed(request_id, num_tokens, tier)
         if need == 0:
             self._tables.setdefault(request_id, [])
             self._tier_of.setdefault(request_id, tier)
@@ -74,7 +96,9 @@ class KVCacheManager:
         """
         src_tier = self._tier_of[request_id]
         src = self._tables[request_id]
-        need = max(len(src), -(-num_tokens // self.block_size))
+        # Room for every slot src has (copy_blocks copies them all) and for num_tokens.
+        held = len(src) * self.block_size_of(src_tier)
+        need = -(-max(held, num_tokens) // self.block_size_of(to))
         dst = self.tiers[to].pool.allocate(need, request_id)
         if dst is None:
             return None
@@ -84,19 +108,39 @@ class KVCacheManager:
         return src_tier, list(src), list(dst)
 
     def copy_blocks(self, src_tier: Tier, src: list[int], dst_tier: Tier, dst: list[int]) -> None:
-        """Copies the K/V of blocks src (on src_tier) into blocks dst (on dst_tier), every layer."""
+        """Copies a request's K/V from its blocks src (on src_tier) to blocks dst (on dst_tier), every layer.
+
+        Same block size: whole blocks. Different block sizes: token by token, position p going
+        from src[p // src_bs] to dst[p // dst_bs], for every position both tables hold.
+        """
         a, b = self.tiers[src_tier], self.tiers[dst_tier]
-        n = min(len(src), len(dst))
-        si = torch.tensor(src[:n], dtype=torch.int64, device=a.device)
-        di = torch.tensor(dst[:n], dtype=torch.int64, device=b.device)
+        for t in (a, b):
+            if getattr(t.layout, "quantized", False):
+                raise ValueError(f"copy_blocks: the {t.tier.value} tier is u8-quantised; only plain tiers copy")
+        sbs, dbs = a.layout.block_size, b.layout.block_size
+        if sbs == dbs:
+            n = min(len(src), len(dst))
+            si = torch.tensor(src[:n], dtype=torch.int64, device=a.device)
+            di = torch.tensor(dst[:n], dtype=torch.int64, device=b.device)
+            for layer in range(a.layout.num_layers):
+                b.key_cache[layer][di] = a.key_cache[layer][si].to(b.device, b.layout.dtype)
+                b.value_cache[layer][di] = a.value_cache[layer][si].to(b.device, b.layout.dtype)
+            return
+        pos = torch.arange(min(len(src) * sbs, len(dst) * dbs))
+        s_blk = torch.tensor(src, dtype=torch.int64)[pos // sbs].to(a.device)
+        s_off = (pos % sbs).to(a.device)
+        d_blk = torch.tensor(dst, dtype=torch.int64)[pos // dbs].to(b.device)
+        d_off = (pos % dbs).to(b.device)
         for layer in range(a.layout.num_layers):
-            b.key_cache[layer][di] = a.key_cache[layer][si].to(b.device, b.layout.dtype)
-            b.value_cache[layer][di] = a.value_cache[layer][si].to(b.device, b.layout.dtype)
+            # x[blk, :, off] is [num_tokens, kv_heads, head_dim]
+            b.key_cache[layer][d_blk, :, d_off] = a.key_cache[layer][s_blk, :, s_off].to(b.device, b.layout.dtype)
+            b.value_cache[layer][d_blk, :, d_off] = a.value_cache[layer][s_blk, :, s_off].to(b.device,
+                                                                                             b.layout.dtype)
 
     def slot_mapping(self, request_id: Hashable, start: int, end: int) -> list[int]:
         """Slots of positions [start, end) of request_id."""
         table = self._tables[request_id]
-        bs = self.block_size
+        bs = self.block_size_of(self._tier_of[request_id])
         if end > len(table) * bs:
             raise KVLeakError(f"request {request_id!r}: position {end - 1} has no block")
         return [table[p // bs] * bs + p % bs for p in range(start, end)]

@@ -8,7 +8,6 @@ decode executor's tier once its prefill is done.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -103,16 +102,15 @@ def build_policies(config: EngineConfig, model_path: Path, mc: ModelConfig, pref
             on_device += 2 * (model.weight_bytes - model.resident_bytes) // mc.num_hidden_layers  # staging slots
         tiers[Tier.DEVICE] = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, on_device),
                                          device)
+    host_attn = None
     if Tier.HOST in {KV_TIER[p] for p in wanted}:
-        n = layout.num_blocks_for(config.host_kv_bytes)
-        if n < 1:
-            raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) holds no KV block; "
-                             f"one block takes {layout.bytes_per_block} bytes")
-        tiers[Tier.HOST] = KVCacheTier(Tier.HOST, layout, n, HOST, pin_memory=device.type == "cuda")
-    kv = KVCacheManager(tiers, config.block_size)
+        host_attn = host_attention(config, mc, layout, device)
+        tiers[Tier.HOST] = host_attn.tier
+        reason += f"; host attention {host_attn.name} ({host_attn.reason})"
+    kv = KVCacheManager(tiers)
     executors: dict[str, Executor] = {}
     for p in wanted:
-        executors[p] = _executor(p, model, tiers, mc, config.block_size)
+        executors[p] = _executor(p, model, tiers, mc, config.block_size, host_attn)
     return Runtime(executors, prefill, decode, kv, model, device, reason)
 
 
@@ -141,13 +139,9 @@ def build_neo(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtim
     model = LlamaModel.load(model_path, device, config.dtype)
     layout = kv_layout(config, mc, model.dtype)
     dev = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, model.weight_bytes), device)
-    n_host = layout.num_blocks_for(config.host_kv_bytes)
-    if n_host < 1:
-        raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) holds no KV block; "
-                         f"one block takes {layout.bytes_per_block} bytes")
-    host = KVCacheTier(Tier.HOST, layout, n_host, HOST, pin_memory=device.type == "cuda")
-    kv = KVCacheManager({Tier.DEVICE: dev, Tier.HOST: host}, config.block_size)
-    runner = NeoRunner(model, _attention(dev, mc), host_attention(host, mc), host, config.block_size)
+    host_attn = host_attention(config, mc, layout, device)
+    kv = KVCacheManager({Tier.DEVICE: dev, Tier.HOST: host_attn.tier})
+    runner = NeoRunner(model, _attention(dev, mc), host_attn, host_attn.tier, config.block_size)
     costs = None
     reason = "NEO: no hardware profile, so every host decode joins each step"
     if config.hardware_profile is not None:
@@ -159,6 +153,7 @@ def build_neo(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtim
         costs = NeoCostTables(ModelShape.from_config(mc, config.dtype), prof, kv_name,
                               torch.empty((), dtype=layout.dtype).element_size())
         reason = f"NEO: load-aware host sub-batches from profile {prof.name}"
+    reason += f"; host attention {host_attn.name} ({host_attn.reason})"
     return Runtime({"partition": runner}, "partition", "partition", kv, model, device, reason,
                    neo=True, neo_costs=costs)
 
@@ -168,7 +163,7 @@ def _attention(tier: KVCacheTier, mc: ModelConfig):
                            mc.head_dim, mc.sliding_window)
 
 
-def _executor(policy: str, model: LlamaModel, tiers, mc: ModelConfig, block_size: int) -> Executor:
+def _executor(policy: str, model: LlamaModel, tiers, mc: ModelConfig, block_size: int, host_attn=None) -> Executor:
     if policy == "gpu_only":
         return ModelRunner(model, _attention(tiers[Tier.DEVICE], mc), block_size)
     if policy == "gpu_offload":
@@ -176,13 +171,30 @@ def _executor(policy: str, model: LlamaModel, tiers, mc: ModelConfig, block_size
         return OffloadRunner(model, _attention(tiers[Tier.DEVICE], mc), block_size)
     if policy == "partition":
         from .partition import PartitionRunner
-        return PartitionRunner(model, host_attention(tiers[Tier.HOST], mc), block_size)
+        return PartitionRunner(model, host_attn)
     raise ValueError(f"policy: {policy!r} has no executor here")
 
 
-def host_attention(tier: KVCacheTier, mc: ModelConfig):
-    """Attention over the host tier. Torch on the CPU, behind DeviceAttention's interface."""
-    if os.environ.get("HYBRIDLLM_HOST_ATTENTION", "") not in ("", "torch"):
-        log.warning("HYBRIDLLM_HOST_ATTENTION=%s is not available to partition yet; using torch",
-                    os.environ["HYBRIDLLM_HOST_ATTENTION"])
-    return _attention(tier, mc)
+def host_attention(config: EngineConfig, mc: ModelConfig, device_layout: KVLayout, device: torch.device):
+    """HostAttention over a fresh host tier of config.host_kv_bytes, in the chosen backend's layout.
+
+    The backend (OpenVINO PagedAttention, else the public-opset graph, else torch; see
+    attention/host.py) decides the block size: 32 tokens for the op on the CPU, so host
+    blocks may be larger than device blocks; KVCacheManager copies between them token-wise.
+    Pinned on CUDA, so device<->host copies of K/V and swaps run at full PCIe speed.
+    """
+    from ..attention.host import HostAttention, HostAttentionSpec, select_backend
+    from ..kv.host_tier import precision_of
+    from .ov_common import default_cache_dir
+    spec = HostAttentionSpec(
+        num_layers=mc.num_hidden_layers, num_heads=mc.num_attention_heads, num_kv_heads=mc.num_key_value_heads,
+        head_dim=mc.head_dim, kv_precision=precision_of(device_layout), sliding_window=mc.sliding_window,
+        block_size=config.block_size, cache_dir=default_cache_dir())
+    backend, why = select_backend(spec)
+    layout = backend.layout.as_kv_layout()
+    n = layout.num_blocks_for(config.host_kv_bytes)
+    if n < 1:
+        raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) holds no KV block; "
+                         f"one block takes {layout.bytes_per_block} bytes")
+    tier = KVCacheTier(Tier.HOST, layout, n, HOST, pin_memory=device.type == "cuda")
+    return HostAttention(backend, tier, why)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..kv import KVCacheTier
 from ..models.llama import LlamaModel
 from .model_runner import StepInput, prepare_step
+from .partition import to_host
 from .trace import NullTracer
 
 log = logging.getLogger("hybridllm")
@@ -29,9 +30,10 @@ class NeoRunner:
                  block_size: int):
         self.model = model
         self.device_attention = device_attention      # over the device tier
-        self.host_attention = host_attention          # over the host tier
+        self.host_attention = host_attention          # HostAttention over the host tier
         self.host_tier = host_tier
-        self.block_size = block_size
+        self.block_size = block_size                  # the device tier's
+        self.host_block_size = host_tier.layout.block_size
         self.device = model.device
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hybridllm-host-attn")
         self.tracer = NullTracer()
@@ -47,10 +49,12 @@ class NeoRunner:
         tr = self.tracer
         sw = m.cfg.sliding_window
         a = a_dev + a_d2h
-        st_a = prepare_step(a, self.block_size, self.device, self.device, sw) if a else None
-        st_b = prepare_step(b, self.block_size, self.device, HOST, sw) if b else None
+        # A's metadata covers its device-tier sequences; the host-bound prefills only need their slots.
+        st_a = prepare_step(a_dev, self.block_size, self.device, self.device, sw) if a_dev else None
+        st_b = prepare_step(b, self.host_block_size, self.device, HOST, sw) if b else None
         n_dev = sum(len(s.token_ids) for s in a_dev)
-        h_a = m.embed(st_a.input_ids) if a else None                               # [Ta, hidden]
+        ids_a, pos_a, sample_a = _with_fresh_prefills(st_a, a_d2h, n_dev, self.device)
+        h_a = m.embed(ids_a) if a else None                                        # [Ta, hidden]
         h_b = m.embed(st_b.input_ids) if b else None                               # [Tb, hidden]
         d2h = self._d2h_plan(a_d2h, n_dev) if a_d2h else None
         for i in range(m.cfg.num_hidden_layers):
@@ -58,11 +62,11 @@ class NeoRunner:
             if h_b is not None:
                 with tr.span("device", f"L{i} B linear-in", tokens=h_b.shape[0]):
                     qb, kb, vb = m.attn_inputs(i, h_b, st_b.positions)
-                    qb, kb, vb = qb.to(HOST), kb.to(HOST), vb.to(HOST)
+                    qb, kb, vb = to_host(qb, kb, vb)
                 fut = self.pool.submit(self._host_attn, i, qb, kb, vb, st_b.md)
             if h_a is not None:
                 with tr.span("device", f"L{i} A", tokens=h_a.shape[0]):
-                    q, k, v = m.attn_inputs(i, h_a, st_a.positions)
+                    q, k, v = m.attn_inputs(i, h_a, pos_a)
                     o = self._attn_a(i, q, k, v, st_a, n_dev, d2h)
                     h_a = m.attn_finish(i, h_a, o)
             if fut is not None:
@@ -74,10 +78,10 @@ class NeoRunner:
                     h_b = None
                     continue
                 with tr.span("device", f"L{i} B linear-out", tokens=h_b.shape[0]):
-                    h_b = m.attn_finish(i, h_b, ob.to(self.device, non_blocking=True))
+                    h_b = m.attn_finish(i, h_b, ob.to(self.device, h_b.dtype, non_blocking=True))
         logits = []
-        if h_a is not None and st_a.sample_index.numel():
-            logits.append(m.logits(h_a[st_a.sample_index]))
+        if h_a is not None and sample_a.numel():
+            logits.append(m.logits(h_a[sample_a]))
         if h_b is not None and st_b.sample_index.numel():
             logits.append(m.logits(h_b[st_b.sample_index]))
         # Rows follow the order sampled sequences appear in `a + b`; the engine reads `order`.
@@ -93,7 +97,7 @@ class NeoRunner:
 
     def _d2h_plan(self, seqs: list[StepInput], offset: int):
         """Token ranges (within A) and host slots of the fresh prefills whose KV goes to the host tier."""
-        bs = self.block_size
+        bs = self.host_block_size
         spans, slots, start = [], [], offset
         for s in seqs:
             n = len(s.token_ids)
@@ -109,8 +113,7 @@ class NeoRunner:
             return self.device_attention.forward(i, q, k, v, st.md)
         out = torch.empty(q.shape[0], q.shape[1] * q.shape[2], dtype=q.dtype, device=q.device)
         if n_dev:
-            md = st.md
-            out[:n_dev] = self.device_attention.forward(i, q[:n_dev], k[:n_dev], v[:n_dev], _head(md, n_dev))
+            out[:n_dev] = self.device_attention.forward(i, q[:n_dev], k[:n_dev], v[:n_dev], st.md)
         spans, blk, off = d2h
         kc, vc = self.host_tier.key_cache[i], self.host_tier.value_cache[i]
         for lo, hi in spans:
@@ -124,12 +127,21 @@ class NeoRunner:
         return out
 
 
-def _head(md, n_tokens: int):
-    """The metadata of the first sequences of a step (the device-tier ones), built from the full step's."""
-    from dataclasses import replace
-    prefills = tuple(p for p in md.prefills if p.q_end <= n_tokens)
-    keep = md.decode_token_index < n_tokens
-    return replace(md, num_tokens=n_tokens, slot_mapping=md.slot_mapping[:n_tokens],
-                   slot_block=md.slot_block[:n_tokens], slot_offset=md.slot_offset[:n_tokens], prefills=prefills,
-                   decode_token_index=md.decode_token_index[keep], decode_block_tables=md.decode_block_tables[keep],
-                   decode_mask=md.decode_mask[keep])
+def _with_fresh_prefills(st, fresh: list[StepInput], offset: int, device: torch.device):
+    """input_ids [Ta], positions [Ta] and sample_index [S] of sub-batch A: the device-tier sequences
+    (st, may be None) followed by the fresh prefills whose KV goes to the host tier."""
+    ids = [st.input_ids] if st is not None else []
+    pos = [st.positions] if st is not None else []
+    rows = [st.sample_index] if st is not None else []
+    start = offset
+    for s in fresh:
+        n = len(s.token_ids)
+        ids.append(torch.tensor(s.token_ids, dtype=torch.int64, device=device))
+        pos.append(torch.arange(s.num_computed_tokens, s.num_computed_tokens + n, device=device))
+        if s.sample:
+            rows.append(torch.tensor([start + n - 1], dtype=torch.int64, device=device))
+        start += n
+    if not ids:
+        return None, None, None
+    return torch.cat(ids), torch.cat(pos), (torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64,
+                                                                                      device=device))

@@ -15,10 +15,10 @@ HOST = torch.device("cpu")
 
 
 class PartitionRunner:
-    def __init__(self, model: LlamaModel, host_attention, block_size: int):
+    def __init__(self, model: LlamaModel, host_attention):
         self.model = model                        # on the compute device
-        self.attention = host_attention           # same forward() as DeviceAttention, over host KV
-        self.block_size = block_size
+        self.attention = host_attention           # HostAttention over the host tier
+        self.block_size = host_attention.layout.block_size   # the host tier's, which may differ from the device's
         self.device = model.device
 
     @torch.inference_mode()
@@ -28,6 +28,11 @@ class PartitionRunner:
         h = model.embed(st.input_ids)                                              # [T, hidden]
         for i in range(model.cfg.num_hidden_layers):
             q, k, v = model.attn_inputs(i, h, st.positions)
-            o = self.attention.forward(i, q.to(HOST), k.to(HOST), v.to(HOST), st.md)  # [T, H * D] on the host
-            h = model.attn_finish(i, h, o.to(self.device, non_blocking=True))
+            o = self.attention.forward(i, *to_host(q, k, v), st.md)                # [T, H * D] on the host
+            h = model.attn_finish(i, h, o.to(self.device, h.dtype, non_blocking=True))
         return model.logits(h[st.sample_index])                                    # [S, vocab]
+
+
+def to_host(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Host attention computes in float32, whatever the model's dtype."""
+    return tuple(x.to(HOST, torch.float32) for x in xs)
