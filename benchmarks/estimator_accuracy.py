@@ -53,7 +53,9 @@ def main() -> None:
     from hybridllm import LLM, default_model
     from hybridllm.models.config import ModelConfig
     from hybridllm.policy import BatchShape, CostModel, ModelShape
+    from hybridllm.engine import engine as engine_mod
     from hybridllm.policy.measure import measure
+    from hybridllm.runtime.factory import build_policies, build_runtime
 
     path = default_model()
     mc = ModelConfig.from_folder(path)
@@ -68,18 +70,30 @@ def main() -> None:
     measured: dict[tuple, float] = {}
     predicted: dict[tuple, float] = {}
     policies = []
+    # KV room for the largest cell on either tier: a preempted (recomputed) request would time
+    # something the cost model does not describe.
+    kv_bytes = int(1.25 * max(batches) * (max(inputs) + args.output + 32) * shape.kv_bytes_per_token(4))
     for policy in args.policies.split(","):
+        # policy="partition" forced means NEO online serving; the planner's partition policy is the
+        # PartitionRunner (all attention on the host tier), which `auto` builds. Time that one.
+        engine_mod.build_runtime = (build_runtime if policy != "partition" else
+                                    lambda c, p, m: build_policies(c, p, m, "partition", "partition", "estimator"))
         try:
             llm = LLM(str(path), policy=policy, max_num_batched_tokens=budget, max_num_seqs=max(batches),
-                      host_kv_bytes=4 << 30)
+                      host_kv_bytes=kv_bytes, device_kv_bytes=kv_bytes)
         except (NotImplementedError, ImportError, ValueError) as e:
             print(f"skipping {policy}: {e}", file=sys.stderr)
             continue
+        finally:
+            engine_mod.build_runtime = build_runtime
         policies.append(policy)
         run_cell(llm, 1, 16, 4)                     # warm-up
         for b in batches:
             for n in inputs:
+                before = llm.engine.stats().num_preemptions
                 pre, dec = run_cell(llm, b, n, args.output)
+                if llm.engine.stats().num_preemptions != before:
+                    raise RuntimeError(f"{policy} b={b} in={n}: requests were preempted; give the KV more room")
                 bs = BatchShape(b, n, args.output, "f32")
                 for phase, secs in (("prefill", pre), ("decode", dec)):
                     measured[(policy, phase, b, n)] = secs

@@ -2,6 +2,7 @@
 
     python benchmarks/online.py sim  [--rates ...]    # cost-model simulation on the reference profiles
     python benchmarks/online.py real [--rates ...]    # the real engine on this machine (default model)
+    python benchmarks/online.py agree [--profile P]   # the scheduler's pipelined/device-only choice vs measured
 
 Both compare `partition` (NEO: split KV, swapping, pipelined host decodes) with
 `gpu_only` at the same device KV budget, capped so that memory, not compute,
@@ -10,6 +11,10 @@ arrival); latency is each request's (finish - arrival) / output tokens, averaged
 
 The simulation drives the real schedulers (Scheduler, NeoScheduler: pure code)
 with a virtual clock, each step costed by the profile's tables (NeoCostTables).
+`agree` checks those predictions on this machine: for a grid of step states it asks
+choose_host_batch (as the scheduler does) whether to pipeline host decodes into the
+step, then runs the real NeoRunner both ways (device-only, and with host decodes)
+and reports whether the choice was the measured-faster one by throughput.
 """
 from __future__ import annotations
 
@@ -174,9 +179,80 @@ def run_real(args) -> None:
                  "NEO preemptions", "NEO steps"], rows))
 
 
+# -- agreement: predicted vs measured pipelined-or-not ----------------------------
+
+def run_agree(args) -> None:
+    from hybridllm import LLM, default_model
+    from hybridllm.models.config import ModelConfig
+    from hybridllm.policy.measure import measure
+    from hybridllm.policy.neo import HostCandidate, choose_host_batch
+    from hybridllm.runtime import StepInput
+    path = default_model()
+    prof_path = args.profile
+    if prof_path is None:
+        prof_path = "/tmp/hybridllm-online-agree-profile.json"
+        measure(ModelConfig.from_folder(path), "float32", progress=False).save(prof_path)
+    block_bytes = 16 * 30 * 2 * 3 * 64 * 4
+    devs, hosts, ctxs = args.agree_dev, args.agree_host, args.agree_ctx
+    need = max(devs) * (-(-(max(ctxs) + 1) // 16)) + 8
+    llm = LLM(str(path), policy="partition", device_kv_bytes=need * block_bytes,
+              host_kv_bytes=2 * need * block_bytes, max_num_seqs=256, hardware_profile=prof_path)
+    engine = llm.engine
+    kv, runner, costs = engine.kv, engine.runtime.executors["partition"], engine.runtime.neo_costs
+
+    def make(prefix, n, ctx, tier, attn):
+        seqs = []
+        for i in range(n):
+            rid = f"{prefix}{i}"
+            assert kv.allocate_slots(rid, ctx + 1, tier), "KV budget too small for the grid"
+            seqs.append(StepInput(rid, (1000 + i,), ctx, tuple(kv.block_table(rid)), True, attn))
+        return seqs
+
+    def best(seqs, reps=3):
+        runner.execute(seqs)                       # warm: decode steps rewrite the same slots, so repeatable
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            runner.execute(seqs)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    rows, hits, cells = [], 0, 0
+    for ctx in ctxs:
+        for n_dev in devs:
+            for n_host in hosts:
+                a = make("d", n_dev, ctx, Tier.DEVICE, "device")
+                b = make("h", n_host, ctx, Tier.HOST, "host")
+                work = DeviceWork(n_dev, n_dev, n_dev, n_dev * (ctx + 1), 0, 0.0)
+                choice = choose_host_batch(work, [HostCandidate(s.request_id, ctx + 1) for s in b], costs, 256)
+                chosen = [s for s in b if s.request_id in set(choice.chosen)]
+                t_dev, t_all = best(a), best(a + b)
+                t_pick = t_dev if not chosen else (t_all if len(chosen) == len(b) else best(a + chosen))
+                thr = {"device-only": n_dev / t_dev, "all host decodes": (n_dev + n_host) / t_all,
+                       "pick": (n_dev + len(chosen)) / t_pick}
+                ok = thr["pick"] >= 0.9 * max(thr.values())
+                hits += ok
+                cells += 1
+                pred_pick = choice.pipelined_s if chosen else choice.device_only_s
+                rows.append([ctx, n_dev, n_host, f"{len(chosen)}/{n_host}",
+                             f"{1e3 * choice.device_only_s:.1f}", f"{1e3 * t_dev:.1f}",
+                             f"{1e3 * costs.step(work, n_host, n_host * (ctx + 1)):.1f}", f"{1e3 * t_all:.1f}",
+                             f"{1e3 * pred_pick:.1f}", f"{1e3 * t_pick:.1f}",
+                             f"{thr['pick'] / max(thr.values()):.2f}", "ok" if ok else "MISS"])
+                for s in a + b:
+                    kv.free(s.request_id)
+    kv.check()
+    print(f"machine: {machine()}; profile {prof_path}; default model, fp32, decode steps")
+    print("pred/meas: the profile's step-time prediction and the measured best of 3 (ms). 'pick' is the")
+    print("load-aware choice (choose_host_batch); ok = its tokens/s within 10% of the best measured option.\n")
+    print(table(["context", "device decodes", "host candidates", "picked", "device-only pred", "device-only meas",
+                 "all-host pred", "all-host meas", "pick pred", "pick meas", "pick / best tok/s", "agree"], rows))
+    print(f"\nchoice within 10% of the measured best in {hits}/{cells} cells = {100 * hits / cells:.0f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("sim", "real"))
+    ap.add_argument("mode", choices=("sim", "real", "agree"))
     ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None)
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--input-len", type=int, default=None)
@@ -185,8 +261,14 @@ def main() -> None:
     ap.add_argument("--device-blocks", type=int, default=64)
     ap.add_argument("--profile", default=None, help="hardware profile for NEO's load-aware choice (real mode)")
     ap.add_argument("--profiles", type=lambda s: s.split(","), default=None, help="sim: only these reference profiles")
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    ap.add_argument("--agree-dev", type=ints, default=[1, 8, 32], help="agree: device decodes per step")
+    ap.add_argument("--agree-host", type=ints, default=[1, 8, 32], help="agree: host decode candidates")
+    ap.add_argument("--agree-ctx", type=ints, default=[256, 1024], help="agree: context of every decode")
     args = ap.parse_args()
-    if args.mode == "sim":
+    if args.mode == "agree":
+        run_agree(args)
+    elif args.mode == "sim":
         args.rates = args.rates or [1.0, 2.0, 4.0, 8.0]
         args.requests = args.requests or 400
         args.input_len = args.input_len or 1000

@@ -61,3 +61,16 @@ def test_policy_that_cannot_fit_is_refused_at_start_up(default_model_path):
         LLM(str(default_model_path), policy="gpu_only", device_memory_bytes=100 * 2**20)
     with pytest.raises(FileNotFoundError, match="hardware_profile: 'nope'"):
         LLM(str(default_model_path), policy="auto", hardware_profile="nope")
+
+
+def test_model_shape_counts_the_weights_the_model_loads(default_model_path):
+    # The default model ties its LM head to the embedding: the planner must not count it twice.
+    from hybridllm.models.config import ModelConfig
+    from hybridllm.models.llama import LlamaModel
+    from hybridllm.policy import ModelShape
+    mc = ModelConfig.from_folder(default_model_path)
+    assert mc.tie_word_embeddings
+    shape = ModelShape.from_config(mc, "float32")
+    loaded = LlamaModel.load(default_model_path, "cpu", "float32").weight_bytes
+    # ModelShape leaves out the final norm (hidden floats) and nothing else.
+    assert loaded - mc.hidden_size * 4 == shape.weight_bytes

@@ -68,3 +68,20 @@ def test_batched_greedy_matches_hf(tiny):
     for prompt_ids, out in zip(ids, outs):
         assert list(out.token_ids) == hf_greedy(hf, prompt_ids, 12)
     assert llm.engine.kv.num_used() == 0
+
+
+def test_neo_with_sliding_window_matches_hf(tmp_path):
+    # Prompts longer than the window, a device tier of 3 blocks: most requests prefill on the
+    # device with their KV written to the host tier (device_to_host), then decode on the host.
+    import transformers
+    folder = make_tiny(tmp_path / "mistral", "mistral", sliding_window=24, head_dim=16)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    block = 16 * 2 * 2 * 2 * 16 * 4                    # tokens x layers x (K, V) x kv heads x head_dim x fp32
+    llm = LLM(str(folder), policy="partition", device_kv_bytes=3 * block, host_kv_bytes=256 * block)
+    prompts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs " * 3,
+               "sphinx of black quartz, judge my vow! " * 4, "hi", "how vexingly quick daft zebras jump " * 3]
+    outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False)
+    for p, out in zip(prompts, outs):
+        assert list(out.token_ids) == hf_greedy(hf, llm.tokenizer.encode(p).ids, 12), p
+    assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0     # host decodes ran
+    assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0

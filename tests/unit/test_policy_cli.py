@@ -27,8 +27,21 @@ def test_measured_profile_is_valid_and_round_trips(tmp_path):
     assert prof.device_gemm(1024, big) > prof.device_gemm(1, big)
     dec = prof.host_attention("decode", "f32")
     assert dec(4, max(dec.y)) > dec(4, min(dec.y))
+    # Host attention is timed through HostAttention (OpenVINO here) for the model dtype and f16 KV;
+    # host GEMMs through OpenVINO FullyConnected, which cpu_only runs.
+    assert set(prof.host_attention_decode) == {"f32", "f16"} == set(prof.host_attention_prefill)
+    assert "host attention: ov_paged" in prof.notes
+    f16 = prof.host_attention("decode", "f16")
+    assert f16(4, max(f16.y)) > f16(4, min(f16.y))
+    big = max(prof.host_gemm.y)
+    assert prof.host_gemm(1024, big) > prof.host_gemm(1, big)
     prof.save(tmp_path / "p.json")
     assert HardwareProfile.load(tmp_path / "p.json").to_dict() == json.loads((tmp_path / "p.json").read_text())
+
+
+def test_profile_refuses_an_unknown_host_kv_dtype():
+    with pytest.raises(ValueError, match="host_kv: 'f8' is not one of"):
+        measure(ModelConfig.from_dict(TINY), progress=False, host_kv=("f8",))
 
 
 def test_plan_prints_every_policy_and_the_choice(tmp_path):

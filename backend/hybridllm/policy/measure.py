@@ -1,8 +1,10 @@
 """`hybridllm profile`: measure this machine's HardwareProfile for a model's layer shapes.
 
 Times the real kernels the executors call (torch linear on the compute device,
-the attention backends over paged caches, host<->device copies), each at a small
-grid of sizes, best of a few runs, cycling through enough copies to defeat the cache. Well under two minutes on a 2-core VM.
+OpenVINO FullyConnected on the host, device attention and the host's HostAttention
+over paged caches, host<->device copies), each at a small grid of sizes, best of a
+few runs, cycling through enough copies to defeat the cache. About a minute on a
+2-core VM.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ DECODE_TOTAL_TOKENS = (512, 4096, 32768)
 PREFILL_TOKENS = (16, 128, 512, 2048)
 PREFILL_CONTEXT = (16, 128, 512, 2048)
 BLOCK = 16
+HOST_KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}
 COLD_BYTES = 256 << 20   # rotate through this much data so timings read DRAM, as a real step does, not cache
 
 
@@ -78,26 +81,59 @@ def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name
     return Table2D(tuple(float(t) for t in GEMM_TOKENS), tuple(float(p) for p in params), seconds, name)
 
 
-def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_dtype: torch.dtype, name: str,
+def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar) -> Table2D:
+    """gemm_table for the host's OpenVINO FullyConnected in f32, which cpu_only's linear layers run."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from ..runtime.ov_common import core
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    mats = {n * k: (n, k) for n, k in shape.gemms}
+    mats[shape.vocab * shape.hidden] = (shape.vocab, shape.hidden)
+    params = sorted(mats)
+    rows = {}
+    for p in params:
+        n, k = mats[p]
+        # Capped: a graph of thousands of tiny matmuls (small models) takes minutes to compile.
+        copies = max(1, min(64, COLD_BYTES // (n * k * 4)))
+        x = ops.parameter([-1, k], ov.Type.f32, name="x")
+        outs = [ops.matmul(x, ops.constant(np.random.randn(n, k).astype(np.float32)), False, True)
+                for _ in range(copies)]                          # `copies` weights: cold reads, one call
+        req = core().compile_model(ov.Model(outs, [x], "gemm"), "CPU", config).create_infer_request()
+        col = []
+        for t in GEMM_TOKENS:
+            if p == shape.vocab * shape.hidden and t > 256 and col:
+                col.append(col[-1] * t / GEMM_TOKENS[len(col) - 1])   # the LM head only sees sampled rows
+            else:
+                xt = ov.Tensor(np.random.randn(t, k).astype(np.float32))
+                col.append(_timeit(lambda: req.infer({0: xt}), torch.device("cpu")) / copies)
+            bar.step(f"{name} {n}x{k} tokens={t}")
+        rows[p] = col
+    seconds = tuple(tuple(rows[p][i] for p in params) for i in range(len(GEMM_TOKENS)))
+    return Table2D(tuple(float(t) for t in GEMM_TOKENS), tuple(float(p) for p in params), seconds, name)
+
+
+def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_bytes: int, name: str,
                      bar: _Bar) -> tuple[Table2D, Table2D]:
-    """(decode, prefill) tables for one attention backend over a one-layer paged cache."""
+    """(decode, prefill) tables for one attention backend over a paged cache.
+
+    make_backend(num_layers, num_tokens) -> (backend, block_size, activation dtype): a backend
+    with forward(layer, q, k, v, md) over a fresh cache of that many layers and tokens."""
     H, KVH, D = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
-    kv_bytes = torch.empty((), dtype=kv_dtype).element_size()
-    max_tokens = max(max(DECODE_TOTAL_TOKENS), max(PREFILL_TOKENS) * max(PREFILL_CONTEXT) // min(PREFILL_CONTEXT))
-    per_layer = (max_tokens // BLOCK + 64) * BLOCK * 2 * KVH * D * kv_bytes
+    # Every probe holds at most this many tokens, plus up to a block per sequence (<= 128 sequences).
+    max_tokens = max(max(DECODE_TOTAL_TOKENS), max(PREFILL_TOKENS)) + 128 * 32
+    per_layer = max_tokens * 2 * KVH * D * kv_bytes
     layers = max(1, min(8, COLD_BYTES // per_layer))     # cycle layers so small caches are not cache-hot
-    tier = KVCacheTier(Tier.HOST if device.type == "cpu" else Tier.DEVICE,
-                       KVLayout(layers, KVH, D, BLOCK, kv_dtype), max_tokens // BLOCK + 64, device)
-    attn = make_backend(tier)
-    act = tier.key_cache[0].dtype if kv_dtype != torch.uint8 else torch.float32
+    attn, bs, act = make_backend(layers, max_tokens)
 
     def run(query_lens: list[int], seq_lens: list[int]) -> float:
         tables, nxt = [], 0
         for n in seq_lens:
-            nb = -(-n // BLOCK)
+            nb = -(-n // bs)
             tables.append(list(range(nxt, nxt + nb)))
             nxt += nb
-        md = build_metadata(query_lens, seq_lens, tables, BLOCK, device)
+        md = build_metadata(query_lens, seq_lens, tables, bs, device)
         T = sum(query_lens)
         q = torch.randn(T, H, D, device=device, dtype=act)
         k = torch.randn(T, KVH, D, device=device, dtype=act)
@@ -162,27 +198,49 @@ def _meminfo_total() -> int:
 
 
 def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, progress: bool = True,
-            name: str | None = None) -> HardwareProfile:
+            name: str | None = None, host_kv: tuple[str, ...] | None = None) -> HardwareProfile:
+    """host_kv: the host KV precisions to time (default: the model dtype's, plus f16 for float32 models)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     host = torch.device("cpu")
     tdtype = TORCH_DTYPES[dtype]
     shape = ModelShape.from_config(mc, dtype)
     n_gemm = (len(shape.gemms) + 1) * len(GEMM_TOKENS)
     n_attn = len(DECODE_SEQS) * len(DECODE_TOTAL_TOKENS) + len(PREFILL_TOKENS) * len(PREFILL_CONTEXT)
-    bar = _Bar(2 * n_gemm + 2 * n_attn, progress)
+    own = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[dtype]
+    host_kv = tuple(host_kv or ((own, "f16") if own == "f32" else (own,)))
+    for k in host_kv:
+        if k not in HOST_KV_BYTES:
+            raise ValueError(f"host_kv: {k!r} is not one of {', '.join(HOST_KV_BYTES)}")
+    bar = _Bar(2 * n_gemm + (1 + len(host_kv)) * n_attn, progress)
 
-    def backend(tier):
-        return DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
-                               mc.head_dim)
+    def device_backend(layers, tokens):
+        tier = KVCacheTier(Tier.DEVICE, KVLayout(layers, mc.num_key_value_heads, mc.head_dim, BLOCK, tdtype),
+                           -(-tokens // BLOCK), dev)
+        return (DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
+                                mc.head_dim), BLOCK, tdtype)
+
+    def host_backend(precision):
+        def make(layers, tokens):
+            from ..attention.host import HostAttention, HostAttentionSpec
+            spec = HostAttentionSpec(layers, mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim,
+                                     precision, block_size=BLOCK)
+            attn = HostAttention.create(spec, num_blocks=-(-tokens // 16))   # >= tokens for any block size
+            host_names.append(attn.name)
+            return attn, attn.layout.block_size, torch.float32
+        return make
 
     t0 = time.perf_counter()
     bw = host_read_bandwidth()
     copies = copy_bandwidths(dev)
     dev_gemm = gemm_table(shape, dev, tdtype, "device_gemm", bar)
-    host_gemm = gemm_table(shape, host, tdtype, "host_gemm", bar)
-    dev_dec, dev_pre = attention_tables(mc, backend, dev, tdtype, "device_attention", bar)
-    kv_name = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[dtype]
-    host_dec, host_pre = attention_tables(mc, backend, host, tdtype, "host_attention", bar)
+    # cpu_only's linear layers are OpenVINO f32 graphs; for other dtypes this times torch linear instead.
+    host_gemm = (ov_gemm_table(shape, "host_gemm", bar) if dtype == "float32"
+                 else gemm_table(shape, host, tdtype, "host_gemm", bar))
+    dev_dec, dev_pre = attention_tables(mc, device_backend, dev, DTYPE_BYTES[dtype], "device_attention", bar)
+    host_dec, host_pre, host_names = {}, {}, []
+    for kv_name in host_kv:
+        host_dec[kv_name], host_pre[kv_name] = attention_tables(
+            mc, host_backend(kv_name), host, HOST_KV_BYTES[kv_name], f"host_attention_{kv_name}", bar)
     bar.bar.close()
     overhead = _layer_overhead(mc, dev, tdtype)
     total_mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else _meminfo_total()
@@ -193,10 +251,10 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
         device_memory_bytes=int(total_mem), host_memory_bytes=_meminfo_total(), host_memory_bandwidth=bw,
         **copies, launch_overhead_s=overhead["step"], layer_overhead_s=overhead["layer"],
         device_gemm=dev_gemm, device_attention_decode=dev_dec, device_attention_prefill=dev_pre,
-        host_gemm=host_gemm, host_attention_decode={kv_name: host_dec}, host_attention_prefill={kv_name: host_pre},
+        host_gemm=host_gemm, host_attention_decode=host_dec, host_attention_prefill=host_pre,
         device_is_host=dev.type == "cpu",
         notes=f"measured in {time.perf_counter() - t0:.0f} s for a model with hidden={mc.hidden_size}, "
-              f"layers={mc.num_hidden_layers}; host attention: torch",
+              f"layers={mc.num_hidden_layers}; host attention: {', '.join(sorted(set(host_names)))}",
         extra={"model_dtype_bytes": DTYPE_BYTES[dtype]})
 
 

@@ -21,6 +21,7 @@ class ModelShape:
     weight_bytes_per_param: int = 4     # the weights' dtype
     act_bytes: int = 4                  # the activations' dtype
     gated_mlp: bool = True              # SwiGLU (Llama) vs a plain two-matrix MLP (OPT)
+    tied_embeddings: bool = False       # the LM head is the embedding matrix (stored once)
 
     def __post_init__(self):
         for name in ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate", "vocab"):
@@ -49,8 +50,8 @@ class ModelShape:
 
     @property
     def weight_bytes(self) -> int:
-        # Tied or not, the LM head is one more vocab x hidden matrix for the step's cost; count it once more.
-        return self.num_layers * self.layer_weight_bytes + 2 * self.embed_bytes
+        """Bytes the weights occupy: the layers, the embedding, and the LM head unless it is tied."""
+        return self.num_layers * self.layer_weight_bytes + (1 if self.tied_embeddings else 2) * self.embed_bytes
 
     def kv_bytes_per_token(self, kv_bytes: int) -> int:
         """K and V of one token over all layers."""
@@ -60,7 +61,8 @@ class ModelShape:
     def from_config(cls, cfg: ModelConfig, dtype: str = "float32", name: str = "model") -> "ModelShape":
         b = DTYPE_BYTES[dtype]
         return cls(name, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
-                   cfg.head_dim, cfg.intermediate_size, cfg.vocab_size, b, b)
+                   cfg.head_dim, cfg.intermediate_size, cfg.vocab_size, b, b,
+                   tied_embeddings=cfg.tie_word_embeddings)
 
 
 @dataclass(frozen=True)

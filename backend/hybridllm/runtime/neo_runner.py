@@ -116,10 +116,16 @@ class NeoRunner:
             out[:n_dev] = self.device_attention.forward(i, q[:n_dev], k[:n_dev], v[:n_dev], st.md)
         spans, blk, off = d2h
         kc, vc = self.host_tier.key_cache[i], self.host_tier.value_cache[i]
+        sw = self.model.cfg.sliding_window
         for lo, hi in spans:
             # A fresh prefill attends only to itself: causal SDPA over its own K/V, on the device.
+            mask = None
+            if sw is not None and hi - lo > sw:
+                p = torch.arange(hi - lo, device=q.device)
+                mask = (p[None, :] <= p[:, None]) & (p[:, None] - p[None, :] < sw)   # [L, L]
             o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None],
-                                               v[lo:hi].transpose(0, 1)[None], is_causal=True, enable_gqa=True)
+                                               v[lo:hi].transpose(0, 1)[None], attn_mask=mask,
+                                               is_causal=mask is None, enable_gqa=True)
             out[lo:hi] = o[0].transpose(0, 1).reshape(hi - lo, -1)
         lo = spans[0][0]
         kc[blk, :, off] = k[lo:].to(HOST, kc.dtype)                           # this layer's K/V to the host tier
