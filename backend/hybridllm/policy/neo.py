@@ -49,6 +49,8 @@ class NeoCostTables:
     def __init__(self, m: ModelShape, hw: HardwareProfile, kv_dtype: str, kv_bytes: int):
         self.m, self.hw, self.kv_dtype, self.kv_bytes = m, hw, kv_dtype, kv_bytes
         self.kv_per_token_layer = 2 * m.num_kv_heads * m.head_dim * kv_bytes
+        # Measured profiles time the per-layer hand-over to the host worker; spec profiles have none.
+        self.handoff_s = float(hw.extra.get("host_handoff_s", 0.0))
 
     def linear(self, tokens: int, seqs: int) -> float:
         if tokens == 0:
@@ -74,10 +76,16 @@ class NeoCostTables:
         table = self.hw.host_attention("decode", self.kv_dtype)
         xfer = seqs * ((m.num_heads + 2 * m.num_kv_heads) * m.head_dim * m.act_bytes / self.hw.d2h_pinned
                        + m.num_heads * m.head_dim * m.act_bytes / self.hw.h2d_pinned)
-        return m.num_layers * (table(seqs, context * self.kv_per_token_layer) + xfer)
+        return m.num_layers * (table(seqs, context * self.kv_per_token_layer) + xfer + self.handoff_s)
+
+    def device(self, a: DeviceWork, b_seqs: int) -> float:
+        """The device's work in a step: A's linear layers and attention, and B's linear layers, which
+        run as separate calls (B's activations come back from the host layer by layer), so a small B
+        still reads every weight once more."""
+        return self.linear(a.tokens, a.seqs) + self.device_attention(a) + self.linear(b_seqs, b_seqs)
 
     def step(self, a: DeviceWork, b_seqs: int, b_context: int) -> float:
-        dev = self.linear(a.tokens + b_seqs, a.seqs + b_seqs) + self.device_attention(a)
+        dev = self.device(a, b_seqs)
         host = self.host_attention(b_seqs, b_context)
         if self.hw.device_is_host or a.tokens == 0:
             return dev + host                      # same cores, or nothing to overlap with
@@ -103,7 +111,7 @@ def choose_host_batch(a: DeviceWork, candidates: list[HostCandidate], costs: Neo
         # At most one starving request is forced in per step, so fairness cannot swamp the step.
         forced = c.skipped >= STARVATION_STEPS and not forced_one
         forced_one |= forced
-        dev = costs.linear(a.tokens + len(chosen) + 1, a.seqs + len(chosen) + 1) + costs.device_attention(a)
+        dev = costs.device(a, len(chosen) + 1)
         host = costs.host_attention(len(chosen) + 1, ctx + c.context)
         if forced or host <= dev:
             chosen.append(c)
