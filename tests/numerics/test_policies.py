@@ -74,3 +74,17 @@ def test_model_shape_counts_the_weights_the_model_loads(default_model_path):
     loaded = LlamaModel.load(default_model_path, "cpu", "float32").weight_bytes
     # ModelShape leaves out the final norm (hidden floats) and nothing else.
     assert loaded - mc.hidden_size * 4 == shape.weight_bytes
+
+
+def test_auto_picks_cpu_only_when_the_host_is_faster(default_model_path, reference, tmp_path):
+    # A profile whose device GEMMs are very slow: the whole model belongs on the host (cpu_only).
+    prof = json.loads((PROFILE_DIR / "a10g-epyc.json").read_text())
+    prof["name"] = "slow-device"
+    prof["device_gemm"]["seconds"] = [[v * 1e4 for v in r] for r in prof["device_gemm"]["seconds"]]
+    (tmp_path / "p.json").write_text(json.dumps(prof))
+    llm = LLM(str(default_model_path), policy="auto", hardware_profile=str(tmp_path / "p.json"),
+              max_num_batched_tokens=48)
+    rt = llm.engine.runtime
+    assert (rt.prefill_policy, rt.decode_policy) == ("cpu_only", "cpu_only"), rt.reason
+    assert "prefill cpu_only" in rt.reason and "decode cpu_only" in rt.reason
+    assert tokens(llm) == reference

@@ -57,10 +57,14 @@ def choose_policies(config: EngineConfig, model_path: Path, mc: ModelConfig) -> 
         return p, p, ("no hardware profile (run `hybridllm profile`, then pass hardware_profile=...): "
                       f"{p}, since the weights {'fit' if fits else 'do not fit'} in device memory")
     batch = representative_batch(config, mc)
-    planner = Planner(shape, profile, AUTO_CANDIDATES, device_memory_bytes=device_memory(config))
-    plan = planner.plan(batch)
+    plan = Planner(shape, profile, AUTO_CANDIDATES + ("cpu_only",), device_memory_bytes=device_memory(config)).plan(batch)
+    note = ""
+    if (plan.prefill.policy == "cpu_only") != (plan.decode.policy == "cpu_only"):
+        # cpu_only runs the whole model in OpenVINO graphs on the host: it cannot hand a phase over.
+        note = f" (cpu_only was best for one phase only, and it cannot share a runtime; re-planned without it)"
+        plan = Planner(shape, profile, AUTO_CANDIDATES, device_memory_bytes=device_memory(config)).plan(batch)
     reason = (f"planner on profile {profile.name} for batch={batch.batch} input={batch.input_len} "
               f"output={batch.output_len}: prefill {plan.prefill.policy} ({plan.prefill.seconds:.3f} s), "
-              f"decode {plan.decode.policy} ({plan.decode.seconds:.3f} s)")
+              f"decode {plan.decode.policy} ({plan.decode.seconds:.3f} s){note}")
     log.info(reason)
     return plan.prefill.policy, plan.decode.policy, reason

@@ -80,6 +80,11 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Ru
     if policy == "auto":
         from .auto import choose_policies
         prefill, decode, reason = choose_policies(config, model_path, mc)
+        if prefill == decode == "cpu_only":
+            from .cpu_only import build_cpu_only
+            rt = build_cpu_only(config, model_path, mc)
+            rt.reason = reason + "; " + rt.reason.replace("forced by the policy option; ", "")
+            return rt
     else:
         prefill = decode = policy
         reason = "forced by the policy option"
