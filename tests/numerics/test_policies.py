@@ -31,15 +31,23 @@ def test_forced_policy_matches_gpu_only(default_model_path, reference, policy):
     assert list(llm.engine.kv.tiers) == [Tier.DEVICE]
 
 
+def slowed(reference: str, table: str, tmp_path) -> str:
+    """A reference profile with one table 10^4 times slower, saved as JSON; returns its path."""
+    prof = json.loads((PROFILE_DIR / f"{reference}.json").read_text())
+    prof["name"] = f"{reference}-slow-{table}"
+    prof[table]["seconds"] = [[v * 1e4 for v in r] for r in prof[table]["seconds"]]
+    (tmp_path / "p.json").write_text(json.dumps(prof))
+    return str(tmp_path / "p.json")
+
+
+def auto_llm(path, profile: str) -> LLM:
+    return LLM(str(path), policy="auto", hardware_profile=profile, max_num_batched_tokens=48)
+
+
 def test_auto_switches_device_prefill_to_host_decode(default_model_path, reference, tmp_path):
     # A profile whose device decode attention is very slow makes the planner pick partition for
     # decode while prefill stays on gpu_only: KV written on the device must be read on the host.
-    prof = json.loads((PROFILE_DIR / "h100-sxm-spr.json").read_text())
-    prof["name"] = "slow-device-decode"
-    prof["device_attention_decode"]["seconds"] = [[v * 1e4 for v in r] for r in prof["device_attention_decode"]["seconds"]]
-    (tmp_path / "p.json").write_text(json.dumps(prof))
-    llm = LLM(str(default_model_path), policy="auto", hardware_profile=str(tmp_path / "p.json"),
-              max_num_batched_tokens=48)
+    llm = auto_llm(default_model_path, slowed("h100-sxm-spr", "device_attention_decode", tmp_path))
     rt = llm.engine.runtime
     assert (rt.prefill_policy, rt.decode_policy) == ("gpu_only", "partition"), rt.reason
     assert tokens(llm) == reference
@@ -78,12 +86,7 @@ def test_model_shape_counts_the_weights_the_model_loads(default_model_path):
 
 def test_auto_picks_cpu_only_when_the_host_is_faster(default_model_path, reference, tmp_path):
     # A profile whose device GEMMs are very slow: the whole model belongs on the host (cpu_only).
-    prof = json.loads((PROFILE_DIR / "a10g-epyc.json").read_text())
-    prof["name"] = "slow-device"
-    prof["device_gemm"]["seconds"] = [[v * 1e4 for v in r] for r in prof["device_gemm"]["seconds"]]
-    (tmp_path / "p.json").write_text(json.dumps(prof))
-    llm = LLM(str(default_model_path), policy="auto", hardware_profile=str(tmp_path / "p.json"),
-              max_num_batched_tokens=48)
+    llm = auto_llm(default_model_path, slowed("a10g-epyc", "device_gemm", tmp_path))
     rt = llm.engine.runtime
     assert (rt.prefill_policy, rt.decode_policy) == ("cpu_only", "cpu_only"), rt.reason
     assert "prefill cpu_only" in rt.reason and "decode cpu_only" in rt.reason

@@ -59,59 +59,64 @@ class _Bar:
         self.bar.update(1)
 
 
-def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name: str, bar: _Bar) -> Table2D:
+def _gemm_grid(shape: ModelShape, name: str, bar: _Bar, prepare) -> Table2D:
+    """Seconds per GEMM by (tokens, n * k) for every matrix shape of the model and its LM head.
+
+    prepare(n, k) -> time(t): seconds for one [t, k] x [k, n] product, weights read cold."""
     mats = {n * k: (n, k) for n, k in shape.gemms}
     mats[shape.vocab * shape.hidden] = (shape.vocab, shape.hidden)
     params = sorted(mats)
     rows = {}
     for p in params:
         n, k = mats[p]
-        copies = max(1, COLD_BYTES // (n * k * dtype.itemsize))
-        ws = [torch.randn(n, k, device=device, dtype=dtype) for _ in range(copies)]
+        time_tokens = prepare(n, k)
         col = []
         for t in GEMM_TOKENS:
             if p == shape.vocab * shape.hidden and t > 256 and col:
                 col.append(col[-1] * t / GEMM_TOKENS[len(col) - 1])   # the LM head only sees sampled rows
             else:
-                x = torch.randn(t, k, device=device, dtype=dtype)
-                col.append(_timeit(lambda: [F.linear(x, w) for w in ws], device) / copies)
+                col.append(time_tokens(t))
             bar.step(f"{name} {n}x{k} tokens={t}")
         rows[p] = col
     seconds = tuple(tuple(rows[p][i] for p in params) for i in range(len(GEMM_TOKENS)))
     return Table2D(tuple(float(t) for t in GEMM_TOKENS), tuple(float(p) for p in params), seconds, name)
 
 
+def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name: str, bar: _Bar) -> Table2D:
+    """torch F.linear on `device`, which the device executors run."""
+    def prepare(n, k):
+        copies = max(1, COLD_BYTES // (n * k * dtype.itemsize))
+        ws = [torch.randn(n, k, device=device, dtype=dtype) for _ in range(copies)]
+
+        def time_tokens(t):
+            x = torch.randn(t, k, device=device, dtype=dtype)
+            return _timeit(lambda: [F.linear(x, w) for w in ws], device) / copies
+        return time_tokens
+    return _gemm_grid(shape, name, bar, prepare)
+
+
 def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar) -> Table2D:
-    """gemm_table for the host's OpenVINO FullyConnected in f32, which cpu_only's linear layers run."""
+    """OpenVINO FullyConnected in f32 on the host, which cpu_only's linear layers run."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 
     from ..runtime.ov_common import core
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    mats = {n * k: (n, k) for n, k in shape.gemms}
-    mats[shape.vocab * shape.hidden] = (shape.vocab, shape.hidden)
-    params = sorted(mats)
-    rows = {}
-    for p in params:
-        n, k = mats[p]
+
+    def prepare(n, k):
         # Capped: a graph of thousands of tiny matmuls (small models) takes minutes to compile.
         copies = max(1, min(64, COLD_BYTES // (n * k * 4)))
         x = ops.parameter([-1, k], ov.Type.f32, name="x")
         outs = [ops.matmul(x, ops.constant(np.random.randn(n, k).astype(np.float32)), False, True)
                 for _ in range(copies)]                          # `copies` weights: cold reads, one call
         req = core().compile_model(ov.Model(outs, [x], "gemm"), "CPU", config).create_infer_request()
-        col = []
-        for t in GEMM_TOKENS:
-            if p == shape.vocab * shape.hidden and t > 256 and col:
-                col.append(col[-1] * t / GEMM_TOKENS[len(col) - 1])   # the LM head only sees sampled rows
-            else:
-                xt = ov.Tensor(np.random.randn(t, k).astype(np.float32))
-                col.append(_timeit(lambda: req.infer({0: xt}), torch.device("cpu")) / copies)
-            bar.step(f"{name} {n}x{k} tokens={t}")
-        rows[p] = col
-    seconds = tuple(tuple(rows[p][i] for p in params) for i in range(len(GEMM_TOKENS)))
-    return Table2D(tuple(float(t) for t in GEMM_TOKENS), tuple(float(p) for p in params), seconds, name)
+
+        def time_tokens(t):
+            xt = ov.Tensor(np.random.randn(t, k).astype(np.float32))
+            return _timeit(lambda: req.infer({0: xt}), torch.device("cpu")) / copies
+        return time_tokens
+    return _gemm_grid(shape, name, bar, prepare)
 
 
 def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_bytes: int, name: str,
