@@ -179,3 +179,36 @@ def test_same_silicon_never_overlaps():
     c = costs(lin(1e-3), device_is_host=True)
     assert c.step(A, 2, 1000) == c.step(A, 2, 1000)
     assert c.step(A, 2, 1000) > c.step(A, 0, 0) + c.host_attention(2, 1000) - 1e-12
+
+
+@pytest.mark.parametrize("per_seq_s, placed", [(1e-6, "device_to_host"), (1.0, None)])
+def test_host_tier_only_takes_requests_it_would_run(per_seq_s, placed):
+    # With a profile, a request goes to the host tier only if the load-aware choice would run it
+    # there next to this step's device work; otherwise it waits for device room (as under gpu_only).
+    sched, kv = make(dev_blocks=3, host_blocks=10, costs=costs(lin(per_seq_s)))
+    sched.add(req("a", 30, max_tokens=4))
+    sched.add(req("b", 20, max_tokens=4))
+    out = sched.schedule()
+    placement = {s.request_id: s.attn for s in out.scheduled}
+    assert placement.get("a") == "device" and placement.get("b") == placed
+    assert (kv.has("b") and kv.tier_of("b") is Tier.HOST) == (placed is not None)
+    assert [r.request_id for r in sched.waiting] == ([] if placed else ["b"])
+    kv.check()
+
+
+@pytest.mark.parametrize("per_seq_s, swapped", [(1e-6, True), (1.0, False)])
+def test_device_shortage_swaps_out_only_what_would_run_on_the_host(per_seq_s, swapped):
+    sched, kv = make(dev_blocks=4, host_blocks=10, budget=64, costs=costs(lin(per_seq_s)))
+    sched.add(req("old", 15, max_tokens=8))
+    run_step(sched, sched.schedule())
+    sched.add(req("new", 15, max_tokens=8))
+    run_step(sched, sched.schedule())
+    kv.pool(Tier.DEVICE).allocate(2, "hog")
+    out = sched.schedule()                      # "old" needs a second block: "new" must make room
+    if swapped:
+        assert out.preempted == () and [c.request_id for c in out.copies] == ["new"]
+        assert kv.tier_of("new") is Tier.HOST
+    else:                                       # expensive host attention: recompute later instead
+        assert out.preempted == ("new",) and out.copies == ()
+        assert not kv.has("new") and sched.requests["new"].num_computed_tokens == 0
+    assert {s.request_id for s in out.scheduled} >= {"old"}

@@ -62,7 +62,7 @@ class NeoScheduler(Scheduler):
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             while not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
                 victim = self._on(D)[-1]
-                self._evict(victim, copies, preempted)
+                self._evict(victim, copies, preempted, a + [self._input(req, n, "device")])
                 if victim is req:
                     break
             else:
@@ -88,7 +88,8 @@ class NeoScheduler(Scheduler):
             if self.kv.num_free(D) - reserve >= need and self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
                 placement = "device"
                 reserve += 1
-            elif self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
+            elif self._host_pays(a, cands, req) and self.kv.allocate_slots(req.request_id,
+                                                                            req.num_computed_tokens + n, H):
                 placement = "device_to_host" if req.num_computed_tokens == 0 else "host"
             else:
                 break
@@ -117,15 +118,17 @@ class NeoScheduler(Scheduler):
         if self.costs is None:               # no profile: every host decode runs
             self.last_choice = HostBatchChoice(tuple(c.request_id for c in cands), 0.0, 0.0, "no profile")
             return set(self.last_choice.chosen)
-        dec = [s for s in a if len(s.token_ids) == 1]
-        pre = [s for s in a if len(s.token_ids) > 1]
-        pre_tokens = sum(len(s.token_ids) for s in pre)
-        work = DeviceWork(tokens=sum(len(s.token_ids) for s in a), seqs=len(a), decode_seqs=len(dec),
-                          decode_context=sum(s.num_computed_tokens + 1 for s in dec), prefill_tokens=pre_tokens,
-                          prefill_mean_context=(sum((s.num_computed_tokens + len(s.token_ids)) * len(s.token_ids)
-                                                    for s in pre) / pre_tokens) if pre_tokens else 0.0)
-        self.last_choice = choose_host_batch(work, cands, self.costs, self.max_num_seqs)
+        self.last_choice = choose_host_batch(_work(a), cands, self.costs, self.max_num_seqs)
         return set(self.last_choice.chosen)
+
+    def _host_pays(self, a: list[StepInput], cands: list[HostCandidate], req: Request) -> bool:
+        """Whether to place req on the host tier: only if, as a host decode beside this step's device
+        work and the host decodes already waiting, the load-aware choice would run it. Otherwise it
+        waits for device room, as under gpu_only (a host request that never runs only costs its prefill)."""
+        if self.costs is None:
+            return True
+        me = HostCandidate(req.request_id, req.num_tokens + 1)
+        return req.request_id in choose_host_batch(_work(a), cands + [me], self.costs, self.max_num_seqs).chosen
 
     def _grow_on_host(self, req: Request, n: int, preempted: list[str], scheduled: list[StepInput]) -> bool:
         """Host blocks for req's next n tokens, preempting the newest unscheduled host request if short."""
@@ -140,9 +143,14 @@ class NeoScheduler(Scheduler):
                 return False
         return True
 
-    def _evict(self, victim: Request, copies: list[BlockCopy], preempted: list[str]) -> None:
-        """Swap a device request out to the host tier; preempt it only if the host is full too."""
-        moved = self.kv.migrate(victim.request_id, H, victim.num_computed_tokens + 1)
+    def _evict(self, victim: Request, copies: list[BlockCopy], preempted: list[str], a: list[StepInput]) -> None:
+        """Swap a device request out to the host tier, if it would run there (see _host_pays);
+        else, or when the host is full too, preempt it (recompute later on the device)."""
+        waiting_on_host = [HostCandidate(r.request_id, r.num_tokens, self.skipped.get(r.request_id, 0))
+                           for r in self._on(H) if r.num_tokens - r.num_computed_tokens == 1]
+        moved = None
+        if self._host_pays(a, waiting_on_host, victim):
+            moved = self.kv.migrate(victim.request_id, H, victim.num_computed_tokens + 1)
         if moved is None:
             self._remove_and_preempt(victim, preempted)
             return
@@ -162,3 +170,14 @@ class NeoScheduler(Scheduler):
     def finish(self, req: Request, status) -> None:
         self.skipped.pop(req.request_id, None)
         super().finish(req, status)
+
+
+def _work(a: list[StepInput]) -> DeviceWork:
+    """Sub-batch A as the cost tables see it."""
+    dec = [s for s in a if len(s.token_ids) == 1]
+    pre = [s for s in a if len(s.token_ids) > 1]
+    pre_tokens = sum(len(s.token_ids) for s in pre)
+    return DeviceWork(tokens=sum(len(s.token_ids) for s in a), seqs=len(a), decode_seqs=len(dec),
+                      decode_context=sum(s.num_computed_tokens + 1 for s in dec), prefill_tokens=pre_tokens,
+                      prefill_mean_context=(sum((s.num_computed_tokens + len(s.token_ids)) * len(s.token_ids)
+                                                for s in pre) / pre_tokens) if pre_tokens else 0.0)
