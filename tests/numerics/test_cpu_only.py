@@ -10,6 +10,7 @@ import torch
 from hybridllm import LLM
 from hybridllm.kv import Tier
 
+from .arrivals import run_staggered
 from .test_default_parity import GREEDY, PROMPTS
 
 pytestmark = pytest.mark.slow
@@ -58,16 +59,7 @@ def test_chunked_prefill_and_preemption_equal_default_path(reference_tokens):
               max_num_seqs=6, host_kv_bytes=10 * 30 * 2 * 3 * 32 * 64 * 4)
     engine = llm.engine
     assert engine.kv.pool(Tier.HOST).num_blocks == 10
-    outs, pending, step = {}, list(enumerate(PROMPTS[:8])), 0
-    while pending or engine.has_unfinished_requests():
-        if pending and step % 3 == 0:
-            i, p = pending.pop(0)
-            engine.add_request(f"r{i}", p, GREEDY)
-        for o in engine.step():
-            if o.finished:
-                outs[o.request_id] = o
-        engine.kv.check()
-        step += 1
+    outs = run_staggered(engine, PROMPTS[:8], GREEDY, every=3)
     assert engine.stats().num_preemptions > 0, "the pool was meant to force preemption"
     for i, ref in enumerate(reference_tokens[:8]):
         assert list(outs[f"r{i}"].token_ids) == ref, f"prompt {i}"

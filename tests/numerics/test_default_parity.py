@@ -8,6 +8,7 @@ import torch
 from hybridllm import LLM, SamplingParams
 
 from .tiny_models import hf_greedy
+from .arrivals import run_staggered
 
 PROMPTS = [
     "Hi",
@@ -62,18 +63,7 @@ def test_staggered_arrivals_small_budget_and_preemption_match_hf(default_model_p
     llm = LLM(model=str(default_model_path), max_num_batched_tokens=48, max_num_seqs=6,
               device_kv_bytes=24 * 16 * 46080)   # 24 blocks of 16 tokens
     engine = llm.engine
-    outs = {}
-    pending = list(enumerate(PROMPTS))
-    step = 0
-    while pending or engine.has_unfinished_requests():
-        if pending and step % 3 == 0:          # a new arrival every third step
-            i, p = pending.pop(0)
-            engine.add_request(f"r{i}", p, GREEDY)
-        for o in engine.step():
-            if o.finished:
-                outs[o.request_id] = o
-        engine.kv.check()
-        step += 1
+    outs = run_staggered(engine, PROMPTS, GREEDY, every=3)
     assert engine.stats().num_preemptions > 0, "the KV pool was meant to force preemption"
     for i, ref in enumerate(hf_tokens):
         assert list(outs[f"r{i}"].token_ids) == ref, f"prompt {i}"

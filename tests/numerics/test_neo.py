@@ -6,6 +6,8 @@ import pytest
 from hybridllm import LLM, SamplingParams
 from hybridllm.kv import Tier
 
+from .arrivals import run_staggered
+
 PROMPTS = [f"Story {i}: Once upon a time" + " and then" * (i % 7) for i in range(32)]
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 BLOCK_BYTES = 16 * 30 * 2 * 3 * 64 * 4          # one fp32 block of the default model
@@ -55,18 +57,7 @@ def test_swap_out_and_in_under_load_lose_nothing(default_model_path):
         prompts, params, use_tqdm=False)]
     llm = neo(default_model_path, device_blocks=24, host_blocks=400, max_num_batched_tokens=64)
     engine = llm.engine
-    done = {}
-    pending = list(enumerate(prompts))
-    step = 0
-    while pending or engine.has_unfinished_requests():
-        if pending and step % 2 == 0:                 # staggered arrivals
-            i, p = pending.pop(0)
-            engine.add_request(f"r{i}", p, params)
-        for o in engine.step():
-            if o.finished:
-                done[o.request_id] = o
-        engine.kv.check()
-        step += 1
+    done = run_staggered(engine, prompts, params, every=2)
     sched = engine.scheduler
     assert sched.num_swap_out > 0 and sched.num_swap_in > 0, (sched.num_swap_out, sched.num_swap_in)
     assert sorted(done) == sorted(f"r{i}" for i in range(len(prompts)))
