@@ -72,7 +72,8 @@ class CpuOnlyRunner:
         return lin.logits(h[st.sample_index])                                    # [S, vocab]
 
 
-def build_cpu_only(config: EngineConfig, model_path: Path, mc: ModelConfig):
+def build_cpu_only(config: EngineConfig, model_path: Path, mc: ModelConfig,
+                   reason: str = "forced by the policy option"):
     from .factory import Runtime   # factory imports this module lazily; import back the same way
 
     t0 = time.perf_counter()
@@ -102,4 +103,4 @@ def build_cpu_only(config: EngineConfig, model_path: Path, mc: ModelConfig):
              attention.tier.num_bytes >> 20, linear.options.weights)
     runner = CpuOnlyRunner(model, linear, attention, int(os.environ.get(TORCH_THREADS_ENV) or 1))
     return Runtime({"cpu_only": runner}, "cpu_only", "cpu_only", kv, model, torch.device("cpu"),
-                   f"forced by the policy option; host attention {attention.name}: {attention.reason}")
+                   f"{reason}; host attention {attention.name}: {attention.reason}")

@@ -82,9 +82,7 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Ru
         prefill, decode, reason = choose_policies(config, model_path, mc)
         if prefill == decode == "cpu_only":
             from .cpu_only import build_cpu_only
-            rt = build_cpu_only(config, model_path, mc)
-            rt.reason = reason + "; " + rt.reason.replace("forced by the policy option; ", "")
-            return rt
+            return build_cpu_only(config, model_path, mc, reason)
     else:
         prefill = decode = policy
         reason = "forced by the policy option"
