@@ -323,9 +323,9 @@ def _host_handoff(mc: ModelConfig, device: torch.device, dtype: torch.dtype, lay
                 F.linear(x, w)
                 fut.result()
         both = _timeit(handed, device, reps=5)
-        alone = max(_timeit(linear, device, reps=5), _timeit(host, torch.device("cpu"), reps=5))
-        if device.type == "cpu":      # nothing overlaps on the same cores
-            alone = _timeit(linear, device, reps=5) + _timeit(host, device, reps=5)
+        lin_s, host_s = _timeit(linear, device, reps=5), _timeit(host, torch.device("cpu"), reps=5)
+        # On the same cores nothing overlaps; on a GPU the two parts can.
+        alone = lin_s + host_s if device.type == "cpu" else max(lin_s, host_s)
         return max(0.0, (both - alone) / layers)
     finally:
         pool.shutdown()

@@ -61,7 +61,7 @@ def choose_policies(config: EngineConfig, model_path: Path, mc: ModelConfig) -> 
     note = ""
     if (plan.prefill.policy == "cpu_only") != (plan.decode.policy == "cpu_only"):
         # cpu_only runs the whole model in OpenVINO graphs on the host: it cannot hand a phase over.
-        note = f" (cpu_only was best for one phase only, and it cannot share a runtime; re-planned without it)"
+        note = " (cpu_only was best for one phase only, and it cannot share a runtime; re-planned without it)"
         plan = Planner(shape, profile, AUTO_CANDIDATES, device_memory_bytes=device_memory(config)).plan(batch)
     reason = (f"planner on profile {profile.name} for batch={batch.batch} input={batch.input_len} "
               f"output={batch.output_len}: prefill {plan.prefill.policy} ({plan.prefill.seconds:.3f} s), "
