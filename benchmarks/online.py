@@ -1,7 +1,8 @@
 """Online serving with NEO's measures: Poisson arrivals, per-token latency, trimmed throughput.
 
     python benchmarks/online.py sim  [--rates ...]    # cost-model simulation on the reference profiles
-    python benchmarks/online.py real [--rates ...]    # the real engine on this machine (default model)
+    python benchmarks/online.py real [--rates ...]    # the real engine on this machine (default model,
+                                                      # or --model FOLDER, e.g. from random_model.py)
     python benchmarks/online.py agree [--profile P]   # the scheduler's pipelined/device-only choice vs measured
 
 Both compare `partition` (NEO: split KV, swapping, pipelined host decodes) with
@@ -114,22 +115,29 @@ SIM_SETUPS = (
 
 def run_sim(args) -> None:
     rows = []
-    for prof_name, m, kv_gb in SIM_SETUPS:
+    setups = SIM_SETUPS
+    if args.profile:      # a measured profile (of Llama-3-8B's shapes, bf16) instead of the reference ones
+        from hybridllm.policy import HardwareProfile
+        setups = ((args.profile, SIM_SETUPS[1][1], args.device_kv_gb or 4.0),)
+    for prof_name, m, kv_gb in setups:
         if args.profiles and prof_name not in args.profiles:
             continue
-        prof = reference_profile(prof_name)
+        prof = HardwareProfile.load(prof_name) if args.profile else reference_profile(prof_name)
         costs = NeoCostTables(m, prof, "bf16", 2)
         block = 16 * m.kv_bytes_per_token(2)
         dev_blocks = int(kv_gb * 1e9 // block)
-        host_blocks = int(min(prof.host_memory_bytes * 0.5, 200e9) // block)
+        host_blocks = int((args.host_kv_gb * 1e9 if args.host_kv_gb else min(prof.host_memory_bytes * 0.5, 200e9))
+                          // block)
         for rate in args.rates:
             reqs = workload(args.requests, rate, args.input_len, 50, 400, seed=1)
-            res = {p: simulate(p, m, costs, reqs, dev_blocks, host_blocks, 256, 4096)
+            res = {p: simulate(p, m, costs, reqs, dev_blocks, host_blocks, args.max_num_seqs,
+                                 args.max_num_batched_tokens)
                    for p in ("gpu_only", "partition")}
             (lg, tg, _), (ln, tn, share) = res["gpu_only"], res["partition"]
             rows.append([prof_name, m.name, f"{kv_gb:.0f}", rate, f"{tg:.0f}", f"{tn:.0f}", f"{100 * (tn / tg - 1):+.0f}%",
                          f"{1e3 * lg:.0f}", f"{1e3 * ln:.0f}", f"{100 * share:.0f}%"])
-    print("SIMULATION on reference profiles (FROM SPECS, NOT MEASURED); real schedulers, cost-model clock.")
+    print(f"SIMULATION on {'the MEASURED profile ' + args.profile if args.profile else 'reference profiles (FROM SPECS, NOT MEASURED)'}; "
+          "real schedulers, cost-model clock.")
     print(f"{args.requests} requests, input {args.input_len} +-10%, output 50-400\n")
     print(table(["profile", "model", "device KV GB", "rate req/s", "gpu_only tok/s", "NEO tok/s", "NEO gain",
                  "gpu_only ms/token", "NEO ms/token", "pipelined steps"], rows))
@@ -137,46 +145,96 @@ def run_sim(args) -> None:
 
 # -- real ------------------------------------------------------------------------
 
+def _drive(engine, reqs, vocab: int, tag: str):
+    """Feeds `reqs` (arrival s, input len, output len) to the engine in real time; returns summarize()."""
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    arrival, finish, nxt = {}, {}, 0
+    while nxt < len(reqs) or engine.has_unfinished_requests():
+        now = time.perf_counter() - start
+        while nxt < len(reqs) and reqs[nxt][0] <= now:
+            t, n_in, n_out = reqs[nxt]
+            ids = torch.randint(100, min(40000, vocab), (n_in,), generator=g).tolist()
+            engine.add_request(f"{tag}{nxt}", None, SamplingParams(max_tokens=n_out, temperature=0.0,
+                                                                   ignore_eos=True), prompt_token_ids=ids)
+            arrival[f"{tag}{nxt}"] = t
+            nxt += 1
+        if not engine.has_unfinished_requests():
+            time.sleep(max(0.0, reqs[nxt][0] - now))
+            continue
+        for o in engine.step():
+            if o.finished:
+                finish[o.request_id] = time.perf_counter() - start
+    order = [f"{tag}{i}" for i in range(len(reqs))]
+    return summarize([arrival[i] for i in order], [finish[i] for i in order], [r[2] for r in reqs])
+
+
 def run_real(args) -> None:
     from hybridllm import LLM, default_model
-    path = default_model()
-    block_bytes = 16 * 30 * 2 * 3 * 64 * 4
+    from hybridllm.models.config import ModelConfig
+    path = args.model or str(default_model())
+    mc = ModelConfig.from_folder(path)
+    dbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[args.dtype]
+    block_bytes = 16 * mc.num_hidden_layers * 2 * mc.num_key_value_heads * mc.head_dim * dbytes
+    dev_bytes = int(args.device_kv_gb * 1e9) if args.device_kv_gb else args.device_blocks * block_bytes
+    host_bytes = int(args.host_kv_gb * 1e9)
+    workloads = {rate: workload(args.requests, rate, args.input_len, args.out_lo, args.out_hi, seed=2)
+                 for rate in args.rates}
+    res = {}
+    for policy in ("gpu_only", "partition"):
+        # One engine per policy for every rate: loading, compiling and pinning happen once.
+        llm = LLM(path, policy=policy, dtype=args.dtype, device_kv_bytes=dev_bytes, host_kv_bytes=host_bytes,
+                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                  hardware_profile=args.profile if policy == "partition" else None)
+        engine = llm.engine
+        _drive(engine, workload(4, 100.0, args.input_len, 8, 8, seed=9), mc.vocab_size, "warm")
+        for rate, reqs in workloads.items():
+            before = engine.stats()
+            lat, thr = _drive(engine, reqs, mc.vocab_size, f"{rate}-")
+            after = engine.stats()
+            steps = {k: v - before.steps_by_policy.get(k, 0) for k, v in after.steps_by_policy.items()}
+            res[policy, rate] = (lat, thr, after.num_preemptions - before.num_preemptions, steps)
+            print(f"{policy} rate {rate}: {thr:.1f} tok/s, {1e3 * lat:.1f} ms/token", flush=True)
+        engine.kv.check()
+        del llm, engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     rows = []
     for rate in args.rates:
-        reqs = workload(args.requests, rate, args.input_len, args.out_lo, args.out_hi, seed=2)
-        res = {}
-        for policy in ("gpu_only", "partition"):
-            llm = LLM(str(path), policy=policy, device_kv_bytes=args.device_blocks * block_bytes,
-                      host_kv_bytes=1 << 30, max_num_seqs=64, hardware_profile=args.profile)
-            engine = llm.engine
-            g = torch.Generator().manual_seed(0)
-            start = time.perf_counter()
-            arrival, finish, nxt = {}, {}, 0
-            while nxt < len(reqs) or engine.has_unfinished_requests():
-                now = time.perf_counter() - start
-                while nxt < len(reqs) and reqs[nxt][0] <= now:
-                    t, n_in, n_out = reqs[nxt]
-                    ids = torch.randint(100, 40000, (n_in,), generator=g).tolist()
-                    engine.add_request(f"r{nxt}", None, SamplingParams(max_tokens=n_out, temperature=0.0,
-                                                                       ignore_eos=True), prompt_token_ids=ids)
-                    arrival[f"r{nxt}"] = t
-                    nxt += 1
-                if not engine.has_unfinished_requests():
-                    time.sleep(max(0.0, reqs[nxt][0] - now))
-                    continue
-                for o in engine.step():
-                    if o.finished:
-                        finish[o.request_id] = time.perf_counter() - start
-            order = [f"r{i}" for i in range(len(reqs))]
-            res[policy] = summarize([arrival[i] for i in order], [finish[i] for i in order],
-                                    [reqs[i][2] for i in range(len(reqs))]) + (engine.stats(),)
-        (lg, tg, _), (ln, tn, st) = res["gpu_only"], res["partition"]
-        rows.append([rate, f"{tg:.1f}", f"{tn:.1f}", f"{100 * (tn / tg - 1):+.0f}%", f"{1e3 * lg:.0f}",
-                     f"{1e3 * ln:.0f}", st.num_preemptions, st.steps_by_policy])
-    print(f"machine: {machine()}; device KV capped at {args.device_blocks} blocks of 16 tokens (both policies)")
-    print(f"{args.requests} requests, input {args.input_len} +-10%, output {args.out_lo}-{args.out_hi}\n")
+        (lg, tg, _, _), (ln, tn, pre, steps) = res["gpu_only", rate], res["partition", rate]
+        rows.append([rate, f"{tg:.1f}", f"{tn:.1f}", f"{100 * (tn / tg - 1):+.0f}%", f"{1e3 * lg:.1f}",
+                     f"{1e3 * ln:.1f}", pre, steps])
+    print(f"\nmachine: {machine()}; model {path} ({mc.num_hidden_layers} layers, hidden {mc.hidden_size}), "
+          f"{args.dtype}; device KV capped at {dev_bytes / 1e9:.2f} GB = {dev_bytes // block_bytes} blocks of 16 "
+          f"tokens (both policies), host KV {host_bytes / 1e9:.1f} GB; NEO profile {args.profile}")
+    print(f"{args.requests} requests per rate, input {args.input_len} +-10%, output {args.out_lo}-{args.out_hi}\n")
     print(table(["rate req/s", "gpu_only tok/s", "NEO tok/s", "NEO gain", "gpu_only ms/token", "NEO ms/token",
                  "NEO preemptions", "NEO steps"], rows))
+    if args.plot:
+        plot(res, args.rates, args.plot, f"{machine()}\n{os.path.basename(path.rstrip('/'))} {args.dtype}, "
+             f"device KV {dev_bytes / 1e9:.1f} GB, input {args.input_len}, output {args.out_lo}-{args.out_hi}")
+
+
+def plot(res, rates, out: str, title: str) -> None:
+    """Latency per output token against throughput, one line per policy, a point per arrival rate."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy, label in (("gpu_only", "gpu_only (device KV only)"), ("partition", "NEO (split KV, pipelined)")):
+        xs = [res[policy, r][1] for r in rates]
+        ys = [1e3 * res[policy, r][0] for r in rates]
+        ax.plot(xs, ys, marker="o", label=label)
+        for r, x, y in zip(rates, xs, ys):
+            ax.annotate(f"{r:g}/s", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("throughput (output tokens/s)")
+    ax.set_ylabel("latency per output token (ms)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"plot written to {out}")
 
 
 # -- agreement: predicted vs measured pipelined-or-not ----------------------------
@@ -258,7 +316,14 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=None)
     ap.add_argument("--out-lo", type=int, default=50)
     ap.add_argument("--out-hi", type=int, default=400)
-    ap.add_argument("--device-blocks", type=int, default=64)
+    ap.add_argument("--device-blocks", type=int, default=64, help="real: device KV cap in 16-token blocks")
+    ap.add_argument("--device-kv-gb", type=float, default=None, help="real: device KV cap in GB (over --device-blocks)")
+    ap.add_argument("--host-kv-gb", type=float, default=None, help="NEO's host KV tier (real: 1; sim: half the host's)")
+    ap.add_argument("--model", default=None, help="real: HF folder (default: the default model)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--max-num-seqs", type=int, default=None, help="real: 64, sim: 256")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None, help="real: 2048, sim: 4096")
+    ap.add_argument("--plot", default=None, help="real: write latency-vs-throughput PNG here")
     ap.add_argument("--profile", default=None, help="hardware profile for NEO's load-aware choice (real mode)")
     ap.add_argument("--profiles", type=lambda s: s.split(","), default=None, help="sim: only these reference profiles")
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
@@ -272,11 +337,16 @@ def main() -> None:
         args.rates = args.rates or [1.0, 2.0, 4.0, 8.0]
         args.requests = args.requests or 400
         args.input_len = args.input_len or 1000
+        args.max_num_seqs = args.max_num_seqs or 256
+        args.max_num_batched_tokens = args.max_num_batched_tokens or 4096
         run_sim(args)
     else:
         args.rates = args.rates or [0.5, 1.0, 2.0]
         args.requests = args.requests or 24
         args.input_len = args.input_len or 200
+        args.max_num_seqs = args.max_num_seqs or 64
+        args.max_num_batched_tokens = args.max_num_batched_tokens or 2048
+        args.host_kv_gb = args.host_kv_gb or 1.0
         run_real(args)
 
 

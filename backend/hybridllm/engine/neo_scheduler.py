@@ -81,6 +81,7 @@ class NeoScheduler(Scheduler):
                 cands.append(HostCandidate(req.request_id, req.num_tokens, self.skipped.get(req.request_id, 0)))
         # 3. Admit new requests: device tier if the whole request fits with room to grow, else the host tier.
         reserve = len(self._on(D))           # a block of growth room for each device request
+        host_room = None                     # waiting requests the load-aware choice would run on the host
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
@@ -88,11 +89,13 @@ class NeoScheduler(Scheduler):
             if self.kv.num_free(D) - reserve >= need and self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
                 placement = "device"
                 reserve += 1
-            elif self._host_pays(a, cands, req) and self.kv.allocate_slots(req.request_id,
-                                                                            req.num_computed_tokens + n, H):
-                placement = "device_to_host" if req.num_computed_tokens == 0 else "host"
             else:
-                break
+                if host_room is None:
+                    host_room = self._host_room(a, cands)
+                if host_room <= 0 or not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
+                    break
+                host_room -= 1
+                placement = "device_to_host" if req.num_computed_tokens == 0 else "host"
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
             self.running.append(req)
@@ -120,6 +123,19 @@ class NeoScheduler(Scheduler):
             return set(self.last_choice.chosen)
         self.last_choice = choose_host_batch(_work(a), cands, self.costs, self.max_num_seqs)
         return set(self.last_choice.chosen)
+
+    def _host_room(self, a: list[StepInput], cands: list[HostCandidate]) -> int:
+        """How many of the waiting requests to place on the host tier: those the load-aware choice
+        would run as host decodes beside this step's device work and the host decodes already there,
+        were the queue (up to max_num_seqs) on the host. Asked for the queue, not one request at a
+        time: a host sub-batch pays for its own device calls only once it has enough members, so a
+        lone candidate never would. The rest wait for device room, as under gpu_only."""
+        if self.costs is None:
+            return len(self.waiting)
+        room = max(0, self.max_num_seqs - len(self.running))
+        new = [HostCandidate(r.request_id, r.num_tokens + 1) for r in list(self.waiting)[:room]]
+        chosen = set(choose_host_batch(_work(a), cands + new, self.costs, self.max_num_seqs).chosen)
+        return sum(c.request_id in chosen for c in new)
 
     def _host_pays(self, a: list[StepInput], cands: list[HostCandidate], req: Request) -> bool:
         """Whether to place req on the host tier: only if, as a host decode beside this step's device

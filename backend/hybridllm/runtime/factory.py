@@ -144,7 +144,8 @@ def build_neo(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtim
     dev = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, model.weight_bytes), device)
     host_attn = host_attention(config, mc, layout, device)
     kv = KVCacheManager({Tier.DEVICE: dev, Tier.HOST: host_attn.tier})
-    runner = NeoRunner(model, _attention(dev, mc), host_attn, host_attn.tier, config.block_size)
+    runner = NeoRunner(model, _attention(dev, mc), host_attn, host_attn.tier, config.block_size,
+                       max_host_tokens=config.max_num_seqs)   # B holds host decodes: one token each
     costs = None
     reason = "NEO: no hardware profile, so every host decode joins each step"
     if config.hardware_profile is not None:

@@ -1,6 +1,8 @@
 """How many KV blocks each tier gets. Decided once, at start-up."""
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from ..config import GiB, EngineConfig
@@ -12,7 +14,11 @@ ACTIVATION_RESERVE = 0.10               # share of the device kept for activatio
 
 def device_kv_bytes(cfg: EngineConfig, device: torch.device, weight_bytes: int) -> int:
     """Bytes for the device KV tier: the explicit cap, else what fits beside the weights."""
+    free = None
     if device.type == "cuda":
+        # Engines dropped by the caller may still hold their KV until collected; hand it back first.
+        gc.collect()
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
         limit = min(total, cfg.device_memory_bytes or total)
         fits = int(limit * (1 - ACTIVATION_RESERVE)) - weight_bytes
@@ -26,10 +32,15 @@ def device_kv_bytes(cfg: EngineConfig, device: torch.device, weight_bytes: int) 
         raise ValueError(
             f"device_kv_bytes ({want}) does not fit in device_memory_bytes ({cfg.device_memory_bytes}) "
             f"beside {weight_bytes} bytes of weights; at most {max(fits, 0)} fits")
-    if want <= 0:
+    if free is not None and cfg.device_kv_bytes is not None and want > fits:
         raise ValueError(
-            f"no device memory left for the KV cache: the weights take {weight_bytes} bytes "
-            f"of device_memory_bytes={cfg.device_memory_bytes}")
+            f"device_kv_bytes ({want}) is more than {device} has free for it: {max(fits, 0)} bytes "
+            f"({free} free, {int(total * ACTIVATION_RESERVE)} kept for activations)")
+    if want <= 0:
+        where = (f"{free} bytes free on {device} of {total}, {int(total * ACTIVATION_RESERVE)} kept for activations"
+                 if free is not None else f"device_memory_bytes={cfg.device_memory_bytes}")
+        raise ValueError(f"no device memory left for the KV cache: the weights take {weight_bytes} bytes; {where}; "
+                         f"free the device or set device_kv_bytes / device_memory_bytes")
     return want
 
 

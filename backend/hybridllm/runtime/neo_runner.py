@@ -5,11 +5,17 @@ A holds prefills and device decodes (attention on the device; a fresh prefill wh
 KV belongs on the host tier also attends on the device and has its K/V written to
 the host tier as the layer finishes). B holds host decodes (attention on the host
 tier, in a worker thread; torch and OpenVINO release the GIL, so the two overlap).
-On a CPU-only machine the same code runs, correctly, on the same cores.
+
+On CUDA, B's device work runs on its own stream, so it never waits behind A's kernels:
+its Q/K/V go down into pinned buffers with an async copy and an event, the worker waits
+on that event alone, and writes the output into a pinned buffer that goes back up async.
+Buffers, stream and event are made once, at start-up. On a CPU-only machine the same
+code runs, correctly, on the same cores, with plain copies.
 """
 from __future__ import annotations
 
 import logging
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -25,9 +31,35 @@ log = logging.getLogger("hybridllm")
 HOST = torch.device("cpu")
 
 
+class _Staging:
+    """Pinned host buffers, a stream and an event for B's hand-off on CUDA."""
+
+    def __init__(self, max_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device):
+        def pinned(*shape):
+            return torch.empty(*shape, dtype=torch.float32, pin_memory=True)
+        self.max_tokens = max_tokens
+        self.q = pinned(max_tokens, num_heads, head_dim)              # [Tmax, H, D]
+        self.k = pinned(max_tokens, num_kv_heads, head_dim)           # [Tmax, KVH, D]
+        self.v = pinned(max_tokens, num_kv_heads, head_dim)           # [Tmax, KVH, D]
+        self.out = pinned(max_tokens, num_heads * head_dim)           # [Tmax, H * D]
+        self.stream = torch.cuda.Stream(device)
+        self.ready = torch.cuda.Event()                               # B's Q/K/V of this layer are on the host
+
+    def down(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Async device->pinned copies on B's stream (the current one when called)."""
+        t = q.shape[0]
+        outs = []
+        for x, buf in ((q, self.q), (k, self.k), (v, self.v)):
+            dst = buf[:t]
+            dst.copy_(x.float(), non_blocking=True)
+            outs.append(dst)
+        self.ready.record()
+        return outs
+
+
 class NeoRunner:
     def __init__(self, model: LlamaModel, device_attention, host_attention, host_tier: KVCacheTier,
-                 block_size: int):
+                 block_size: int, max_host_tokens: int = 256):
         self.model = model
         self.device_attention = device_attention      # over the device tier
         self.host_attention = host_attention          # HostAttention over the host tier
@@ -38,6 +70,9 @@ class NeoRunner:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hybridllm-host-attn")
         self.tracer = NullTracer()
         self.last_failed: dict[str, str] = {}          # request_id -> error, from the last execute()
+        cfg = model.cfg
+        self.staging = (_Staging(max_host_tokens, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                                 self.device) if self.device.type == "cuda" else None)
 
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> torch.Tensor:
@@ -54,16 +89,23 @@ class NeoRunner:
         st_b = prepare_step(b, self.host_block_size, self.device, HOST, sw) if b else None
         n_dev = sum(len(s.token_ids) for s in a_dev)
         ids_a, pos_a, sample_a = _with_fresh_prefills(st_a, a_d2h, n_dev, self.device)
+        # B's device work goes on its own stream when it fits the pinned buffers.
+        stg = self.staging if b and self.staging is not None and st_b.md.num_tokens <= self.staging.max_tokens \
+            else None
+        on_b = _stream_ctx(stg)
+        if stg is not None:
+            stg.stream.wait_stream(torch.cuda.current_stream(self.device))    # st_b's tensors are ready
         h_a = m.embed(ids_a) if a else None                                        # [Ta, hidden]
-        h_b = m.embed(st_b.input_ids) if b else None                               # [Tb, hidden]
+        with on_b():
+            h_b = m.embed(st_b.input_ids) if b else None                           # [Tb, hidden]
         d2h = self._d2h_plan(a_d2h, n_dev) if a_d2h else None
         for i in range(m.cfg.num_hidden_layers):
             fut = None
             if h_b is not None:
-                with tr.span("device", f"L{i} B linear-in", tokens=h_b.shape[0]):
+                with tr.span("device", f"L{i} B linear-in", tokens=h_b.shape[0]), on_b():
                     qb, kb, vb = m.attn_inputs(i, h_b, st_b.positions)
-                    qb, kb, vb = to_host(qb, kb, vb)
-                fut = self.pool.submit(self._host_attn, i, qb, kb, vb, st_b.md)
+                    qb, kb, vb = stg.down(qb, kb, vb) if stg is not None else to_host(qb, kb, vb)
+                fut = self.pool.submit(self._host_attn, i, qb, kb, vb, st_b.md, stg)
             if h_a is not None:
                 with tr.span("device", f"L{i} A", tokens=h_a.shape[0]):
                     q, k, v = m.attn_inputs(i, h_a, pos_a)
@@ -77,8 +119,13 @@ class NeoRunner:
                     self.last_failed = {s.request_id: f"host attention failed: {e}" for s in b}
                     h_b = None
                     continue
-                with tr.span("device", f"L{i} B linear-out", tokens=h_b.shape[0]):
-                    h_b = m.attn_finish(i, h_b, ob.to(self.device, h_b.dtype, non_blocking=True))
+                with tr.span("device", f"L{i} B linear-out", tokens=h_b.shape[0]), on_b():
+                    h_b = m.attn_finish(i, h_b, ob.to(self.device, non_blocking=True).to(h_b.dtype))
+        if stg is not None:
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_stream(stg.stream)                 # B's last layer is done before its logits
+            if h_b is not None:
+                h_b.record_stream(cur)                  # made on B's stream, read on this one
         logits = []
         if h_a is not None and sample_a.numel():
             logits.append(m.logits(h_a[sample_a]))
@@ -91,9 +138,17 @@ class NeoRunner:
             return torch.empty((0, m.cfg.vocab_size), device=self.device)
         return torch.cat(logits)
 
-    def _host_attn(self, i, q, k, v, md):
+    def _host_attn(self, i, q, k, v, md, stg: _Staging | None):
+        if stg is not None:
+            stg.ready.synchronize()                     # B's Q/K/V of layer i have landed in pinned memory
         with self.tracer.span("host", f"L{i} B attention", tokens=q.shape[0]):
-            return self.host_attention.forward(i, q, k, v, md)                  # [Tb, H * D]
+            o = self.host_attention.forward(i, q, k, v, md)                     # [Tb, H * D]
+        if stg is None:
+            return o
+        # The previous layer's upload from this buffer is done: it precedes `ready` on B's stream.
+        out = stg.out[:o.shape[0]]
+        out.copy_(o)
+        return out
 
     def _d2h_plan(self, seqs: list[StepInput], offset: int):
         """Token ranges (within A) and host slots of the fresh prefills whose KV goes to the host tier."""
@@ -131,6 +186,10 @@ class NeoRunner:
         kc[blk, :, off] = k[lo:].to(HOST, kc.dtype)                           # this layer's K/V to the host tier
         vc[blk, :, off] = v[lo:].to(HOST, vc.dtype)
         return out
+
+
+def _stream_ctx(stg: _Staging | None):
+    return (lambda: torch.cuda.stream(stg.stream)) if stg is not None else contextlib.nullcontext
 
 
 def _with_fresh_prefills(st, fresh: list[StepInput], offset: int, device: torch.device):

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# What a GPU session runs on a lent machine (see benchmarks/RESULTS.md, "GPU"). Those machines
+# reach no registry, so OpenVINO travels as wheels in .whl/ (cp312 manylinux; see README, GPU).
+#
+#   bash benchmarks/gpu_run.sh test     # CUDA tests: NEO's stream + pinned hand-off, offload, partition
+#   bash benchmarks/gpu_run.sh profile  # random Llama-3-8B (bf16) + `hybridllm profile` for it
+#   bash benchmarks/gpu_run.sh online [online.py real args...]  # NEO vs gpu_only, latency/throughput PNG
+#
+# Results go to $OUT (the device tool brings that folder back).
+set -uo pipefail
+OUT=${OUT:-/tmp/hybridllm-gpu-out}
+MODEL=${MODEL:-/tmp/llama-3-8b}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/backend:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+stage=${1:-test}
+shift || true
+
+model() {
+    [ -f "$MODEL/config.json" ] || python3 benchmarks/random_model.py llama-3-8b "$MODEL" --dtype bfloat16
+}
+
+case "$stage" in
+test)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+    lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400 >> "$OUT/gpu.txt"
+    python3 -m pytest -q -p no:cacheprovider tests/numerics/test_cuda.py tests/numerics/test_tiny_parity.py \
+        tests/unit/test_host_attention.py tests/unit/test_kv.py tests/unit/test_neo_scheduler.py 2>&1 \
+        | tee "$OUT/test.log" | tail -40
+    ;;
+profile)
+    model
+    python3 -c "from hybridllm.cli import main; raise SystemExit(main())" profile --model "$MODEL" \
+        --dtype bfloat16 --out "$OUT/profile-llama3-8b-bf16.json" -q 2>&1 | tail -5
+    ;;
+online)
+    model
+    python3 benchmarks/online.py real --model "$MODEL" --dtype bfloat16 "$@" 2>&1 | tee "$OUT/online.log"
+    ;;
+*)
+    echo "unknown stage $stage: test, profile or online" >&2
+    exit 2
+    ;;
+esac
