@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_run.sh test     # CUDA tests: NEO's stream + pinned hand-off, offload, partition
 #   bash benchmarks/gpu_run.sh profile  # random Llama-3-8B (bf16) + `hybridllm profile` for it
 #   bash benchmarks/gpu_run.sh online [online.py real args...]  # NEO vs gpu_only, latency/throughput PNG
+#   bash benchmarks/gpu_run.sh agree [online.py agree args...]  # NEO's step choice vs measured step times
 #
 # Results go to $OUT (the device tool brings that folder back).
 set -uo pipefail
@@ -27,9 +28,10 @@ case "$stage" in
 test)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400 >> "$OUT/gpu.txt"
-    python3 -m pytest -q -p no:cacheprovider tests/numerics/test_cuda.py tests/numerics/test_tiny_parity.py \
-        tests/unit/test_host_attention.py tests/unit/test_kv.py tests/unit/test_neo_scheduler.py 2>&1 \
-        | tee "$OUT/test.log" | tail -40
+    tests=("$@")
+    [ ${#tests[@]} -gt 0 ] || tests=(tests/numerics/test_cuda.py tests/numerics/test_tiny_parity.py
+        tests/unit/test_host_attention.py tests/unit/test_kv.py tests/unit/test_neo_scheduler.py)
+    python3 -m pytest -q -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$OUT/test.log" | tail -40
     ;;
 profile)
     model
@@ -39,6 +41,10 @@ profile)
 online)
     model
     python3 benchmarks/online.py real --model "$MODEL" --dtype bfloat16 "$@" 2>&1 | tee "$OUT/online.log"
+    ;;
+agree)
+    model
+    python3 benchmarks/online.py agree --model "$MODEL" --dtype bfloat16 "$@" 2>&1 | tee "$OUT/agree.log"
     ;;
 *)
     echo "unknown stage $stage: test, profile or online" >&2

@@ -245,16 +245,19 @@ def run_agree(args) -> None:
     from hybridllm.policy.measure import measure
     from hybridllm.policy.neo import HostCandidate, choose_host_batch
     from hybridllm.runtime import StepInput
-    path = default_model()
+    path = args.model or str(default_model())
+    mc = ModelConfig.from_folder(path)
     prof_path = args.profile
     if prof_path is None:
         prof_path = "/tmp/hybridllm-online-agree-profile.json"
-        measure(ModelConfig.from_folder(path), "float32", progress=False).save(prof_path)
-    block_bytes = 16 * 30 * 2 * 3 * 64 * 4
+        measure(mc, args.dtype, progress=False).save(prof_path)
+    dbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[args.dtype]
+    block_bytes = 16 * mc.num_hidden_layers * 2 * mc.num_key_value_heads * mc.head_dim * dbytes
     devs, hosts, ctxs = args.agree_dev, args.agree_host, args.agree_ctx
     need = max(devs) * (-(-(max(ctxs) + 1) // 16)) + 8
-    llm = LLM(str(path), policy="partition", device_kv_bytes=need * block_bytes,
-              host_kv_bytes=2 * need * block_bytes, max_num_seqs=256, hardware_profile=prof_path)
+    need_host = max(hosts) * (-(-(max(ctxs) + 1) // 32)) * 2 + 8      # host blocks hold 32 tokens
+    llm = LLM(path, policy="partition", dtype=args.dtype, device_kv_bytes=need * block_bytes,
+              host_kv_bytes=need_host * block_bytes, max_num_seqs=256, hardware_profile=prof_path)
     engine = llm.engine
     kv, runner, costs = engine.kv, engine.runtime.executors["partition"], engine.runtime.neo_costs
 
@@ -300,7 +303,7 @@ def run_agree(args) -> None:
                 for s in a + b:
                     kv.free(s.request_id)
     kv.check()
-    print(f"machine: {machine()}; profile {prof_path}; default model, fp32, decode steps")
+    print(f"machine: {machine()}; profile {prof_path}; model {path}, {args.dtype}, decode steps")
     print("pred/meas: the profile's step-time prediction and the measured best of 3 (ms). 'pick' is the")
     print("load-aware choice (choose_host_batch); ok = its tokens/s within 10% of the best measured option.\n")
     print(table(["context", "device decodes", "host candidates", "picked", "device-only pred", "device-only meas",

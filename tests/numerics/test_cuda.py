@@ -47,9 +47,10 @@ def test_gpu_only_on_cuda_matches_hf(model):
 
 def test_neo_stream_and_pinned_handoff_match_hf(model, monkeypatch):
     folder, want = model
-    staged = []
-    down = neo_runner._Staging.down
+    staged, filed = [], []
+    down, file_kv = neo_runner._Staging.down, neo_runner._file_kv
     monkeypatch.setattr(neo_runner._Staging, "down", lambda self, *qkv: staged.append(1) or down(self, *qkv))
+    monkeypatch.setattr(neo_runner, "_file_kv", lambda *args: filed.append(1) or file_kv(*args))
     # Four device blocks for ten requests: most decode on the host tier, handed off through the staging.
     llm = LLM(str(folder), policy="partition", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
@@ -59,15 +60,17 @@ def test_neo_stream_and_pinned_handoff_match_hf(model, monkeypatch):
     assert tokens(llm) == want
     assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
     assert staged, "host decodes never went through the pinned staging"
+    assert filed, "no host-bound prefill had its K/V filed from the pinned slots"
     assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0
     llm.engine.kv.check()
 
 
-def test_neo_more_host_tokens_than_staging_falls_back_to_plain_copies(model):
+def test_neo_more_tokens_than_staging_falls_back_to_plain_copies(model):
     folder, want = model
     llm = LLM(str(folder), policy="partition", device_kv_bytes=2 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
-    llm.engine.runtime.executors["partition"].staging.max_tokens = 1     # every B is larger than this
+    stg = llm.engine.runtime.executors["partition"].staging
+    stg.max_tokens = stg.max_prefill_tokens = 1          # every B and every host-bound prefill is larger
     assert tokens(llm) == want
     assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
 

@@ -145,7 +145,8 @@ def build_neo(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtim
     host_attn = host_attention(config, mc, layout, device)
     kv = KVCacheManager({Tier.DEVICE: dev, Tier.HOST: host_attn.tier})
     runner = NeoRunner(model, _attention(dev, mc), host_attn, host_attn.tier, config.block_size,
-                       max_host_tokens=config.max_num_seqs)   # B holds host decodes: one token each
+                       max_host_tokens=config.max_num_seqs,   # B holds host decodes: one token each
+                       max_prefill_tokens=config.max_num_batched_tokens)
     costs = None
     reason = "NEO: no hardware profile, so every host decode joins each step"
     if config.hardware_profile is not None:

@@ -34,9 +34,10 @@ HOST = torch.device("cpu")
 class _Staging:
     """Pinned host buffers, a stream and an event for B's hand-off on CUDA."""
 
-    def __init__(self, max_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device):
-        def pinned(*shape):
-            return torch.empty(*shape, dtype=torch.float32, pin_memory=True)
+    def __init__(self, max_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
+                 max_prefill_tokens: int = 0, kv_dtype: torch.dtype = torch.float32):
+        def pinned(*shape, dtype=torch.float32):
+            return torch.empty(*shape, dtype=dtype, pin_memory=True)
         self.max_tokens = max_tokens
         self.q = pinned(max_tokens, num_heads, head_dim)              # [Tmax, H, D]
         self.k = pinned(max_tokens, num_kv_heads, head_dim)           # [Tmax, KVH, D]
@@ -44,6 +45,11 @@ class _Staging:
         self.out = pinned(max_tokens, num_heads * head_dim)           # [Tmax, H * D]
         self.stream = torch.cuda.Stream(device)
         self.ready = torch.cuda.Event()                               # B's Q/K/V of this layer are on the host
+        # Host-bound prefills' K/V: two slots, so layer i+1 lands while the worker files layer i away.
+        self.max_prefill_tokens = max_prefill_tokens
+        self.kv = [pinned(2, max_prefill_tokens, num_kv_heads, head_dim, dtype=kv_dtype)
+                   for _ in range(2)] if max_prefill_tokens else []   # [K/V, Tmax, KVH, D] per slot
+        self.kv_ready = [torch.cuda.Event() for _ in self.kv]
 
     def down(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Async device->pinned copies on B's stream (the current one when called)."""
@@ -59,7 +65,7 @@ class _Staging:
 
 class NeoRunner:
     def __init__(self, model: LlamaModel, device_attention, host_attention, host_tier: KVCacheTier,
-                 block_size: int, max_host_tokens: int = 256):
+                 block_size: int, max_host_tokens: int = 256, max_prefill_tokens: int = 2048):
         self.model = model
         self.device_attention = device_attention      # over the device tier
         self.host_attention = host_attention          # HostAttention over the host tier
@@ -72,7 +78,9 @@ class NeoRunner:
         self.last_failed: dict[str, str] = {}          # request_id -> error, from the last execute()
         cfg = model.cfg
         self.staging = (_Staging(max_host_tokens, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                                 self.device) if self.device.type == "cuda" else None)
+                                 self.device, max_prefill_tokens, host_tier.layout.dtype)
+                        if self.device.type == "cuda" else None)
+        self._filing: list = [None, None]                # per slot: the worker's job filing K/V into the host tier
 
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> torch.Tensor:
@@ -121,6 +129,7 @@ class NeoRunner:
                     continue
                 with tr.span("device", f"L{i} B linear-out", tokens=h_b.shape[0]), on_b():
                     h_b = m.attn_finish(i, h_b, ob.to(self.device, non_blocking=True).to(h_b.dtype))
+        self._await_filing(a_d2h)
         if stg is not None:
             cur = torch.cuda.current_stream(self.device)
             cur.wait_stream(stg.stream)                 # B's last layer is done before its logits
@@ -183,9 +192,41 @@ class NeoRunner:
                                                is_causal=mask is None, enable_gqa=True)
             out[lo:hi] = o[0].transpose(0, 1).reshape(hi - lo, -1)
         lo = spans[0][0]
-        kc[blk, :, off] = k[lo:].to(HOST, kc.dtype)                           # this layer's K/V to the host tier
-        vc[blk, :, off] = v[lo:].to(HOST, vc.dtype)
+        stg = self.staging
+        if stg is None or not stg.kv or q.shape[0] - lo > stg.max_prefill_tokens:
+            kc[blk, :, off] = k[lo:].to(HOST, kc.dtype)                       # this layer's K/V to the host tier
+            vc[blk, :, off] = v[lo:].to(HOST, vc.dtype)
+            return out
+        # CUDA: an async copy to a pinned slot; the worker files it into the host tier once it lands,
+        # so this thread goes on launching the layer instead of waiting for it.
+        slot = i % 2
+        self._await_slot(slot)
+        buf = stg.kv[slot][:, :q.shape[0] - lo]                                 # [2, Tp, KVH, D]
+        buf[0].copy_(k[lo:].to(kc.dtype), non_blocking=True)
+        buf[1].copy_(v[lo:].to(vc.dtype), non_blocking=True)
+        stg.kv_ready[slot].record()
+        self._filing[slot] = self.pool.submit(_file_kv, stg.kv_ready[slot], buf, kc, vc, blk, off)
         return out
+
+    def _await_slot(self, slot: int) -> None:
+        job, self._filing[slot] = self._filing[slot], None
+        if job is not None:
+            job.result()
+
+    def _await_filing(self, a_d2h: list[StepInput]) -> None:
+        """The host tier holds every host-bound prefill's K/V before the step ends."""
+        for slot in range(len(self._filing)):
+            try:
+                self._await_slot(slot)
+            except Exception as e:
+                log.exception("filing prefill K/V into the host tier failed")
+                self.last_failed.update({s.request_id: f"host KV write failed: {e}" for s in a_d2h})
+
+
+def _file_kv(ready, buf: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, blk: torch.Tensor, off: torch.Tensor):
+    ready.synchronize()
+    kc[blk, :, off] = buf[0]
+    vc[blk, :, off] = buf[1]
 
 
 def _stream_ctx(stg: _Staging | None):
