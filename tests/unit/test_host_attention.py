@@ -385,3 +385,17 @@ def test_fallbacks_run_over_a_plain_kv_cache_tier(path):
     assert torch.equal(plain.key_cache[0][1, :, :4], k[16:20].transpose(0, 1).half())
     with pytest.raises(ValueError, match="layout"):
         HostAttention(backend(path, "f32"), plain)
+
+
+def test_host_threads_leave_a_core_beside_a_gpu_and_check_the_override(monkeypatch):
+    import os
+
+    from hybridllm.runtime.factory import HOST_THREADS_ENV, host_threads
+    monkeypatch.delenv(HOST_THREADS_ENV, raising=False)
+    assert host_threads(torch.device("cpu")) is None
+    assert host_threads(torch.device("cuda")) == max(1, os.cpu_count() - 1)
+    monkeypatch.setenv(HOST_THREADS_ENV, "3")
+    assert host_threads(torch.device("cuda")) == 3
+    monkeypatch.setenv(HOST_THREADS_ENV, "0")
+    with pytest.raises(ValueError, match=HOST_THREADS_ENV):
+        host_threads(torch.device("cpu"))

@@ -212,3 +212,33 @@ def test_device_shortage_swaps_out_only_what_would_run_on_the_host(per_seq_s, sw
         assert out.preempted == ("new",) and out.copies == ()
         assert not kv.has("new") and sched.requests["new"].num_computed_tokens == 0
     assert {s.request_id for s in out.scheduled} >= {"old"}
+
+
+def test_pipeline_overhead_is_paid_per_layer_by_steps_with_host_decodes():
+    base, slow = costs(lin(1e-4)), costs(lin(1e-4), extra={"host_handoff_s": 2e-3})
+    assert slow.step(A, 0, 0) == base.step(A, 0, 0)
+    assert slow.step(A, 3, 1500) == pytest.approx(base.step(A, 3, 1500) + MODEL.num_layers * 2e-3)
+    assert slow.host_attention(3, 1500) == base.host_attention(3, 1500)
+
+
+@pytest.mark.parametrize("waiting, placed", [(1, 0), (6, 6)])
+def test_waiting_requests_go_to_the_host_together_when_one_alone_would_not_pay(waiting, placed):
+    # Device-only step of 8 decodes: 4 layers x (4 GEMMs x 1 ms + 2 ms attention) + 1 ms LM head = 25 ms.
+    # A host sub-batch adds its own linear calls (17 ms): one host decode lowers tokens/s (9 / 42 ms
+    # < 8 / 25 ms), six raise it (14 / 42 ms). Asked one at a time, none would ever be placed.
+    c = costs(lin(1e-6))
+    work = DeviceWork(8, 8, 8, 8 * 11, 0, 0.0)
+    assert choose_host_batch(work, CANDS[:1], c, 32).chosen == ()
+    assert len(choose_host_batch(work, CANDS[:6], c, 32).chosen) == 6
+    sched, kv = make(dev_blocks=16, host_blocks=40, max_num_seqs=32, budget=256, costs=c)
+    for i in range(8):
+        sched.add(req(f"d{i}", 10, max_tokens=50))
+    run_step(sched, sched.schedule())                    # 8 prefills, each in one device block
+    assert kv.num_used(Tier.DEVICE) == 8
+    for i in range(waiting):
+        sched.add(req(f"w{i}", 10, max_tokens=50))       # the device tier's rest is growth room
+    out = sched.schedule()
+    to_host = [s.request_id for s in out.scheduled if s.attn == "device_to_host"]
+    assert len(to_host) == placed and len(sched.waiting) == waiting - placed
+    assert kv.num_used(Tier.HOST) == placed
+    kv.check()

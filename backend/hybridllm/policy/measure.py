@@ -8,6 +8,7 @@ few runs, cycling through enough copies to defeat the cache. About a minute on a
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from typing import Callable
@@ -248,9 +249,8 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
             mc, host_backend(kv_name), host, HOST_KV_BYTES[kv_name], f"host_attention_{kv_name}", bar)
     bar.bar.close()
     overhead = _layer_overhead(mc, dev, tdtype)
-    handoff = _host_handoff(mc, dev, tdtype)
     total_mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else _meminfo_total()
-    return HardwareProfile(
+    prof = HardwareProfile(
         name=name or f"{platform.node()}-{dev.type}", source="measured",
         device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
         host_name=platform.processor() or platform.machine(), dtype=dtype,
@@ -261,7 +261,11 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
         device_is_host=dev.type == "cpu",
         notes=f"measured in {time.perf_counter() - t0:.0f} s for a model with hidden={mc.hidden_size}, "
               f"layers={mc.num_hidden_layers}; host attention: {', '.join(sorted(set(host_names)))}",
-        extra={"model_dtype_bytes": DTYPE_BYTES[dtype], "host_handoff_s": handoff})
+        extra={"model_dtype_bytes": DTYPE_BYTES[dtype], "host_handoff_s": 0.0})
+    # Last: it times NEO's real runner against predictions from the tables above.
+    from .measure_neo import pipeline_overhead
+    pipe = pipeline_overhead(mc, prof, dtype, dev, host_kv[0])
+    return dataclasses.replace(prof, extra={**prof.extra, "host_handoff_s": pipe})
 
 
 def _layer_overhead(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
@@ -292,40 +296,3 @@ def _layer_overhead(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -
         return md
 
     return {"layer": _timeit(layer, device, reps=20), "step": _timeit(step, device, reps=20)}
-
-
-def _host_handoff(mc: ModelConfig, device: torch.device, dtype: torch.dtype, layers: int = 30) -> float:
-    """Per-layer cost of handing a host attention call to NEO's worker thread right after device
-    linear work, beyond the two parts' own times (thread wake-ups; on a CPU-only machine also
-    torch's and OpenVINO's thread pools taking the same cores in turn)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..attention.host import HostAttention, HostAttentionSpec
-    H, KVH, D = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
-    attn = HostAttention.create(HostAttentionSpec(1, H, KVH, D, "f32"), num_blocks=4)
-    md = build_metadata([1], [17], [[0]], attn.layout.block_size, torch.device("cpu"))
-    q, k, v = torch.randn(1, H, D), torch.randn(1, KVH, D), torch.randn(1, KVH, D)
-    w = torch.randn(mc.hidden_size, mc.hidden_size, device=device, dtype=dtype)
-    x = torch.randn(8, mc.hidden_size, device=device, dtype=dtype)
-    pool = ThreadPoolExecutor(1)
-    try:
-        def linear():
-            for _ in range(layers):
-                F.linear(x, w)
-
-        def host():
-            for _ in range(layers):
-                attn.forward(0, q, k, v, md)
-
-        def handed():
-            for _ in range(layers):
-                fut = pool.submit(attn.forward, 0, q, k, v, md)
-                F.linear(x, w)
-                fut.result()
-        both = _timeit(handed, device, reps=5)
-        lin_s, host_s = _timeit(linear, device, reps=5), _timeit(host, torch.device("cpu"), reps=5)
-        # On the same cores nothing overlaps; on a GPU the two parts can.
-        alone = lin_s + host_s if device.type == "cpu" else max(lin_s, host_s)
-        return max(0.0, (both - alone) / layers)
-    finally:
-        pool.shutdown()

@@ -49,7 +49,8 @@ class NeoCostTables:
     def __init__(self, m: ModelShape, hw: HardwareProfile, kv_dtype: str, kv_bytes: int):
         self.m, self.hw, self.kv_dtype, self.kv_bytes = m, hw, kv_dtype, kv_bytes
         self.kv_per_token_layer = 2 * m.num_kv_heads * m.head_dim * kv_bytes
-        # Measured profiles time the per-layer hand-over to the host worker; spec profiles have none.
+        # Measured profiles time, on the real runner, what a pipelined step costs per layer beyond
+        # these tables (hand-offs, event waits, B's launches); spec profiles have none.
         self.handoff_s = float(hw.extra.get("host_handoff_s", 0.0))
 
     def linear(self, tokens: int, seqs: int) -> float:
@@ -76,7 +77,7 @@ class NeoCostTables:
         table = self.hw.host_attention("decode", self.kv_dtype)
         xfer = seqs * ((m.num_heads + 2 * m.num_kv_heads) * m.head_dim * m.act_bytes / self.hw.d2h_pinned
                        + m.num_heads * m.head_dim * m.act_bytes / self.hw.h2d_pinned)
-        return m.num_layers * (table(seqs, context * self.kv_per_token_layer) + xfer + self.handoff_s)
+        return m.num_layers * (table(seqs, context * self.kv_per_token_layer) + xfer)
 
     def device(self, a: DeviceWork, b_seqs: int) -> float:
         """The device's work in a step: A's linear layers and attention, and B's linear layers, which
@@ -87,10 +88,11 @@ class NeoCostTables:
     def step(self, a: DeviceWork, b_seqs: int, b_context: int) -> float:
         dev = self.device(a, b_seqs)
         host = self.host_attention(b_seqs, b_context)
+        pipe = self.m.num_layers * self.handoff_s if b_seqs else 0.0
         if self.hw.device_is_host or a.tokens == 0:
-            return dev + host                      # same cores, or nothing to overlap with
+            return dev + host + pipe               # same cores, or nothing to overlap with
         # B's attention hides under A's device work; only a per-layer sliver of the shorter is exposed.
-        return max(dev, host) + min(dev, host) / self.m.num_layers
+        return max(dev, host) + min(dev, host) / self.m.num_layers + pipe
 
 
 def choose_host_batch(a: DeviceWork, candidates: list[HostCandidate], costs: NeoCostTables,

@@ -8,6 +8,7 @@ decode executor's tier once its prefill is done.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -180,6 +181,22 @@ def _executor(policy: str, model: LlamaModel, tiers, mc: ModelConfig, block_size
     raise ValueError(f"policy: {policy!r} has no executor here")
 
 
+HOST_THREADS_ENV = "HYBRIDLLM_HOST_THREADS"
+
+
+def host_threads(device: torch.device) -> int | None:
+    """OpenVINO threads for host attention: HYBRIDLLM_HOST_THREADS if set; beside a GPU, all cores but
+    one, which stays free for the thread that launches the GPU's kernels; on a CPU-only machine all."""
+    env = os.environ.get(HOST_THREADS_ENV)
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"{HOST_THREADS_ENV}: {env!r} must be an integer >= 1")
+        return int(env)
+    if device.type == "cuda":
+        return max(1, (os.cpu_count() or 2) - 1)
+    return None
+
+
 def host_attention(config: EngineConfig, mc: ModelConfig, device_layout: KVLayout, device: torch.device):
     """HostAttention over a fresh host tier of config.host_kv_bytes, in the chosen backend's layout.
 
@@ -194,7 +211,7 @@ def host_attention(config: EngineConfig, mc: ModelConfig, device_layout: KVLayou
     spec = HostAttentionSpec(
         num_layers=mc.num_hidden_layers, num_heads=mc.num_attention_heads, num_kv_heads=mc.num_key_value_heads,
         head_dim=mc.head_dim, kv_precision=precision_of(device_layout), sliding_window=mc.sliding_window,
-        block_size=config.block_size, cache_dir=default_cache_dir())
+        block_size=config.block_size, cache_dir=default_cache_dir(), num_threads=host_threads(device))
     backend, why = select_backend(spec)
     layout = backend.layout.as_kv_layout()
     n = layout.num_blocks_for(config.host_kv_bytes)

@@ -1,0 +1,108 @@
+"""The per-layer cost of NEO's pipelining that the tables do not see, timed on the real NeoRunner.
+
+A pipelined step runs more than its parts: thread hand-offs, event waits, host<->device
+copies of a few KB each, and, where the GPU is fed by one Python thread, the launches of
+B's calls beside A's. None of that shows in the GEMM or attention tables, so this probe
+runs NeoRunner itself over a few layers of the model's shape (random weights) and keeps
+what the cost model's composition of those tables misses:
+
+    pipeline_s = ((t(A + B) - t(A)) - (pred(A + B) - pred(A))) / layers
+
+taken against the device-only step, so the tables' own error in A cancels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from ..attention import DeviceAttention
+from ..kv import KVCacheTier, KVLayout, Tier
+from ..models.config import ModelConfig
+from ..models.llama import TORCH_DTYPES, LayerWeights, LlamaModel
+from .profile import HardwareProfile
+from .shapes import ModelShape
+
+PROBE_LAYERS = 4
+PROBE_DECODES = ((8, 8), (8, 16))    # (device decodes, host decodes) per probe step
+PROBE_CONTEXT = 256
+
+
+def _random_model(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaModel:
+    H, KVH, D, hid, inter = (mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.hidden_size,
+                             mc.intermediate_size)
+
+    def w(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype) * 0.02
+
+    layers = [LayerWeights(torch.ones(hid, device=device, dtype=dtype), w((H + 2 * KVH) * D, hid),
+                           w((H + 2 * KVH) * D) if mc.attention_bias else None, w(hid, H * D),
+                           torch.ones(hid, device=device, dtype=dtype), w(2 * inter, hid), w(hid, inter))
+              for _ in range(mc.num_hidden_layers)]
+    embed = w(mc.vocab_size, hid)
+    return LlamaModel(mc, layers, embed, torch.ones(hid, device=device, dtype=dtype), embed, device, dtype)
+
+
+def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, device: torch.device,
+                      host_kv: str) -> float:
+    """Seconds per layer that a step with host decodes costs beyond NeoCostTables' prediction."""
+    from ..attention.host import HostAttention, HostAttentionSpec, select_backend
+    from ..runtime.factory import host_threads
+    from ..runtime.model_runner import StepInput
+    from ..runtime.neo_runner import NeoRunner
+    from .neo import DeviceWork, NeoCostTables
+
+    cfg = dataclasses.replace(mc, num_hidden_layers=PROBE_LAYERS, sliding_window=None)
+    tdtype = TORCH_DTYPES[dtype]
+    model = _random_model(cfg, device, tdtype)
+    n_dev = max(a for a, _ in PROBE_DECODES)
+    n_host = max(b for _, b in PROBE_DECODES)
+    dev_bs = 16
+    per_seq = -(-(PROBE_CONTEXT + 1) // dev_bs)
+    dev_tier = KVCacheTier(Tier.DEVICE, KVLayout(PROBE_LAYERS, cfg.num_key_value_heads, cfg.head_dim, dev_bs, tdtype),
+                           n_dev * per_seq, device)
+    dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, cfg.num_attention_heads,
+                               cfg.num_key_value_heads, cfg.head_dim)
+    spec = HostAttentionSpec(PROBE_LAYERS, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, host_kv,
+                             num_threads=host_threads(device))
+    backend, why = select_backend(spec)
+    host_bs = backend.layout.block_size
+    host_per_seq = -(-(PROBE_CONTEXT + 1) // host_bs)
+    host_tier = KVCacheTier(Tier.HOST, backend.layout.as_kv_layout(), n_host * host_per_seq, torch.device("cpu"),
+                            pin_memory=device.type == "cuda")
+    host_attn = HostAttention(backend, host_tier, why)
+    runner = NeoRunner(model, dev_attn, host_attn, host_tier, dev_bs, max_host_tokens=n_host, max_prefill_tokens=0)
+    try:
+        def seqs(n, per, attn, prefix):
+            return [StepInput(f"{prefix}{i}", (1,), PROBE_CONTEXT, tuple(range(i * per, (i + 1) * per)), True, attn)
+                    for i in range(n)]
+
+        def best(step, reps=5):
+            runner.execute(step)
+            times = []
+            for _ in range(reps):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t = time.perf_counter()
+                runner.execute(step)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        shape = ModelShape.from_config(cfg, dtype)
+        kv_bytes = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}[host_kv]
+        costs = NeoCostTables(shape, dataclasses.replace(profile, extra={**profile.extra, "host_handoff_s": 0.0}),
+                              host_kv, kv_bytes)
+        residuals = []
+        for a, b in PROBE_DECODES:
+            work = DeviceWork(a, a, a, a * (PROBE_CONTEXT + 1), 0, 0.0)
+            dev_only = seqs(a, per_seq, "device", "d")
+            t_a = best(dev_only)
+            t_ab = best(dev_only + seqs(b, host_per_seq, "host", "h"))
+            pred_a, pred_ab = costs.step(work, 0, 0), costs.step(work, b, b * (PROBE_CONTEXT + 1))
+            residuals.append(((t_ab - t_a) - (pred_ab - pred_a)) / PROBE_LAYERS)
+        return max(0.0, sum(residuals) / len(residuals))
+    finally:
+        runner.pool.shutdown()
