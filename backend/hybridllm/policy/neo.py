@@ -105,14 +105,12 @@ def choose_host_batch(a: DeviceWork, candidates: list[HostCandidate], costs: Neo
     base = costs.step(a, 0, 0)
     chosen: list[HostCandidate] = []
     ctx = 0
-    # Starving requests first, then the rest in queue order.
-    forced_one = False
+    # Starving requests first, all of them together: a step with host decodes pays B's device calls
+    # and the hand-offs once, so forcing them in one at a time would pay that for a token each.
     for c in sorted(candidates, key=lambda c: c.skipped < STARVATION_STEPS):
         if len(chosen) >= room:
             break
-        # At most one starving request is forced in per step, so fairness cannot swamp the step.
-        forced = c.skipped >= STARVATION_STEPS and not forced_one
-        forced_one |= forced
+        forced = c.skipped >= STARVATION_STEPS
         dev = costs.device(a, len(chosen) + 1)
         host = costs.host_attention(len(chosen) + 1, ctx + c.context)
         if forced or host <= dev:
