@@ -35,6 +35,8 @@ def test_measured_profile_is_valid_and_round_trips(tmp_path):
     assert f16(4, max(f16.y)) > f16(4, min(f16.y))
     big = max(prof.host_gemm.y)
     assert prof.host_gemm(1024, big) > prof.host_gemm(1, big)
+    # NEO's pipelining overhead, timed on the real NeoRunner: per layer, non-negative, below a step.
+    assert 0.0 <= prof.extra["host_handoff_s"] < 0.05
     prof.save(tmp_path / "p.json")
     assert HardwareProfile.load(tmp_path / "p.json").to_dict() == json.loads((tmp_path / "p.json").read_text())
 

@@ -3,8 +3,8 @@
 Times the real kernels the executors call (torch linear on the compute device,
 OpenVINO FullyConnected on the host, device attention and the host's HostAttention
 over paged caches, host<->device copies), each at a small grid of sizes, best of a
-few runs, cycling through enough copies to defeat the cache. About a minute on a
-2-core VM.
+few runs, cycling through enough copies to defeat the cache; last, NEO's pipelining
+overhead on the real NeoRunner (measure_neo.py). About a minute on a 2-core VM.
 """
 from __future__ import annotations
 
