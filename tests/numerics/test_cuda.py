@@ -95,3 +95,30 @@ def test_neo_bfloat16_on_cuda_finishes_and_frees_everything(model):
     assert [t[0] for t in got] == [t[0] for t in ref]
     assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
     assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0
+
+
+def test_failed_prefill_kv_filing_fails_only_those_requests(model, monkeypatch):
+    folder, want = model
+    calls = {"n": 0}
+    file_kv = neo_runner._file_kv
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated host KV write fault")
+        return file_kv(*args)
+
+    monkeypatch.setattr(neo_runner, "_file_kv", flaky)
+    llm = LLM(str(folder), policy="partition", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+              max_num_seqs=8)
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    errors = [o for o in outs if o.finish_reason == "error"]
+    assert errors and all("simulated host KV write fault" in o.error for o in errors)
+    assert len(errors) < len(outs)
+    for o, w in zip(outs, want):
+        if o.finish_reason != "error":
+            assert list(o.token_ids) == w
+    assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0
+    monkeypatch.setattr(neo_runner, "_file_kv", file_kv)
+    (again,) = llm.generate([PROMPTS[1]], GREEDY, use_tqdm=False)
+    assert again.finish_reason == "length" and list(again.token_ids) == want[1]

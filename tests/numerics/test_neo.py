@@ -114,3 +114,37 @@ def test_trace_shows_device_and_host_lanes(default_model_path, tmp_path):
     lanes = {e["tid"] for e in events if e["ph"] == "X"}
     assert lanes == {1, 2}
     assert any("B attention" in e["name"] for e in events) and any(" A" in e["name"] for e in events)
+
+
+def test_a_failed_request_that_was_sampled_ends_once_with_its_error(default_model_path, reference):
+    # The CUDA path can fail a host-bound prefill after its logits row exists (its K/V did not
+    # reach the host tier); the engine must end it with the error and not also append a token.
+    llm = neo(default_model_path, device_blocks=6)
+    runner = llm.engine.runtime.executors["partition"]
+    real = runner.execute
+    victim = {}
+
+    def failing(seqs):
+        logits = real(seqs)
+        if not victim and runner.order:
+            victim["id"] = runner.order[0]
+            runner.last_failed[victim["id"]] = "simulated host KV write fault"
+        return logits
+
+    runner.execute = failing
+    outs = {}
+    for i, p in enumerate(PROMPTS[:6]):
+        llm.engine.add_request(f"r{i}", p, GREEDY)
+    finals = []
+    while llm.engine.has_unfinished_requests():
+        for o in llm.engine.step():
+            if o.finished:
+                finals.append(o.request_id)
+                outs[o.request_id] = o
+    assert sorted(finals) == sorted(outs) and len(finals) == 6        # one final output each
+    bad = outs[victim["id"]]
+    assert bad.finish_reason == "error" and "simulated host KV write fault" in bad.error
+    for i in range(6):
+        if f"r{i}" != victim["id"]:
+            assert list(outs[f"r{i}"].token_ids) == list(reference[i])
+    assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0

@@ -128,7 +128,8 @@ class LLMEngine:
             if s.request_id not in failed:
                 self.scheduler.requests[s.request_id].num_computed_tokens += len(s.token_ids)
         outs = [self._fail(self.scheduler.requests[rid], err) for rid, err in failed.items()]
-        return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens)]
+        # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
+        return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens) if req.request_id not in failed]
 
     def _fail(self, req: Request, error: str) -> RequestOutput:
         """Ends one request with an error (its blocks freed); the others carry on."""

@@ -9,13 +9,15 @@ tier, in a worker thread; torch and OpenVINO release the GIL, so the two overlap
 On CUDA, B's device work runs on its own stream, so it never waits behind A's kernels:
 its Q/K/V go down into pinned buffers with an async copy and an event, the worker waits
 on that event alone, and writes the output into a pinned buffer that goes back up async.
-Buffers, stream and event are made once, at start-up. On a CPU-only machine the same
+Host-bound prefills' K/V go down the same way into two pinned slots that the worker files
+into the host tier while the device goes on. Buffers, stream and events are made once,
+at start-up. On a CPU-only machine the same
 code runs, correctly, on the same cores, with plain copies.
 """
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -81,6 +83,7 @@ class NeoRunner:
                                  self.device, max_prefill_tokens, host_tier.layout.dtype)
                         if self.device.type == "cuda" else None)
         self._filing: list = [None, None]                # per slot: the worker's job filing K/V into the host tier
+        self._filing_error: str | None = None
 
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> torch.Tensor:
@@ -210,17 +213,21 @@ class NeoRunner:
 
     def _await_slot(self, slot: int) -> None:
         job, self._filing[slot] = self._filing[slot], None
-        if job is not None:
+        if job is None:
+            return
+        try:
             job.result()
+        except Exception as e:                  # reported for the step's host-bound prefills at its end
+            log.exception("filing prefill K/V into the host tier failed")
+            self._filing_error = self._filing_error or f"host KV write failed: {e}"
 
     def _await_filing(self, a_d2h: list[StepInput]) -> None:
         """The host tier holds every host-bound prefill's K/V before the step ends."""
         for slot in range(len(self._filing)):
-            try:
-                self._await_slot(slot)
-            except Exception as e:
-                log.exception("filing prefill K/V into the host tier failed")
-                self.last_failed.update({s.request_id: f"host KV write failed: {e}" for s in a_d2h})
+            self._await_slot(slot)
+        if self._filing_error:
+            self.last_failed.update({s.request_id: self._filing_error for s in a_d2h})
+            self._filing_error = None
 
 
 def _file_kv(ready, buf: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, blk: torch.Tensor, off: torch.Tensor):
