@@ -19,7 +19,7 @@ def _cmd_run(args) -> int:
     tracer = None
     if args.trace:
         from .runtime.trace import Tracer
-        tracer = Tracer()
+        tracer = Tracer(llm.engine.runtime.device)
         for ex in llm.engine.runtime.executors.values():
             if hasattr(ex, "tracer"):
                 ex.tracer = tracer

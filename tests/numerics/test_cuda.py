@@ -122,3 +122,21 @@ def test_failed_prefill_kv_filing_fails_only_those_requests(model, monkeypatch):
     monkeypatch.setattr(neo_runner, "_file_kv", file_kv)
     (again,) = llm.generate([PROMPTS[1]], GREEDY, use_tqdm=False)
     assert again.finish_reason == "length" and list(again.token_ids) == want[1]
+
+
+def test_trace_times_device_spans_with_cuda_events(model, tmp_path):
+    import json
+
+    from hybridllm.runtime.trace import Tracer
+    folder, _ = model
+    llm = LLM(str(folder), policy="partition", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+              max_num_seqs=8)
+    runner = llm.engine.runtime.executors["partition"]
+    runner.tracer = Tracer(llm.engine.runtime.device)
+    assert runner.tracer.cuda
+    llm.generate(PROMPTS, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
+    runner.tracer.save(tmp_path / "trace.json")
+    spans = [e for e in json.loads((tmp_path / "trace.json").read_text())["traceEvents"] if e["ph"] == "X"]
+    assert {e["tid"] for e in spans} == {1, 2, 3}
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
+    assert sum(e["dur"] for e in spans if e["tid"] == 1) > 0          # A's kernels took GPU time

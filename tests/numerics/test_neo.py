@@ -112,7 +112,7 @@ def test_trace_shows_device_and_host_lanes(default_model_path, tmp_path):
     runner.tracer.save(tmp_path / "trace.json")
     events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     lanes = {e["tid"] for e in events if e["ph"] == "X"}
-    assert lanes == {1, 2}
+    assert lanes == {1, 2, 3}                                   # A on the device, B on the device, B's attention
     assert any("B attention" in e["name"] for e in events) and any(" A" in e["name"] for e in events)
 
 

@@ -113,7 +113,7 @@ class NeoRunner:
         for i in range(m.cfg.num_hidden_layers):
             fut = None
             if h_b is not None:
-                with tr.span("device", f"L{i} B linear-in", tokens=h_b.shape[0]), on_b():
+                with on_b(), tr.span("device B", f"L{i} B linear-in", tokens=h_b.shape[0]):
                     qb, kb, vb = m.attn_inputs(i, h_b, st_b.positions)
                     qb, kb, vb = stg.down(qb, kb, vb) if stg is not None else to_host(qb, kb, vb)
                 fut = self.pool.submit(self._host_attn, i, qb, kb, vb, st_b.md, stg)
@@ -130,7 +130,7 @@ class NeoRunner:
                     self.last_failed = {s.request_id: f"host attention failed: {e}" for s in b}
                     h_b = None
                     continue
-                with tr.span("device", f"L{i} B linear-out", tokens=h_b.shape[0]), on_b():
+                with on_b(), tr.span("device B", f"L{i} B linear-out", tokens=h_b.shape[0]):
                     h_b = m.attn_finish(i, h_b, ob.to(self.device, non_blocking=True).to(h_b.dtype))
         self._await_filing(a_d2h)
         if stg is not None:
