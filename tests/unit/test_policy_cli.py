@@ -77,3 +77,16 @@ def test_plan_that_nothing_fits_reports_each_policys_needs(tmp_path):
             str(tmp_path / "small.json"), "--model", str(tmp_path / "config.json"), "--device-memory-bytes", "1000")
     assert r.returncode == 2
     assert "gpu_only prefill: needs" in r.stderr and "available" in r.stderr
+
+
+def test_neo_probe_uses_fewer_layers_when_memory_is_short(monkeypatch):
+    import torch
+
+    from hybridllm.policy import measure_neo
+    from hybridllm.runtime import factory
+    mc = ModelConfig.from_dict(TINY)                    # hidden 64, heads 4/2 x 16, intermediate 128, vocab 512
+    per_layer = 4 * 64 * ((4 + 2 * 2) * 16 + 4 * 16 + 3 * 128)
+    fixed = 4 * 512 * 64
+    for free_quarter, want in [(fixed + 4 * per_layer, 4), (fixed + 2 * per_layer, 2), (fixed, 0)]:
+        monkeypatch.setattr(factory, "_mem_available", lambda q=free_quarter: 4 * q)
+        assert measure_neo._probe_layers(mc, torch.device("cpu"), 4) == want

@@ -13,6 +13,7 @@ taken against the device-only step, so the tables' own error in A cancels.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import torch
@@ -24,9 +25,26 @@ from ..models.llama import TORCH_DTYPES, LayerWeights, LlamaModel
 from .profile import HardwareProfile
 from .shapes import ModelShape
 
+log = logging.getLogger("hybridllm")
+
 PROBE_LAYERS = 4
 PROBE_DECODES = ((8, 8), (8, 16))    # (device decodes, host decodes) per probe step
 PROBE_CONTEXT = 256
+
+
+def _probe_layers(mc: ModelConfig, device: torch.device, itemsize: int) -> int:
+    """PROBE_LAYERS, or fewer where their weights would take over a quarter of the free memory
+    (a 70B model's layers in f32 on a CPU-only box); 0 if not even one layer fits."""
+    from ..runtime.factory import _mem_available
+    H, KVH, D, hid, inter = (mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.hidden_size,
+                             mc.intermediate_size)
+    per_layer = itemsize * hid * ((H + 2 * KVH) * D + H * D + 3 * inter)
+    fixed = itemsize * mc.vocab_size * hid
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else (_mem_available() or 8 << 30)
+    for n in range(PROBE_LAYERS, 0, -1):
+        if fixed + n * per_layer <= free // 4:
+            return n
+    return 0
 
 
 def _random_model(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaModel:
@@ -53,18 +71,22 @@ def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, dev
     from ..runtime.neo_runner import NeoRunner
     from .neo import DeviceWork, NeoCostTables
 
-    cfg = dataclasses.replace(mc, num_hidden_layers=PROBE_LAYERS, sliding_window=None)
     tdtype = TORCH_DTYPES[dtype]
+    layers = _probe_layers(mc, device, tdtype.itemsize)
+    if layers == 0:
+        log.warning("profile: no memory for NEO's pipelining probe; its overhead is left at 0")
+        return 0.0
+    cfg = dataclasses.replace(mc, num_hidden_layers=layers, sliding_window=None)
     model = _random_model(cfg, device, tdtype)
     n_dev = max(a for a, _ in PROBE_DECODES)
     n_host = max(b for _, b in PROBE_DECODES)
     dev_bs = 16
     per_seq = -(-(PROBE_CONTEXT + 1) // dev_bs)
-    dev_tier = KVCacheTier(Tier.DEVICE, KVLayout(PROBE_LAYERS, cfg.num_key_value_heads, cfg.head_dim, dev_bs, tdtype),
+    dev_tier = KVCacheTier(Tier.DEVICE, KVLayout(layers, cfg.num_key_value_heads, cfg.head_dim, dev_bs, tdtype),
                            n_dev * per_seq, device)
     dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, cfg.num_attention_heads,
                                cfg.num_key_value_heads, cfg.head_dim)
-    spec = HostAttentionSpec(PROBE_LAYERS, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, host_kv,
+    spec = HostAttentionSpec(layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, host_kv,
                              num_threads=host_threads(device))
     backend, why = select_backend(spec)
     host_bs = backend.layout.block_size
@@ -102,7 +124,7 @@ def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, dev
             t_a = best(dev_only)
             t_ab = best(dev_only + seqs(b, host_per_seq, "host", "h"))
             pred_a, pred_ab = costs.step(work, 0, 0), costs.step(work, b, b * (PROBE_CONTEXT + 1))
-            residuals.append(((t_ab - t_a) - (pred_ab - pred_a)) / PROBE_LAYERS)
+            residuals.append(((t_ab - t_a) - (pred_ab - pred_a)) / layers)
         return max(0.0, sum(residuals) / len(residuals))
     finally:
         runner.pool.shutdown()
