@@ -34,6 +34,7 @@ from hybridllm.engine import Request, RequestStatus, Scheduler  # noqa: E402
 from hybridllm.engine.neo_scheduler import NeoScheduler  # noqa: E402
 from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier  # noqa: E402
 from hybridllm.policy import ModelShape, reference_profile  # noqa: E402
+from hybridllm.policy.shapes import DTYPE_BYTES  # noqa: E402
 from hybridllm.policy.neo import DeviceWork, NeoCostTables  # noqa: E402
 from hybridllm.sampling_params import SamplingParams  # noqa: E402
 
@@ -174,8 +175,7 @@ def run_real(args) -> None:
     from hybridllm.models.config import ModelConfig
     path = args.model or str(default_model())
     mc = ModelConfig.from_folder(path)
-    dbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[args.dtype]
-    block_bytes = 16 * mc.num_hidden_layers * 2 * mc.num_key_value_heads * mc.head_dim * dbytes
+    block_bytes = 16 * ModelShape.from_config(mc, args.dtype).kv_bytes_per_token(DTYPE_BYTES[args.dtype])
     dev_bytes = int(args.device_kv_gb * 1e9) if args.device_kv_gb else args.device_blocks * block_bytes
     host_bytes = int(args.host_kv_gb * 1e9)
     workloads = {rate: workload(args.requests, rate, args.input_len, args.out_lo, args.out_hi, seed=2)
@@ -251,8 +251,7 @@ def run_agree(args) -> None:
     if prof_path is None:
         prof_path = "/tmp/hybridllm-online-agree-profile.json"
         measure(mc, args.dtype, progress=False).save(prof_path)
-    dbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[args.dtype]
-    block_bytes = 16 * mc.num_hidden_layers * 2 * mc.num_key_value_heads * mc.head_dim * dbytes
+    block_bytes = 16 * ModelShape.from_config(mc, args.dtype).kv_bytes_per_token(DTYPE_BYTES[args.dtype])
     devs, hosts, ctxs = args.agree_dev, args.agree_host, args.agree_ctx
     need = max(devs) * (-(-(max(ctxs) + 1) // 16)) + 8
     need_host = max(hosts) * (-(-(max(ctxs) + 1) // 32)) * 2 + 8      # host blocks hold 32 tokens

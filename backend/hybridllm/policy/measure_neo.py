@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import torch
 
@@ -22,6 +21,7 @@ from ..attention import DeviceAttention
 from ..kv import KVCacheTier, KVLayout, Tier
 from ..models.config import ModelConfig
 from ..models.llama import TORCH_DTYPES, LayerWeights, LlamaModel
+from .measure import HOST_KV_BYTES, _timeit
 from .profile import HardwareProfile
 from .shapes import ModelShape
 
@@ -100,23 +100,12 @@ def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, dev
             return [StepInput(f"{prefix}{i}", (1,), PROBE_CONTEXT, tuple(range(i * per, (i + 1) * per)), True, attn)
                     for i in range(n)]
 
-        def best(step, reps=5):
-            runner.execute(step)
-            times = []
-            for _ in range(reps):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t = time.perf_counter()
-                runner.execute(step)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t)
-            return min(times)
+        def best(step):
+            return _timeit(lambda: runner.execute(step), device, reps=5)
 
         shape = ModelShape.from_config(cfg, dtype)
-        kv_bytes = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}[host_kv]
         costs = NeoCostTables(shape, dataclasses.replace(profile, extra={**profile.extra, "host_handoff_s": 0.0}),
-                              host_kv, kv_bytes)
+                              host_kv, HOST_KV_BYTES[host_kv])
         residuals = []
         for a, b in PROBE_DECODES:
             work = DeviceWork(a, a, a, a * (PROBE_CONTEXT + 1), 0, 0.0)
