@@ -88,5 +88,5 @@ def test_neo_probe_uses_fewer_layers_when_memory_is_short(monkeypatch):
     per_layer = 4 * 64 * ((4 + 2 * 2) * 16 + 4 * 16 + 3 * 128)
     fixed = 4 * 512 * 64
     for free_quarter, want in [(fixed + 4 * per_layer, 4), (fixed + 2 * per_layer, 2), (fixed, 0)]:
-        monkeypatch.setattr(factory, "_mem_available", lambda q=free_quarter: 4 * q)
+        monkeypatch.setattr(factory, "mem_available", lambda q=free_quarter: 4 * q)
         assert measure_neo._probe_layers(mc, torch.device("cpu"), 4) == want

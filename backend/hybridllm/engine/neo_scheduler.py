@@ -91,7 +91,8 @@ class NeoScheduler(Scheduler):
                 reserve += 1
             else:
                 if host_room is None:
-                    host_room = self._host_room(cands)
+                    queue = list(self.waiting)[:max(0, self.max_num_seqs - len(self.running))]
+                    host_room = self._host_room(cands, queue)
                 if host_room <= 0 or not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
                     break
                 host_room -= 1
@@ -124,28 +125,18 @@ class NeoScheduler(Scheduler):
         self.last_choice = choose_host_batch(_work(a), cands, self.costs, self.max_num_seqs)
         return set(self.last_choice.chosen)
 
-    def _host_room(self, cands: list[HostCandidate]) -> int:
-        """How many of the waiting requests to place on the host tier: those the load-aware choice
-        would run as host decodes beside the device's steady decode work and the host decodes already there,
-        were the queue (up to max_num_seqs) on the host. Asked for the queue, not one request at a
+    def _host_room(self, cands: list[HostCandidate], reqs: list[Request], exclude: Request | None = None) -> int:
+        """How many of reqs to place on the host tier: those the load-aware choice would run as host
+        decodes beside the device's steady decode work and the host decodes already there (cands),
+        were they all on the host. Admission asks this for the whole queue, not one request at a
         time: a host sub-batch pays for its own device calls only once it has enough members, so a
-        lone candidate never would. The rest wait for device room, as under gpu_only."""
+        lone candidate never would. The rest wait for device room, as under gpu_only (a host request
+        that never runs only costs its prefill)."""
         if self.costs is None:
-            return len(self.waiting)
-        room = max(0, self.max_num_seqs - len(self.running))
-        new = [HostCandidate(r.request_id, r.num_tokens + 1) for r in list(self.waiting)[:room]]
-        chosen = set(choose_host_batch(self._steady_work(), cands + new, self.costs, self.max_num_seqs).chosen)
+            return len(reqs)
+        new = [HostCandidate(r.request_id, r.num_tokens + 1) for r in reqs]
+        chosen = set(choose_host_batch(self._steady_work(exclude), cands + new, self.costs, self.max_num_seqs).chosen)
         return sum(c.request_id in chosen for c in new)
-
-    def _host_pays(self, cands: list[HostCandidate], req: Request) -> bool:
-        """Whether to place req on the host tier: only if, as a host decode beside the device's steady
-        decode work and the host decodes already waiting, the load-aware choice would run it. Otherwise it
-        waits for device room, as under gpu_only (a host request that never runs only costs its prefill)."""
-        if self.costs is None:
-            return True
-        me = HostCandidate(req.request_id, req.num_tokens + 1)
-        return req.request_id in choose_host_batch(self._steady_work(exclude=req), cands + [me], self.costs,
-                                                   self.max_num_seqs).chosen
 
     def _steady_work(self, exclude: Request | None = None) -> DeviceWork:
         """A decode step of the device-resident requests: what a host request runs beside for most of its
@@ -168,12 +159,12 @@ class NeoScheduler(Scheduler):
         return True
 
     def _evict(self, victim: Request, copies: list[BlockCopy], preempted: list[str]) -> None:
-        """Swap a device request out to the host tier, if it would run there (see _host_pays);
+        """Swap a device request out to the host tier, if it would run there (see _host_room);
         else, or when the host is full too, preempt it (recompute later on the device)."""
         waiting_on_host = [HostCandidate(r.request_id, r.num_tokens, self.skipped.get(r.request_id, 0))
                            for r in self._on(H) if r.num_tokens - r.num_computed_tokens == 1]
         moved = None
-        if self._host_pays(waiting_on_host, victim):
+        if self._host_room(waiting_on_host, [victim], exclude=victim):
             moved = self.kv.migrate(victim.request_id, H, victim.num_computed_tokens + 1)
         if moved is None:
             self._remove_and_preempt(victim, preempted)

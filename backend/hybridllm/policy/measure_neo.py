@@ -35,12 +35,12 @@ PROBE_CONTEXT = 256
 def _probe_layers(mc: ModelConfig, device: torch.device, itemsize: int) -> int:
     """PROBE_LAYERS, or fewer where their weights would take over a quarter of the free memory
     (a 70B model's layers in f32 on a CPU-only box); 0 if not even one layer fits."""
-    from ..runtime.factory import _mem_available
+    from ..runtime.factory import mem_available
     H, KVH, D, hid, inter = (mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.hidden_size,
                              mc.intermediate_size)
     per_layer = itemsize * hid * ((H + 2 * KVH) * D + H * D + 3 * inter)
     fixed = itemsize * mc.vocab_size * hid
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else (_mem_available() or 8 << 30)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else (mem_available() or 8 << 30)
     for n in range(PROBE_LAYERS, 0, -1):
         if fixed + n * per_layer <= free // 4:
             return n

@@ -119,12 +119,12 @@ def build_policies(config: EngineConfig, model_path: Path, mc: ModelConfig, pref
 
 
 def check_host_kv_bytes(config: EngineConfig) -> None:
-    avail = _mem_available()
+    avail = mem_available()
     if avail is not None and config.host_kv_bytes > avail:
         raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) is larger than the free host memory ({avail})")
 
 
-def _mem_available() -> int | None:
+def mem_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
