@@ -8,7 +8,7 @@ from hybridllm.config import EngineConfig
 from hybridllm.serving.options import ServingLimits
 from hybridllm.serving.repository import write_model
 
-from ..numerics.tiny_models import make_tiny
+from ..helpers.tiny_models import make_tiny
 from .triton_helpers import start_server
 
 TINY = "tiny_llm"

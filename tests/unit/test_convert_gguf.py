@@ -12,8 +12,7 @@ from gguf import GGMLQuantizationType as Q
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_gguf import quantized, random_state, tiny_config, train_tokenizer, write_gguf  # noqa: E402
+from ..helpers.tiny_gguf import quantized, random_state, tiny_config, train_tokenizer, write_gguf
 
 from hybridllm.converters import UnsupportedModelError, convert  # noqa: E402
 

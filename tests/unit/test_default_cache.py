@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_gguf import random_state, tiny_config, train_tokenizer, write_gguf  # noqa: E402
+from ..helpers.tiny_gguf import random_state, tiny_config, train_tokenizer, write_gguf
 
 import hybridllm.converters  # noqa: E402
 from hybridllm.models import default  # noqa: E402

@@ -9,8 +9,8 @@ from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier
 from hybridllm.policy import ModelShape, Table2D
 from hybridllm.policy.neo import DeviceWork, HostCandidate, NeoCostTables, STARVATION_STEPS, choose_host_batch
 
-from .test_policy import const, synthetic
-from .test_scheduler import req, run_step
+from ..helpers.profiles import const, synthetic
+from ..helpers.scheduling import req, run_step
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, dtype=torch.float32)
 

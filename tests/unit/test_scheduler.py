@@ -4,7 +4,8 @@ from hypothesis import given, settings, strategies as st
 
 from hybridllm.engine import Request, RequestStatus, Scheduler
 from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier
-from hybridllm.sampling_params import SamplingParams
+
+from ..helpers.scheduling import req, run_step
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, dtype=torch.float32)
 
@@ -12,22 +13,6 @@ LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, dtype
 def make(num_blocks=8, max_num_seqs=4, budget=64):
     kv = KVCacheManager({Tier.DEVICE: KVCacheTier(Tier.DEVICE, LAYOUT, num_blocks, "cpu")}, 16)
     return Scheduler(kv, max_num_seqs, budget), kv
-
-
-def req(rid, prompt_len, max_tokens=4):
-    return Request(rid, None, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens),
-                   detokenizer=None, generator=None, max_total_tokens=10**9)
-
-
-def run_step(sched, out, token=5):
-    """What the engine does after the model ran: advance, sample, finish."""
-    for s in out.scheduled:
-        r = sched.requests[s.request_id]
-        r.num_computed_tokens += len(s.token_ids)
-        if s.sample:
-            r.output_token_ids.append(token)
-            if len(r.output_token_ids) >= r.params.max_tokens:
-                sched.finish(r, RequestStatus.FINISHED_LENGTH)
 
 
 def test_prefill_and_decode_share_a_step_under_the_budget():

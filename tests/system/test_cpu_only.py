@@ -10,8 +10,8 @@ import torch
 from hybridllm import LLM
 from hybridllm.kv import Tier
 
-from .arrivals import run_staggered
-from .test_default_parity import GREEDY, PROMPTS
+from ..helpers.arrivals import run_staggered
+from ..helpers.default_prompts import GREEDY, PROMPTS
 
 pytestmark = pytest.mark.slow
 

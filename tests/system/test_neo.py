@@ -6,7 +6,7 @@ import pytest
 from hybridllm import LLM, SamplingParams
 from hybridllm.kv import Tier
 
-from .arrivals import run_staggered
+from ..helpers.arrivals import run_staggered
 
 PROMPTS = [f"Story {i}: Once upon a time" + " and then" * (i % 7) for i in range(32)]
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)

@@ -6,7 +6,7 @@ import pytest
 from hybridllm import LLM, SamplingParams
 from hybridllm.models.config import UnsupportedArchitectureError
 
-from ..numerics.tiny_models import make_tiny
+from ..helpers.tiny_models import make_tiny
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from hybridllm.kv import KVCacheTier, KVLayout, Tier
 from hybridllm.models.llama import LlamaModel
 from hybridllm.runtime import ModelRunner, StepInput
 
-from .tiny_models import hf_greedy, make_tiny
+from ..helpers.tiny_models import hf_greedy, make_tiny
 
 CASES = {
     "llama": ("llama", {}),

@@ -11,7 +11,7 @@ from hybridllm import LLM, SamplingParams
 from hybridllm.kv import Tier
 from hybridllm.runtime import neo_runner
 
-from .tiny_models import hf_greedy, make_tiny
+from ..helpers.tiny_models import hf_greedy, make_tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 
