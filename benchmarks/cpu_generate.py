@@ -6,7 +6,7 @@
 Rows, each labelled with its weight precision (all greedy, EOS ignored, the
 same prompt repeated `batch` times, default model = SmolLM2-135M):
 - hybridllm policy="cpu_only" (OpenVINO linear graphs + PagedAttention), f32 KV;
-  exact fp32 weights, and HYBRIDLLM_CPU_WEIGHTS=int8;
+  exact fp32 weights, and cpu_weights="int8";
 - hybridllm's default path (torch on the CPU), fp32;
 - HF transformers `generate`, fp32;
 - with --peer-python (a venv with openvino-genai, optimum-intel and optionally
@@ -26,7 +26,6 @@ ran the same work.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -120,20 +119,6 @@ class Peers:
 # -- our side ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def env(**kw):
-    old = {k: os.environ.get(k) for k in kw}
-    os.environ.update(kw)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def bench_engine(llm, batch: int, n: int):
     from hybridllm import SamplingParams
     torch.set_num_threads(TORCH_THREADS)                # cpu_only drops torch to 1 thread; the others get all
@@ -194,8 +179,7 @@ def main() -> None:
     runners["hybridllm cpu_only, fp32"] = lambda b: bench_engine(cpu, b, n)
     hf_name = "HF transformers generate, fp32"
     if not args.only_ours:
-        with env(HYBRIDLLM_CPU_WEIGHTS="int8"):
-            cpu8 = LLM(model=str(path), policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 30)
+        cpu8 = LLM(model=str(path), policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 30, cpu_weights="int8")
         runners["hybridllm cpu_only, int8 weights"] = lambda b: bench_engine(cpu8, b, n)
         dev = LLM(model=str(path), policy="gpu_only")
         runners["hybridllm gpu_only (torch on CPU), fp32"] = lambda b: bench_engine(dev, b, n)

@@ -53,9 +53,8 @@ def main() -> None:
     from hybridllm import LLM, default_model
     from hybridllm.models.config import ModelConfig
     from hybridllm.policy import BatchShape, CostModel, ModelShape
-    from hybridllm.engine import engine as engine_mod
-    from hybridllm.policy.measure import measure
-    from hybridllm.runtime.factory import build_policies, build_runtime
+    from hybridllm.profiling.measure import measure
+    from hybridllm.profiling.store import save_profile
 
     path = default_model()
     mc = ModelConfig.from_folder(path)
@@ -63,7 +62,7 @@ def main() -> None:
     profile = measure(mc, "float32", progress=True)
     print(f"profile measured in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     if args.profile_out:
-        profile.save(args.profile_out)
+        save_profile(profile, args.profile_out)
     shape = ModelShape.from_config(mc, "float32")
     cost = CostModel(profile)
     budget = max(batches) * max(inputs)
@@ -74,18 +73,12 @@ def main() -> None:
     # something the cost model does not describe.
     kv_bytes = int(1.25 * max(batches) * (max(inputs) + args.output + 32) * shape.kv_bytes_per_token(4))
     for policy in args.policies.split(","):
-        # policy="partition" forced means NEO online serving; the planner's partition policy is the
-        # PartitionRunner (all attention on the host tier), which `auto` builds. Time that one.
-        engine_mod.build_runtime = (build_runtime if policy != "partition" else
-                                    lambda c, p, m: build_policies(c, p, m, "partition", "partition", "estimator"))
         try:
             llm = LLM(str(path), policy=policy, max_num_batched_tokens=budget, max_num_seqs=max(batches),
                       host_kv_bytes=kv_bytes, device_kv_bytes=kv_bytes)
         except (NotImplementedError, ImportError, ValueError) as e:
             print(f"skipping {policy}: {e}", file=sys.stderr)
             continue
-        finally:
-            engine_mod.build_runtime = build_runtime
         policies.append(policy)
         run_cell(llm, 1, 16, 4)                     # warm-up
         for b in batches:

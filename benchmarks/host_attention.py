@@ -34,6 +34,7 @@ from _common import machine, median, read_bandwidth_gbs, table  # noqa: E402
 
 from hybridllm.attention import build_metadata  # noqa: E402
 from hybridllm.attention.host import HostAttention, HostAttentionSpec  # noqa: E402
+from hybridllm.utils import ceil_div  # noqa: E402
 
 H, KVH, D = 32, 8, 128
 CPU = torch.device("cpu")
@@ -54,8 +55,9 @@ def bandwidth() -> float:
 
 
 def make_attention(precision: str, path: str, num_blocks: int) -> HostAttention:
-    spec = HostAttentionSpec(num_layers=1, num_heads=H, num_kv_heads=KVH, head_dim=D, kv_precision=precision)
-    ha = HostAttention.create(spec, num_blocks=num_blocks, path=path)
+    spec = HostAttentionSpec(num_layers=1, num_heads=H, num_kv_heads=KVH, head_dim=D, kv_precision=precision,
+                             path=path)
+    ha = HostAttention.create(spec, num_blocks=num_blocks)
     for t in (ha.tier._k, ha.tier._v):      # values: finite, and the pages really allocated
         if t.dtype == torch.uint8:
             t.random_(0, 255)
@@ -75,7 +77,7 @@ def decode_rows(args) -> list[list]:
         for ctx in args.contexts:
             for b in args.batches:
                 bs = 32 if args.path == "ov_paged" else 16
-                nb = -(-(ctx + 1) // bs)
+                nb = ceil_div(ctx + 1, bs)
                 ha = make_attention(precision, args.path, b * nb)
                 tables = torch.arange(b * nb).view(b, nb)[:, torch.randperm(nb)].tolist()   # scattered blocks
                 md = build_metadata([1] * b, [ctx + 1] * b, tables, bs, CPU)
@@ -103,7 +105,7 @@ def prefill_rows(args) -> list[list]:
     rows = []
     for n in args.prefill:
         bs = 32 if args.path == "ov_paged" else 16
-        nb = -(-n // bs)
+        nb = ceil_div(n, bs)
         ha = make_attention("f32", args.path, nb)
         md = build_metadata([n], [n], [list(range(nb))], bs, CPU)
         q, k, v = torch.randn(n, H, D), torch.randn(n, KVH, D), torch.randn(n, KVH, D)
@@ -121,9 +123,9 @@ def prefill_rows(args) -> list[list]:
 def lever_rows(args) -> list[list]:
     """Batch 32 x context 2048, f16, straight on the compiled op with different stream / thread setups."""
     import openvino as ov
-    from hybridllm.attention.host_ov_paged import build_model, cache_layout, compile_config
-    from hybridllm.kv.host_tier import HostKVTier
-    from hybridllm.runtime.ov_common import core
+    from hybridllm.attention.host_ov_paged import build_model, cache_layout, cache_tensors, compile_config
+    from hybridllm.kv import KVCacheTier, Tier
+    from hybridllm.ov_common import core
 
     b, ctx = 32, 2048
     spec = HostAttentionSpec(num_layers=1, num_heads=H, num_kv_heads=KVH, head_dim=D, kv_precision="f16")
@@ -137,11 +139,11 @@ def lever_rows(args) -> list[list]:
         compiled = core().compile_model(build_model(spec), "CPU", cfg)
         layout = cache_layout(compiled, spec)
         nb = ctx // layout.block_size
-        tier = HostKVTier(layout, b * nb)
+        tier = KVCacheTier(Tier.HOST, layout, b * nb, "cpu")
         tier._k.uniform_(-1, 1)
         tier._v.uniform_(-1, 1)
-        kn, vn = tier.numpy_views(0)
         reqs, keep = [], []
+        kc, vc = cache_tensors(tier, 0, keep)
         per = b // nreq
         for r in range(nreq):
             req = compiled.create_infer_request()
@@ -158,8 +160,8 @@ def lever_rows(args) -> list[list]:
             keep.append(feed)
             for n, a in feed.items():
                 req.set_tensor(n, ov.Tensor(a, shared_memory=True))
-            req.set_tensor("key_cache", ov.Tensor(kn, list(kn.shape), ov.Type.f16))
-            req.set_tensor("value_cache", ov.Tensor(vn, list(vn.shape), ov.Type.f16))
+            req.set_tensor("key_cache", kc)
+            req.set_tensor("value_cache", vc)
             reqs.append(req)
 
         def run():

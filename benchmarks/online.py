@@ -5,7 +5,7 @@
                                                       # or --model FOLDER, e.g. from random_model.py)
     python benchmarks/online.py agree [--profile P]   # the scheduler's pipelined/device-only choice vs measured
 
-Both compare `partition` (NEO: split KV, swapping, pipelined host decodes) with
+Both compare `neo` (NEO: split KV, swapping, pipelined host decodes) with
 `gpu_only` at the same device KV budget, capped so that memory, not compute,
 limits gpu_only. Throughput drops the first 10% and last 30% of requests (by
 arrival); latency is each request's (finish - arrival) / output tokens, averaged.
@@ -30,12 +30,11 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, table  # noqa: E402
 
-from hybridllm.engine import Request, RequestStatus, Scheduler  # noqa: E402
-from hybridllm.engine.neo_scheduler import NeoScheduler  # noqa: E402
+from hybridllm.dtypes import BYTES as DTYPE_BYTES, KV_OF_MODEL  # noqa: E402
 from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier  # noqa: E402
-from hybridllm.policy import ModelShape, reference_profile  # noqa: E402
-from hybridllm.policy.shapes import DTYPE_BYTES  # noqa: E402
-from hybridllm.policy.neo import DeviceWork, NeoCostTables  # noqa: E402
+from hybridllm.policy import ModelShape, StepShape, reference_profile  # noqa: E402
+from hybridllm.policy.neo import NeoCostTables, decodes  # noqa: E402
+from hybridllm.scheduler import NeoScheduler, Request, RequestStatus, Scheduler  # noqa: E402
 from hybridllm.sampling_params import SamplingParams  # noqa: E402
 
 
@@ -62,10 +61,10 @@ def simulate(policy: str, m: ModelShape, costs: NeoCostTables, reqs, dev_blocks:
              max_num_seqs: int, budget: int):
     lay = KVLayout(1, 1, 1, 16, torch.float32)         # bookkeeping only: tiny tensors
     tiers = {Tier.DEVICE: KVCacheTier(Tier.DEVICE, lay, dev_blocks, "cpu")}
-    if policy == "partition":
+    if policy == "neo":
         tiers[Tier.HOST] = KVCacheTier(Tier.HOST, lay, host_blocks, "cpu")
     kv = KVCacheManager(tiers, 16)
-    sched = (NeoScheduler(kv, max_num_seqs, budget, costs) if policy == "partition"
+    sched = (NeoScheduler(kv, max_num_seqs, budget, costs) if policy == "neo"
              else Scheduler(kv, max_num_seqs, budget))
     clock, nxt = 0.0, 0
     arrival, finish, outs = {}, {}, {}
@@ -86,10 +85,9 @@ def simulate(policy: str, m: ModelShape, costs: NeoCostTables, reqs, dev_blocks:
         dec = [s for s in a if len(s.token_ids) == 1]
         pre = [s for s in a if len(s.token_ids) > 1]
         pt = sum(len(s.token_ids) for s in pre)
-        work = DeviceWork(sum(len(s.token_ids) for s in a), len(a), len(dec),
-                          sum(s.num_computed_tokens + 1 for s in dec), pt,
-                          sum(s.num_computed_tokens + len(s.token_ids) for s in pre) / max(len(pre), 1))
-        swap = sum(len(c.src_blocks) for c in out.copies) * 16 * m.kv_bytes_per_token(costs.kv_bytes)
+        work = StepShape(pt, len(pre), sum(s.num_computed_tokens + len(s.token_ids) for s in pre) / max(len(pre), 1),
+                         len(dec), sum(s.num_computed_tokens + 1 for s in dec), costs.kv_dtype)
+        swap = sum(len(c.src_blocks) for c in out.copies) * 16 * m.kv_bytes_per_token(DTYPE_BYTES[costs.kv_dtype])
         clock += costs.step(work, len(b), sum(s.num_computed_tokens + 1 for s in b)) + swap / costs.hw.d2h_pinned
         steps += 1
         piped += bool(a and b)
@@ -118,13 +116,13 @@ def run_sim(args) -> None:
     rows = []
     setups = SIM_SETUPS
     if args.profile:      # a measured profile (of Llama-3-8B's shapes, bf16) instead of the reference ones
-        from hybridllm.policy import HardwareProfile
+        from hybridllm.profiling.store import load_profile
         setups = ((args.profile, SIM_SETUPS[1][1], args.device_kv_gb or 4.0),)
     for prof_name, m, kv_gb in setups:
         if args.profiles and prof_name not in args.profiles:
             continue
-        prof = HardwareProfile.load(prof_name) if args.profile else reference_profile(prof_name)
-        costs = NeoCostTables(m, prof, "bf16", 2)
+        prof = load_profile(prof_name) if args.profile else reference_profile(prof_name)
+        costs = NeoCostTables(m, prof, "bf16")
         block = 16 * m.kv_bytes_per_token(2)
         dev_blocks = int(kv_gb * 1e9 // block)
         host_blocks = int((args.host_kv_gb * 1e9 if args.host_kv_gb else min(prof.host_memory_bytes * 0.5, 200e9))
@@ -133,8 +131,8 @@ def run_sim(args) -> None:
             reqs = workload(args.requests, rate, args.input_len, 50, 400, seed=1)
             res = {p: simulate(p, m, costs, reqs, dev_blocks, host_blocks, args.max_num_seqs,
                                  args.max_num_batched_tokens)
-                   for p in ("gpu_only", "partition")}
-            (lg, tg, _), (ln, tn, share) = res["gpu_only"], res["partition"]
+                   for p in ("gpu_only", "neo")}
+            (lg, tg, _), (ln, tn, share) = res["gpu_only"], res["neo"]
             rows.append([prof_name, m.name, f"{kv_gb:.0f}", rate, f"{tg:.0f}", f"{tn:.0f}", f"{100 * (tn / tg - 1):+.0f}%",
                          f"{1e3 * lg:.0f}", f"{1e3 * ln:.0f}", f"{100 * share:.0f}%"])
     print(f"SIMULATION on {'the MEASURED profile ' + args.profile if args.profile else 'reference profiles (FROM SPECS, NOT MEASURED)'}; "
@@ -181,11 +179,11 @@ def run_real(args) -> None:
     workloads = {rate: workload(args.requests, rate, args.input_len, args.out_lo, args.out_hi, seed=2)
                  for rate in args.rates}
     res = {}
-    for policy in ("gpu_only", "partition"):
+    for policy in ("gpu_only", "neo"):
         # One engine per policy for every rate: loading, compiling and pinning happen once.
         llm = LLM(path, policy=policy, dtype=args.dtype, device_kv_bytes=dev_bytes, host_kv_bytes=host_bytes,
                   max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                  hardware_profile=args.profile if policy == "partition" else None)
+                  hardware_profile=args.profile if policy == "neo" else None)
         engine = llm.engine
         _drive(engine, workload(4, 100.0, args.input_len, 8, 8, seed=9), mc.vocab_size, "warm")
         for rate, reqs in workloads.items():
@@ -201,7 +199,7 @@ def run_real(args) -> None:
             torch.cuda.empty_cache()
     rows = []
     for rate in args.rates:
-        (lg, tg, _, _), (ln, tn, pre, steps) = res["gpu_only", rate], res["partition", rate]
+        (lg, tg, _, _), (ln, tn, pre, steps) = res["gpu_only", rate], res["neo", rate]
         rows.append([rate, f"{tg:.1f}", f"{tn:.1f}", f"{100 * (tn / tg - 1):+.0f}%", f"{1e3 * lg:.1f}",
                      f"{1e3 * ln:.1f}", pre, steps])
     print(f"\nmachine: {machine()}; model {path} ({mc.num_hidden_layers} layers, hidden {mc.hidden_size}), "
@@ -221,7 +219,7 @@ def plot(res, rates, out: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy, label in (("gpu_only", "gpu_only (device KV only)"), ("partition", "NEO (split KV, pipelined)")):
+    for policy, label in (("gpu_only", "gpu_only (device KV only)"), ("neo", "NEO (split KV, pipelined)")):
         xs = [res[policy, r][1] for r in rates]
         ys = [1e3 * res[policy, r][0] for r in rates]
         ax.plot(xs, ys, marker="o", label=label)
@@ -242,30 +240,31 @@ def plot(res, rates, out: str, title: str) -> None:
 def run_agree(args) -> None:
     from hybridllm import LLM, default_model
     from hybridllm.models.config import ModelConfig
-    from hybridllm.policy.measure import measure
     from hybridllm.policy.neo import HostCandidate, choose_host_batch
-    from hybridllm.runtime import StepInput
+    from hybridllm.profiling.measure import measure
+    from hybridllm.profiling.store import save_profile
+    from hybridllm.scheduler import StepInput
     path = args.model or str(default_model())
     mc = ModelConfig.from_folder(path)
     prof_path = args.profile
     if prof_path is None:
         prof_path = "/tmp/hybridllm-online-agree-profile.json"
-        measure(mc, args.dtype, progress=False).save(prof_path)
+        save_profile(measure(mc, args.dtype, progress=False), prof_path)
     block_bytes = 16 * ModelShape.from_config(mc, args.dtype).kv_bytes_per_token(DTYPE_BYTES[args.dtype])
     devs, hosts, ctxs = args.agree_dev, args.agree_host, args.agree_ctx
     need = max(devs) * (-(-(max(ctxs) + 1) // 16)) + 8
     need_host = max(hosts) * (-(-(max(ctxs) + 1) // 32)) * 2 + 8      # host blocks hold 32 tokens
-    llm = LLM(path, policy="partition", dtype=args.dtype, device_kv_bytes=need * block_bytes,
+    llm = LLM(path, policy="neo", dtype=args.dtype, device_kv_bytes=need * block_bytes,
               host_kv_bytes=need_host * block_bytes, max_num_seqs=256, hardware_profile=prof_path)
     engine = llm.engine
-    kv, runner, costs = engine.kv, engine.runtime.executors["partition"], engine.runtime.neo_costs
+    kv, runner, costs = engine.kv, engine.runtime.executors["neo"], engine.runtime.neo_costs
 
     def make(prefix, n, ctx, tier, attn):
         seqs = []
         for i in range(n):
             rid = f"{prefix}{i}"
             assert kv.allocate_slots(rid, ctx + 1, tier), "KV budget too small for the grid"
-            seqs.append(StepInput(rid, (1000 + i,), ctx, tuple(kv.block_table(rid)), True, attn))
+            seqs.append(StepInput(rid, (1000 + i,), ctx, kv.block_table(rid), True, attn))
         return seqs
 
     def best(seqs, reps=3):
@@ -283,7 +282,7 @@ def run_agree(args) -> None:
             for n_host in hosts:
                 a = make("d", n_dev, ctx, Tier.DEVICE, "device")
                 b = make("h", n_host, ctx, Tier.HOST, "host")
-                work = DeviceWork(n_dev, n_dev, n_dev, n_dev * (ctx + 1), 0, 0.0)
+                work = decodes(n_dev, n_dev * (ctx + 1), KV_OF_MODEL[args.dtype])
                 choice = choose_host_batch(work, [HostCandidate(s.request_id, ctx + 1) for s in b], costs, 256)
                 chosen = [s for s in b if s.request_id in set(choice.chosen)]
                 t_dev, t_all = best(a), best(a + b)

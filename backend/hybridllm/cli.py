@@ -5,6 +5,8 @@ import argparse
 import logging
 import sys
 
+from .profiling.cli import add_subcommands as add_profiling_subcommands
+
 
 def _cmd_run(args) -> int:
     from .llm import LLM
@@ -15,14 +17,11 @@ def _cmd_run(args) -> int:
                             ignore_eos=args.ignore_eos)
     options = {k: v for k, v in (("device_kv_bytes", args.device_kv_bytes), ("host_kv_bytes", args.host_kv_bytes),
                                  ("hardware_profile", args.hardware_profile)) if v is not None}
-    llm = LLM(model=args.model, policy=args.policy, dtype=args.dtype, **options)
     tracer = None
     if args.trace:
-        from .runtime.trace import Tracer
-        tracer = Tracer(llm.engine.runtime.device)
-        for ex in llm.engine.runtime.executors.values():
-            if hasattr(ex, "tracer"):
-                ex.tracer = tracer
+        from .runtime import Tracer
+        tracer = Tracer()
+    llm = LLM(model=args.model, policy=args.policy, dtype=args.dtype, tracer=tracer, **options)
     if args.batch > 1:     # a batch of copies, e.g. to see NEO's device and host lanes in the trace
         outs = llm.generate([args.prompt] * args.batch, params)
         print(args.prompt + outs[0].text + f"\n[finish_reason={outs[0].finish_reason}, batch={args.batch}]")
@@ -135,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(gen, max_tokens=64)
     gen.set_defaults(func=_cmd_generate)
 
-    from .policy.cli import add_subcommands as add_policy_subcommands
-    add_policy_subcommands(sub)   # profile, plan
+    add_profiling_subcommands(sub)   # profile, plan
     return ap
 
 

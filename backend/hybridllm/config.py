@@ -1,13 +1,44 @@
-"""EngineConfig: every engine option, checked once."""
+"""EngineConfig: every engine option, checked once.
+
+A few options may take their default from an environment variable (HYBRIDLLM_CPU_WEIGHTS,
+HYBRIDLLM_CPU_FUSED, HYBRIDLLM_HOST_ATTENTION, HYBRIDLLM_HOST_THREADS, HYBRIDLLM_CPU_TORCH_THREADS,
+HYBRIDLLM_OV_CACHE_DIR), read when the config is made; the field is what counts.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, field, fields
 
-POLICIES = ("auto", "gpu_only", "cpu_only", "gpu_offload", "partition")
-DTYPES = ("float32", "bfloat16", "float16")
-KV_CACHE_DTYPES = ("auto", "f32", "f16", "bf16", "u8")
+from .dtypes import KV_PRECISIONS, MODEL_DTYPES
+from .policy.registry import POLICY_NAMES
+
+POLICIES = ("auto",) + POLICY_NAMES
+DTYPES = MODEL_DTYPES
+KV_CACHE_DTYPES = ("auto",) + KV_PRECISIONS
+CPU_WEIGHTS = ("exact", "int8")
+HOST_ATTENTION_PATHS = ("auto", "ov_paged", "ov_sdpa", "torch")
+DEVICE_BLOCK_SIZE = 16      # the device tier's; host tiers take the block size their attention backend reports
 
 GiB = 1 << 30
+
+
+def _env(name: str, kind=str, default=None):
+    """A default_factory reading an environment variable; a malformed value names the variable."""
+    def read():
+        text = os.environ.get(name)
+        if text is None or text == "":
+            return default
+        if kind is bool:
+            if text.lower() not in ("0", "1", "true", "false"):
+                raise ValueError(f"{name}: {text!r} must be 0 or 1")
+            return text.lower() in ("1", "true")
+        if kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"{name}: {text!r} is not an integer") from None
+        return text
+    return field(default_factory=read)
 
 
 @dataclass(frozen=True)
@@ -21,34 +52,42 @@ class EngineConfig:
     device_memory_bytes: int | None = None  # cap on all device memory, to emulate a smaller GPU
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
-    block_size: int = 16
+    block_size: int = DEVICE_BLOCK_SIZE     # the device tier's block size (host tiers: see DEVICE_BLOCK_SIZE)
     max_model_len: int | None = None        # None: the model's max_position_embeddings
     hardware_profile: str | None = None
     device: str | None = None               # None: cuda if present, else cpu
     seed: int = 0                           # seeds requests that give no seed of their own
+    # Host (CPU) data plane.
+    cpu_weights: str = _env("HYBRIDLLM_CPU_WEIGHTS", default="exact")       # cpu_only linear weights: exact | int8
+    cpu_fused: bool = _env("HYBRIDLLM_CPU_FUSED", bool, True)   # cpu_only: the whole model as one OpenVINO graph
+    host_attention: str = _env("HYBRIDLLM_HOST_ATTENTION", default="auto")  # auto | ov_paged | ov_sdpa | torch
+    host_threads: int | None = _env("HYBRIDLLM_HOST_THREADS", int)  # None: all cores; all but one beside a GPU
+    cpu_torch_threads: int = _env("HYBRIDLLM_CPU_TORCH_THREADS", int, 1)  # torch threads under cpu_only
+    ov_cache_dir: str | None = _env("HYBRIDLLM_OV_CACHE_DIR")  # None: attention graphs in $HYBRIDLLM_CACHE/ov
 
     def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype: {self.kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name, allowed in (("policy", POLICIES), ("dtype", DTYPES), ("kv_cache_dtype", KV_CACHE_DTYPES),
+                              ("cpu_weights", CPU_WEIGHTS), ("host_attention", HOST_ATTENTION_PATHS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cpu_torch_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.block_size != 16:
-            # Device and torch/ov_sdpa host tiers use 16-token blocks (cpu_only's OpenVINO tier uses the op's 32).
-            raise ValueError(f"block_size must be 16, got {self.block_size}")
-        for name in ("device_kv_bytes", "device_memory_bytes", "max_model_len"):
+        if self.block_size != DEVICE_BLOCK_SIZE:
+            raise ValueError(f"block_size must be {DEVICE_BLOCK_SIZE}, got {self.block_size}")
+        for name in ("device_kv_bytes", "device_memory_bytes", "max_model_len", "host_threads"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
-        if not isinstance(self.host_kv_bytes, int) or self.host_kv_bytes < 0:
+        if not isinstance(self.host_kv_bytes, int) or isinstance(self.host_kv_bytes, bool) or self.host_kv_bytes < 0:
             raise ValueError(f"host_kv_bytes must be an integer >= 0, got {self.host_kv_bytes!r}")
+        if not isinstance(self.cpu_fused, bool):
+            raise ValueError(f"cpu_fused must be True or False, got {self.cpu_fused!r}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device: {self.device!r} must be 'cpu' or 'cuda[:N]'")
+        if self.ov_cache_dir is not None and not isinstance(self.ov_cache_dir, str):
+            raise ValueError(f"ov_cache_dir must be None or a path, got {self.ov_cache_dir!r}")
 
     @classmethod
     def from_kwargs(cls, model: str, policy: str, options: dict) -> "EngineConfig":

@@ -12,11 +12,13 @@ from .sampling_params import SamplingParams
 
 
 class LLM:
-    """LLM(model="default" | "/path/to/hf_folder", policy="auto", **engine_options)."""
+    """LLM(model="default" | "/path/to/hf_folder", policy="auto", **engine_options).
 
-    def __init__(self, model: str = "default", policy: str = "auto", **engine_options):
+    tracer: a runtime.Tracer that records the steps' device and host lanes (Chrome trace)."""
+
+    def __init__(self, model: str = "default", policy: str = "auto", *, tracer=None, **engine_options):
         self.config = EngineConfig.from_kwargs(str(model), policy, engine_options)
-        self.engine = LLMEngine(self.config)
+        self.engine = LLMEngine(self.config, tracer)
         self.tokenizer = self.engine.tokenizer
         self._ids = itertools.count()
 

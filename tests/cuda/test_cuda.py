@@ -52,13 +52,13 @@ def test_neo_stream_and_pinned_handoff_match_hf(model, monkeypatch):
     monkeypatch.setattr(neo_runner._Staging, "down", lambda self, *qkv: staged.append(1) or down(self, *qkv))
     monkeypatch.setattr(neo_runner, "_file_kv", lambda *args: filed.append(1) or file_kv(*args))
     # Four device blocks for ten requests: most decode on the host tier, handed off through the staging.
-    llm = LLM(str(folder), policy="partition", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+    llm = LLM(str(folder), policy="neo", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
-    runner = llm.engine.runtime.executors["partition"]
+    runner = llm.engine.runtime.executors["neo"]
     assert runner.staging is not None and runner.staging.q.is_pinned()
     assert llm.engine.kv.tiers[Tier.HOST].key_cache[0].is_pinned()
     assert tokens(llm) == want
-    assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
+    assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0
     assert staged, "host decodes never went through the pinned staging"
     assert filed, "no host-bound prefill had its K/V filed from the pinned slots"
     assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0
@@ -67,15 +67,15 @@ def test_neo_stream_and_pinned_handoff_match_hf(model, monkeypatch):
 
 def test_neo_more_tokens_than_staging_falls_back_to_plain_copies(model):
     folder, want = model
-    llm = LLM(str(folder), policy="partition", device_kv_bytes=2 * BLOCK, host_kv_bytes=400 * BLOCK,
+    llm = LLM(str(folder), policy="neo", device_kv_bytes=2 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
-    stg = llm.engine.runtime.executors["partition"].staging
+    stg = llm.engine.runtime.executors["neo"].staging
     stg.max_tokens = stg.max_prefill_tokens = 1          # every B and every host-bound prefill is larger
     assert tokens(llm) == want
-    assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
+    assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0
 
 
-@pytest.mark.parametrize("policy", ["gpu_offload"])   # policy="partition" is NEO: tested above
+@pytest.mark.parametrize("policy", ["gpu_offload"])   # policy="neo" is NEO: tested above
 def test_offload_on_cuda_matches_hf(model, policy):
     folder, want = model
     llm = LLM(str(folder), policy=policy, max_num_batched_tokens=64)
@@ -88,12 +88,12 @@ def test_neo_bfloat16_on_cuda_finishes_and_frees_everything(model):
     # run itself (lengths, host steps, blocks) and that prefill's first tokens agree with gpu_only's.
     folder, _ = model
     ref = tokens(LLM(str(folder), policy="gpu_only", dtype="bfloat16"))
-    llm = LLM(str(folder), policy="partition", dtype="bfloat16", device_kv_bytes=2 * BLOCK,
+    llm = LLM(str(folder), policy="neo", dtype="bfloat16", device_kv_bytes=2 * BLOCK,
               host_kv_bytes=400 * BLOCK, max_num_seqs=8)
     got = tokens(llm)
     assert [len(t) for t in got] == [GREEDY.max_tokens] * len(PROMPTS)
     assert [t[0] for t in got] == [t[0] for t in ref]
-    assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
+    assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0
     assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0
 
 
@@ -109,7 +109,7 @@ def test_failed_prefill_kv_filing_fails_only_those_requests(model, monkeypatch):
         return file_kv(*args)
 
     monkeypatch.setattr(neo_runner, "_file_kv", flaky)
-    llm = LLM(str(folder), policy="partition", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+    llm = LLM(str(folder), policy="neo", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     errors = [o for o in outs if o.finish_reason == "error"]
@@ -127,15 +127,14 @@ def test_failed_prefill_kv_filing_fails_only_those_requests(model, monkeypatch):
 def test_trace_times_device_spans_with_cuda_events(model, tmp_path):
     import json
 
-    from hybridllm.runtime.trace import Tracer
+    from hybridllm.runtime import Tracer
     folder, _ = model
-    llm = LLM(str(folder), policy="partition", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
-              max_num_seqs=8)
-    runner = llm.engine.runtime.executors["partition"]
-    runner.tracer = Tracer(llm.engine.runtime.device)
-    assert runner.tracer.cuda
+    tracer = Tracer()
+    llm = LLM(str(folder), policy="neo", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+              max_num_seqs=8, tracer=tracer)
+    assert tracer.cuda                                                 # attached to the runtime's device
     llm.generate(PROMPTS, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
-    runner.tracer.save(tmp_path / "trace.json")
+    tracer.save(tmp_path / "trace.json")
     spans = [e for e in json.loads((tmp_path / "trace.json").read_text())["traceEvents"] if e["ph"] == "X"]
     assert {e["tid"] for e in spans} == {1, 2, 3}
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)

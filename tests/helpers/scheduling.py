@@ -1,5 +1,5 @@
 """Driving a scheduler without a model: requests, and what the engine does after a step."""
-from hybridllm.engine import Request, RequestStatus
+from hybridllm.scheduler import Request, RequestStatus
 from hybridllm.sampling_params import SamplingParams
 
 

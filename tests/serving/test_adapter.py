@@ -73,7 +73,7 @@ def test_streams_the_same_tokens_as_llm_generate(model, tiny_model_dir):
         reasons = [a[0].decode() for a in s.output("finish_reason")]
         assert reasons == [""] * (len(reasons) - 1) + ["length"]
         assert {int(a[0]) for a in s.output("num_output_tokens")} == {1}
-        assert {int(a[0]) for a in s.output("num_input_tokens")} == {len(out.prompt_token_ids)}
+        assert {int(a[0]) for a in s.output("num_input_tokens")} == {out.num_prompt_tokens}
 
 
 def test_non_streaming_sends_one_response_with_the_prompt(model):
@@ -201,7 +201,7 @@ def test_a_request_the_engine_fails_alone_gets_internal(model, monkeypatch):
     def step():  # the engine ends one request with finish_reason "error"; the others go on
         outs = []
         for o in real_step():
-            if o.request_id.startswith("doomed") and len(o.token_ids) == 2:
+            if o.request_id.startswith("doomed") and o.num_output_tokens == 2:
                 model.engine.abort_request(o.request_id)
                 o = dataclasses.replace(o, finish_reason="error")
             outs.append(o)

@@ -46,7 +46,8 @@ def test_config_keeps_the_design_contract():
 def test_parameters_round_trip():
     cfg = EngineConfig(model="/m", policy="gpu_only", dtype="bfloat16", kv_cache_dtype="f16",
                        device_kv_bytes=123 << 20, host_kv_bytes=0, max_num_seqs=3, max_num_batched_tokens=99,
-                       max_model_len=300, hardware_profile="/p.json", seed=7)
+                       max_model_len=300, hardware_profile="/p.json", seed=7, cpu_weights="int8", cpu_fused=False,
+                       host_attention="ov_sdpa", host_threads=3, cpu_torch_threads=2, ov_cache_dir="/ov")
     limits = ServingLimits(max_tokens_non_stream=10)
     params = {k: {"string_value": v} for k, v in to_parameters(cfg, limits).items()}
     assert parse_parameters(params) == (cfg, limits)
@@ -57,6 +58,9 @@ def test_parameters_round_trip():
     ({"max_num_seqs": "lots"}, "model parameter max_num_seqs: 'lots' is not an integer"),
     ({"policy": "fastest"}, "policy: 'fastest' is not one of"),
     ({"max_tokens_non_stream": "0"}, "max_tokens_non_stream must be an integer >= 1"),
+    ({"cpu_fused": "maybe"}, "model parameter cpu_fused: 'maybe' is not true or false"),
+    ({"host_attention": "fast"}, "host_attention: 'fast' is not one of auto, ov_paged, ov_sdpa, torch"),
+    ({"host_threads": "0"}, "host_threads must be None or an integer >= 1"),
 ])
 def test_bad_parameters_name_the_parameter(params, match):
     with pytest.raises((ValueError, TypeError), match=re.escape(match)):

@@ -24,6 +24,7 @@ GREEDY = {"max_tokens": 24, "temperature": 0.0}
 def reference(default_model_path):
     llm = LLM(str(default_model_path), device_kv_bytes=64 << 20)
     (out,) = llm.generate([PROMPT], SamplingParams(**GREEDY), use_tqdm=False)
+    assert out.num_prompt_tokens == len(llm.tokenizer.encode(PROMPT).ids)
     return out
 
 
@@ -41,7 +42,7 @@ def test_grpc_stream_equals_llm_generate(triton, reference):
     assert len(res.chunks) == len(reference.token_ids)          # a response per token
     assert [c.finish_reason for c in res.chunks[:-1]] == [None] * (len(res.chunks) - 1)
     assert res.chunks[-1].finish_reason == reference.finish_reason
-    assert {c.num_input_tokens for c in res.chunks} == {len(reference.prompt_token_ids)}
+    assert {c.num_input_tokens for c in res.chunks} == {reference.num_prompt_tokens}
 
 
 @pytest.mark.slow
@@ -67,15 +68,17 @@ def test_non_streaming_answers_once_and_echoes_the_prompt(triton, reference):
 
 
 @pytest.mark.slow
-def test_input_ids_instead_of_text(triton, reference):
+def test_input_ids_instead_of_text(triton, reference, default_model_path):
+    from tokenizers import Tokenizer
+    ids = Tokenizer.from_file(str(default_model_path / "tokenizer.json")).encode(PROMPT).ids
     status, body = http_post(triton, f"/v2/models/{DEFAULT}/generate",
-                             {"input_ids": list(reference.prompt_token_ids), "exclude_input_in_output": True,
+                             {"input_ids": ids, "exclude_input_in_output": True,
                               "sampling_parameters": json.dumps(GREEDY)})
     assert status == 200, body
     out = json.loads(body)
     assert _ids(out["output_ids"]) == list(reference.token_ids)
     assert out["text_output"] == reference.text
-    assert out["num_input_tokens"] == len(reference.prompt_token_ids)
+    assert out["num_input_tokens"] == reference.num_prompt_tokens
 
 
 def test_32_concurrent_streams_none_lost_each_one_final(triton):

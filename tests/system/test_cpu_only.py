@@ -66,13 +66,11 @@ def test_chunked_prefill_and_preemption_equal_default_path(reference_tokens):
     assert engine.kv.num_used(Tier.HOST) == 0
 
 
-@pytest.mark.parametrize("env, attention", [({"HYBRIDLLM_CPU_FUSED": "0"}, "ov_paged"),
-                                            ({"HYBRIDLLM_HOST_ATTENTION": "ov_sdpa"}, "ov_sdpa"),
-                                            ({"HYBRIDLLM_HOST_ATTENTION": "torch"}, "torch")])
-def test_split_graphs_with_each_attention_path_equal_default_path(monkeypatch, env, attention, reference_tokens):
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    llm = LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 26)
+@pytest.mark.parametrize("options, attention", [({"cpu_fused": False}, "ov_paged"),
+                                                ({"host_attention": "ov_sdpa"}, "ov_sdpa"),
+                                                ({"host_attention": "torch"}, "torch")])
+def test_split_graphs_with_each_attention_path_equal_default_path(options, attention, reference_tokens):
+    llm = LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 26, **options)
     runner = llm.engine.runtime.executors["cpu_only"]
     assert runner.attention.name == attention and not runner.linear.fused
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
@@ -82,6 +80,7 @@ def test_split_graphs_with_each_attention_path_equal_default_path(monkeypatch, e
 
 
 def test_int8_weights_run_and_stay_close(monkeypatch, reference_tokens):
+    # The environment variable still gives the option's default.
     monkeypatch.setenv("HYBRIDLLM_CPU_WEIGHTS", "int8")
     llm = LLM(model="default", policy="cpu_only", host_kv_bytes=1 << 26)
     assert llm.engine.runtime.executors["cpu_only"].linear.options.weights == "int8"
@@ -106,7 +105,7 @@ def test_lower_precision_kv_stays_close(kv_cache_dtype, reference_tokens):
 
 
 def test_bad_step_raises_before_touching_the_cache_and_others_carry_on(reference_tokens):
-    from hybridllm.runtime import StepInput
+    from hybridllm.scheduler import StepInput
     llm = LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 24)
     engine = llm.engine
     engine.add_request("a", PROMPTS[1], GREEDY)

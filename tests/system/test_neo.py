@@ -1,4 +1,4 @@
-"""NEO online serving (policy="partition") on the real default model: split KV, swapping, faults."""
+"""NEO online serving (policy="neo") on the real default model: split KV, swapping, faults."""
 import json
 
 import pytest
@@ -20,7 +20,7 @@ def reference(default_model_path):
 
 
 def neo(path, device_blocks=12, host_blocks=400, **kw):
-    return LLM(str(path), policy="partition", device_kv_bytes=device_blocks * BLOCK_BYTES,
+    return LLM(str(path), policy="neo", device_kv_bytes=device_blocks * BLOCK_BYTES,
                host_kv_bytes=host_blocks * BLOCK_BYTES, max_num_seqs=32, **kw)
 
 
@@ -29,22 +29,21 @@ def test_tiny_device_budget_32_concurrent_requests_match_all_device(default_mode
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     assert [o.token_ids for o in outs] == reference
     stats = llm.engine.stats()
-    assert stats.steps_by_policy.get("partition", 0) > 0          # host decodes really ran
+    assert stats.steps_by_policy.get("neo", 0) > 0          # host decodes really ran
     assert stats.blocks_used == {"device": 0, "host": 0}
     llm.engine.kv.check()
     # The host half ran in OpenVINO's PagedAttention, over 32-token host blocks next to 16-token device ones.
-    assert llm.engine.runtime.executors["partition"].host_attention.name == "ov_paged"
+    assert llm.engine.runtime.executors["neo"].host_attention.name == "ov_paged"
     assert (llm.engine.kv.block_size_of(Tier.DEVICE), llm.engine.kv.block_size_of(Tier.HOST)) == (16, 32)
 
 
 @pytest.mark.parametrize("path", ["ov_sdpa", "torch"])
-def test_forced_host_attention_paths_match_all_device(default_model_path, reference, monkeypatch, path):
-    monkeypatch.setenv("HYBRIDLLM_HOST_ATTENTION", path)
-    llm = neo(default_model_path, device_blocks=6)
-    assert llm.engine.runtime.executors["partition"].host_attention.name == path
+def test_forced_host_attention_paths_match_all_device(default_model_path, reference, path):
+    llm = neo(default_model_path, device_blocks=6, host_attention=path)
+    assert llm.engine.runtime.executors["neo"].host_attention.name == path
     outs = llm.generate(PROMPTS[:12], GREEDY, use_tqdm=False)
     assert [o.token_ids for o in outs] == reference[:12]
-    assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0
+    assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0
     llm.engine.kv.check()
 
 
@@ -68,7 +67,7 @@ def test_swap_out_and_in_under_load_lose_nothing(default_model_path):
 def test_host_attention_failure_fails_only_its_requests(default_model_path):
     llm = neo(default_model_path, device_blocks=6)
     engine = llm.engine
-    runner = engine.runtime.executors["partition"]
+    runner = engine.runtime.executors["neo"]
     real = runner.host_attention.forward
     calls = {"n": 0}
 
@@ -100,36 +99,39 @@ def test_request_that_fits_neither_tier_is_refused(default_model_path):
 
 def test_host_kv_budget_beyond_free_memory_is_refused(default_model_path):
     with pytest.raises(ValueError, match=r"host_kv_bytes \(\d+\) is larger than the free host memory \(\d+\)"):
-        LLM(str(default_model_path), policy="partition", host_kv_bytes=1 << 50)
+        LLM(str(default_model_path), policy="neo", host_kv_bytes=1 << 50)
 
 
 def test_trace_shows_device_and_host_lanes(default_model_path, tmp_path):
-    from hybridllm.runtime.trace import Tracer
-    llm = neo(default_model_path, device_blocks=6)
-    runner = llm.engine.runtime.executors["partition"]
-    runner.tracer = Tracer()
+    from hybridllm.runtime import Tracer
+    tracer = Tracer()
+    llm = neo(default_model_path, device_blocks=6, tracer=tracer)
     llm.generate(PROMPTS[:6], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True), use_tqdm=False)
-    runner.tracer.save(tmp_path / "trace.json")
+    tracer.save(tmp_path / "trace.json")
     events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     lanes = {e["tid"] for e in events if e["ph"] == "X"}
     assert lanes == {1, 2, 3}                                   # A on the device, B on the device, B's attention
     assert any("B attention" in e["name"] for e in events) and any(" A" in e["name"] for e in events)
+    # The scheduler's decision and its reason, as instants on their own lane.
+    notes = [e for e in events if e["ph"] == "i" and e["tid"] == 4]
+    assert notes and all(e["name"] for e in notes)
+    assert any(e["name"].startswith("host sub-batch") for e in notes)
 
 
 def test_a_failed_request_that_was_sampled_ends_once_with_its_error(default_model_path, reference):
     # The CUDA path can fail a host-bound prefill after its logits row exists (its K/V did not
     # reach the host tier); the engine must end it with the error and not also append a token.
     llm = neo(default_model_path, device_blocks=6)
-    runner = llm.engine.runtime.executors["partition"]
+    runner = llm.engine.runtime.executors["neo"]
     real = runner.execute
     victim = {}
 
     def failing(seqs):
-        logits = real(seqs)
-        if not victim and runner.order:
-            victim["id"] = runner.order[0]
-            runner.last_failed[victim["id"]] = "simulated host KV write fault"
-        return logits
+        result = real(seqs)
+        if not victim and result.sampled:
+            victim["id"] = result.sampled[0]
+            result.failed[victim["id"]] = "simulated host KV write fault"
+        return result
 
     runner.execute = failing
     outs = {}

@@ -5,7 +5,7 @@ import pytest
 
 from hybridllm import LLM, SamplingParams
 from hybridllm.kv import Tier
-from hybridllm.policy.reference import PROFILE_DIR
+from hybridllm.profiling.store import PROFILE_DIR
 
 PROMPTS = ["Once upon a time, there was a little", "The capital of France is", "Hi",
            "def fibonacci(n):\n    " * 4, "Water boils at", "List of prime numbers: 2, 3, 5,"]

@@ -9,7 +9,8 @@ from hybridllm import LLM, SamplingParams
 from hybridllm.attention import DeviceAttention
 from hybridllm.kv import KVCacheTier, KVLayout, Tier
 from hybridllm.models.llama import LlamaModel
-from hybridllm.runtime import ModelRunner, StepInput
+from hybridllm.runtime.model_runner import ModelRunner
+from hybridllm.scheduler import StepInput
 
 from ..helpers.tiny_models import hf_greedy, make_tiny
 
@@ -49,12 +50,12 @@ def test_prefill_chunks_and_decodes_match_hf_logits(tiny):
     with torch.no_grad():
         ref = hf(ids[None]).logits[0]                                  # [70, vocab]
     # Shuffle the block table so logical and physical order differ.
-    table = tuple(tier.pool.allocate(5, "a")[::-1])
+    table = tier.pool.allocate(5, "a")[::-1]
     # A chunked prefill (33 then 16 tokens: crossing block boundaries), then single-token decodes.
-    got = [runner.execute([StepInput("a", tuple(ids[:33].tolist()), 0, table, True)])[0]]
-    got.append(runner.execute([StepInput("a", tuple(ids[33:49].tolist()), 33, table, True)])[0])
+    got = [runner.execute([StepInput("a", tuple(ids[:33].tolist()), 0, table, True)]).logits[0]]
+    got.append(runner.execute([StepInput("a", tuple(ids[33:49].tolist()), 33, table, True)]).logits[0])
     for p in range(49, 70):
-        got.append(runner.execute([StepInput("a", (int(ids[p]),), p, table, True)])[0])
+        got.append(runner.execute([StepInput("a", (int(ids[p]),), p, table, True)]).logits[0])
     expect = torch.stack([ref[32], ref[48]] + [ref[p] for p in range(49, 70)])
     torch.testing.assert_close(torch.stack(got), expect, atol=1e-4, rtol=0)
 
@@ -77,11 +78,11 @@ def test_neo_with_sliding_window_matches_hf(tmp_path):
     folder = make_tiny(tmp_path / "mistral", "mistral", sliding_window=24, head_dim=16)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     block = 16 * 2 * 2 * 2 * 16 * 4                    # tokens x layers x (K, V) x kv heads x head_dim x fp32
-    llm = LLM(str(folder), policy="partition", device_kv_bytes=3 * block, host_kv_bytes=256 * block)
+    llm = LLM(str(folder), policy="neo", device_kv_bytes=3 * block, host_kv_bytes=256 * block)
     prompts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs " * 3,
                "sphinx of black quartz, judge my vow! " * 4, "hi", "how vexingly quick daft zebras jump " * 3]
     outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False)
     for p, out in zip(prompts, outs):
         assert list(out.token_ids) == hf_greedy(hf, llm.tokenizer.encode(p).ids, 12), p
-    assert llm.engine.stats().steps_by_policy.get("partition", 0) > 0     # host decodes ran
+    assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0     # host decodes ran
     assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0

@@ -3,7 +3,7 @@
 Grid: packed prefills, ragged decodes and mixed steps; batch 1-33; lengths 1-4096
 with block boundaries hit exactly and off by one; heads 9/3 and 32/8; head_dim
 64/128; sliding window; every KV precision each path supports. Then selection,
-bad metadata, failed steps and the host tier's block helpers.
+bad metadata, failed steps, and the host tier HostAttention.create allocates.
 """
 import logging
 
@@ -12,9 +12,11 @@ import openvino as ov
 import pytest
 import torch
 
+from hybridllm import utils
 from hybridllm.attention import build_metadata
-from hybridllm.attention.host import HOST_ATTENTION_ENV, HostAttention, HostAttentionSpec, select_backend
-from hybridllm.kv.host_tier import HostKVLayout, HostKVTier
+from hybridllm.attention.host import HostAttention, HostAttentionSpec, select_backend
+from hybridllm.kv import KVCacheTier, Tier
+from hybridllm.utils import ceil_div
 
 PRECISIONS = {"ov_paged": ("f32", "f16", "bf16", "u8"), "ov_sdpa": ("f32", "f16", "bf16"),
               "torch": ("f32", "f16", "bf16")}
@@ -32,8 +34,8 @@ def backend(path, precision, heads=(9, 3, 64), window=None):
     if key not in _backends:
         h, kvh, d = heads
         spec = HostAttentionSpec(num_layers=2, num_heads=h, num_kv_heads=kvh, head_dim=d,
-                                 kv_precision=precision, sliding_window=window)
-        _backends[key] = select_backend(spec, path)[0]
+                                 kv_precision=precision, sliding_window=window, path=path)
+        _backends[key] = select_backend(spec)[0]
     return _backends[key]
 
 
@@ -64,8 +66,8 @@ class Run:
     def __init__(self, be, total_lens, seed=0, spare=3):
         self.be, self.bs = be, be.layout.block_size
         self.gen = torch.Generator().manual_seed(seed)
-        need = [-(-n // self.bs) for n in total_lens]
-        self.ha = HostAttention(be, HostKVTier(be.layout, sum(need) + spare))
+        need = [ceil_div(n, self.bs) for n in total_lens]
+        self.ha = HostAttention(be, KVCacheTier(Tier.HOST, be.layout, sum(need) + spare, "cpu"))
         perm = torch.randperm(sum(need) + spare, generator=self.gen).tolist()
         self.tables, o = [], 0
         for n in need:
@@ -95,6 +97,24 @@ class Run:
         ref = reference(q, [self.keys[i][:e] for (i, _), e in zip(work, slens)],
                         [self.vals[i][:e] for (i, _), e in zip(work, slens)], qlens, s.sliding_window)
         return out, ref
+
+
+def read_back(tier, layer, table, n):
+    """Positions [0, n) of a sequence as float32 K, V [n, KVH, D], read straight from the tier's tensors
+    in the layout kv/layout.py documents (u8: dequantized with its per-block parameters)."""
+    idx = torch.tensor(table, dtype=torch.int64)
+    kb, vb = tier.key_cache[layer][idx], tier.value_cache[layer][idx]   # [nb, KVH, *, *]
+    if tier.layout.quantized:
+        f32 = torch.float32
+        k_scale = kb[:, :, 0:4].contiguous().flatten(-2).view(f32)[:, :, None]   # [nb, KVH, 1, D]
+        k_zp = kb[:, :, 4:8].contiguous().flatten(-2).view(f32)[:, :, None]
+        kb = (kb[:, :, 8:].float() - k_zp) * k_scale                            # [nb, KVH, bs, D]
+        v_par = vb[..., :8].contiguous().view(f32)                              # [nb, KVH, bs, 2]
+        vb = (vb[..., 8:].float() - v_par[..., 1:2]) * v_par[..., 0:1]
+    d = tier.layout.head_dim
+    k = kb.float().transpose(1, 2).reshape(-1, tier.layout.num_kv_heads, d)   # [nb * bs, KVH, D]
+    v = vb.float().transpose(1, 2).reshape(-1, tier.layout.num_kv_heads, d)
+    return k[:n], v[:n]
 
 
 def check(out, ref, precision):
@@ -167,8 +187,8 @@ def test_every_layer_has_its_own_cache(path):
     run.keys[0], run.vals[0], run.done[0] = run.rand(40, 3, 64), run.rand(40, 3, 64), 0
     check(*run.step([(0, 39)], layer=1), "f32")
     check(*run.step([(0, 1)], layer=1), "f32")
-    assert torch.equal(run.ha.tier.read_tokens(0, run.tables[0], 0, 39)[0], keys0[:39])
-    assert torch.equal(run.ha.tier.read_tokens(1, run.tables[0], 0, 40)[1], run.vals[0])
+    assert torch.equal(read_back(run.ha.tier, 0, run.tables[0], 39)[0], keys0[:39])
+    assert torch.equal(read_back(run.ha.tier, 1, run.tables[0], 40)[1], run.vals[0])
     assert not torch.equal(vals0[:39], run.vals[0][:39])
 
 
@@ -187,17 +207,15 @@ def test_auto_picks_the_paged_op_and_logs_why(caplog):
 
 
 @pytest.mark.parametrize("path", list(PRECISIONS))
-def test_env_var_forces_each_path(monkeypatch, path):
-    monkeypatch.setenv(HOST_ATTENTION_ENV, path)
-    ha = HostAttention.create(spec("f16"), num_blocks=4)
-    assert ha.name == path and ha.reason == f"forced by {HOST_ATTENTION_ENV}"
-    assert ha.tier.key_cache[0].dtype == torch.float16
+def test_spec_path_forces_each_path(path):
+    ha = HostAttention.create(spec("f16", path=path), num_blocks=4)
+    assert ha.name == path and ha.reason == f"forced by host_attention={path}"
+    assert ha.tier.key_cache[0].dtype == torch.float16 and ha.tier.tier == Tier.HOST
 
 
-def test_env_var_typo_is_rejected(monkeypatch):
-    monkeypatch.setenv(HOST_ATTENTION_ENV, "paged")
-    with pytest.raises(ValueError, match=HOST_ATTENTION_ENV):
-        HostAttention.create(spec(), num_blocks=4)
+def test_path_typo_is_rejected_by_name():
+    with pytest.raises(ValueError, match="host_attention: 'paged' is not one of auto, ov_paged"):
+        spec(path="paged")
 
 
 def test_missing_private_op_falls_back_to_public_opset(monkeypatch, caplog):
@@ -207,7 +225,7 @@ def test_missing_private_op_falls_back_to_public_opset(monkeypatch, caplog):
     assert ha.name == "ov_sdpa"
     assert "ov_paged unavailable" in caplog.text and "_PagedAttentionExtension" in caplog.text
     with pytest.raises(RuntimeError, match="_PagedAttentionExtension"):
-        HostAttention.create(spec(), num_blocks=4, path="ov_paged")     # forced: no silent fallback
+        HostAttention.create(spec(path="ov_paged"), num_blocks=4)       # forced: no silent fallback
 
 
 def test_compile_failures_fall_through_to_torch(monkeypatch, caplog):
@@ -290,8 +308,8 @@ def test_bad_metadata_names_the_field_and_writes_nothing(path):
 def test_kv_dtype_mismatch_is_named():
     be = backend("ov_paged", "f16")
     with pytest.raises(ValueError, match="layout"):
-        HostAttention(be, HostKVTier(backend("ov_paged", "f32").layout, 4))
-    ha = HostAttention(be, HostKVTier(be.layout, 4))
+        HostAttention(be, KVCacheTier(Tier.HOST, backend("ov_paged", "f32").layout, 4, "cpu"))
+    ha = HostAttention(be, KVCacheTier(Tier.HOST, be.layout, 4, "cpu"))
     ha.tier.key_cache[0] = ha.tier.key_cache[0].float()
     md = build_metadata([1], [1], [[0]], be.layout.block_size, torch.device("cpu"))
     with pytest.raises(ValueError, match="KV dtype"):
@@ -331,52 +349,47 @@ def test_tier_reads_back_what_the_op_wrote(precision):
     run.step([(0, 33)])
     run.step([(0, 1)])
     run.step([(0, 36)])
-    k, v = run.ha.tier.read_tokens(0, run.tables[0], 0, 70)
+    k, v = read_back(run.ha.tier, 0, run.tables[0], 70)
     assert k.shape == (70, 3, 64) and k.dtype == torch.float32
     tol = {"f32": 0, "f16": 2e-3, "bf16": 2e-2, "u8": 0.1}[precision]
     assert (k - run.keys[0]).abs().max() <= tol * run.keys[0].abs().max()
     assert (v - run.vals[0]).abs().max() <= tol * run.vals[0].abs().max()
-    k2, _ = run.ha.tier.read_tokens(0, run.tables[0], 31, 33)
-    assert torch.equal(k2, k[31:33])
 
 
-def test_tier_layout_bytes_and_block_copies():
-    lay = HostKVLayout.make(num_layers=3, num_kv_heads=2, head_dim=8, block_size=32, precision="u8")
-    assert lay.key_block_shape == (2, 40, 8) and lay.value_block_shape == (2, 32, 16)
-    tier = HostKVTier(lay, 5)
-    assert tier.num_bytes == sum(t.numel() * t.element_size() for t in tier.key_cache + tier.value_cache)
-    assert tier.key_cache[2].shape == (5, 2, 40, 8) and tier.key_cache[2].is_contiguous()
-    tier._k.random_(0, 255)
-    tier._v.random_(0, 255)
-    k, v = tier.read_blocks([1, 3])
-    assert k.shape == (3, 2, 2, 40, 8)
-    tier.write_blocks([4, 0], k, v)
-    assert torch.equal(tier._k[:, 4], tier._k[:, 1]) and torch.equal(tier._v[:, 0], tier._v[:, 3])
-    tier.copy_blocks([2], [1])
-    assert torch.equal(tier._k[:, 1], tier._k[:, 2])
-    with pytest.raises(ValueError, match="block index 5"):
-        tier.copy_blocks([5], [0])
-    with pytest.raises(ValueError, match="KV dtype"):
-        tier.write_blocks([4, 0], k.float(), v)
-    with pytest.raises(ValueError, match="must be key"):
-        HostKVLayout(3, 2, 8, 32, "u8", (2, 32, 8), (2, 32, 8))
-    with pytest.raises(ValueError, match="no plain KVLayout"):
-        lay.as_kv_layout()
-    assert HostKVLayout.make(3, 2, 8, 32, "f16").as_kv_layout().dtype == torch.float16
+def test_create_sizes_the_tier_from_bytes_in_the_backends_layout():
+    lay = backend("ov_paged", "u8").layout
+    assert lay.quantized and lay.key_block_shape == (3, 32 + 8, 64)     # the op's u8 parameter rows
+    ha = HostAttention.create(spec("u8"), num_bytes=5 * lay.bytes_per_block + 1)
+    assert ha.layout == lay and ha.tier.num_blocks == 5 and ha.tier.num_bytes == 5 * lay.bytes_per_block
+    assert ha.tier.key_cache[1].shape == (5, *lay.key_block_shape)
+    assert ha.tier.value_cache[1].shape == (5, *lay.value_block_shape)
+
+
+def test_create_refuses_bad_sizes_by_name(monkeypatch):
+    with pytest.raises(ValueError, match=r"host_kv_bytes \(100\) holds no KV block"):
+        HostAttention.create(spec(), num_bytes=100)
+    with pytest.raises(ValueError, match="num_blocks must be >= 1, got 0"):
+        HostAttention.create(spec(), num_blocks=0)
+    with pytest.raises(ValueError, match="exactly one of num_blocks, num_bytes"):
+        HostAttention.create(spec(), num_blocks=4, num_bytes=1 << 20)
+    with pytest.raises(ValueError, match="exactly one of num_blocks, num_bytes"):
+        HostAttention.create(spec())
+    monkeypatch.setattr(utils, "mem_available", lambda: 1 << 20)
+    with pytest.raises(ValueError, match="host_kv_bytes .* larger than the free host memory"):
+        HostAttention.create(spec(), num_bytes=2 << 20)
 
 
 def test_cache_dir_hashes_identical_graphs_alike(tmp_path):
-    s = spec(cache_dir=str(tmp_path))
-    select_backend(s, "ov_paged")
-    select_backend(s, "ov_paged")                       # the same graph again, in the same process
+    s = spec(cache_dir=str(tmp_path), path="ov_paged")
+    select_backend(s)
+    select_backend(s)                                   # the same graph again, in the same process
     assert len(list(tmp_path.glob("*.blob"))) == 1
 
 
 @pytest.mark.parametrize("path", ["ov_sdpa", "torch"])
-def test_fallbacks_run_over_a_plain_kv_cache_tier(path):
-    from hybridllm.kv import KVCacheTier, Tier
+def test_fallbacks_run_over_a_tier_made_outside_create(path):
     be = backend(path, "f16")
-    plain = KVCacheTier(Tier.HOST, be.layout.as_kv_layout(), 6, "cpu")     # 16-token blocks, like the device tier
+    plain = KVCacheTier(Tier.HOST, be.layout, 6, "cpu")     # 16-token blocks, like the device tier
     ha = HostAttention(be, plain)
     md = build_metadata([20, 1], [20, 1], [[4, 1], [0]], 16, torch.device("cpu"))
     q, k, v = torch.randn(21, 9, 64), torch.randn(21, 3, 64), torch.randn(21, 3, 64)
@@ -387,15 +400,13 @@ def test_fallbacks_run_over_a_plain_kv_cache_tier(path):
         HostAttention(backend(path, "f32"), plain)
 
 
-def test_host_threads_leave_a_core_beside_a_gpu_and_check_the_override(monkeypatch):
+def test_host_threads_leave_a_core_beside_a_gpu_and_check_the_override():
     import os
 
-    from hybridllm.runtime.factory import HOST_THREADS_ENV, host_threads
-    monkeypatch.delenv(HOST_THREADS_ENV, raising=False)
-    assert host_threads(torch.device("cpu")) is None
-    assert host_threads(torch.device("cuda")) == max(1, os.cpu_count() - 1)
-    monkeypatch.setenv(HOST_THREADS_ENV, "3")
-    assert host_threads(torch.device("cuda")) == 3
-    monkeypatch.setenv(HOST_THREADS_ENV, "0")
-    with pytest.raises(ValueError, match=HOST_THREADS_ENV):
-        host_threads(torch.device("cpu"))
+    from hybridllm import EngineConfig
+    from hybridllm.runtime.factory import host_threads
+    assert host_threads(None, torch.device("cpu")) is None
+    assert host_threads(None, torch.device("cuda")) == max(1, os.cpu_count() - 1)
+    assert host_threads(3, torch.device("cuda")) == 3
+    with pytest.raises(ValueError, match="host_threads must be None or an integer >= 1, got 0"):
+        EngineConfig(host_threads=0)

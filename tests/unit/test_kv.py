@@ -5,6 +5,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from hybridllm.kv import BlockPool, KVCacheManager, KVCacheTier, KVLayout, KVLeakError, Tier
+from hybridllm.utils import ceil_div
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=3, head_dim=8, block_size=16, dtype=torch.float32)
 
@@ -52,7 +53,7 @@ def test_migrate_between_block_sizes_keeps_every_token(n):
     assert kv.allocate_slots("r", n, Tier.DEVICE)
     k, v = write_tokens(kv, "r", n, seed=n)
     src_tier, src, dst = kv.migrate("r", Tier.HOST, n + 1)
-    assert src_tier == Tier.DEVICE and len(dst) == -(-max(len(src) * 16, n + 1) // 32)
+    assert src_tier == Tier.DEVICE and len(dst) == ceil_div(max(len(src) * 16, n + 1), 32)
     kv.copy_blocks(src_tier, src, Tier.HOST, dst)
     assert kv.block_size_of(kv.tier_of("r")) == 32 and kv.num_used(Tier.DEVICE) == 0
     hk, hv = read_tokens(kv, "r", n)
@@ -120,11 +121,46 @@ def test_pool_double_free_and_wrong_owner_raise():
     pool.check()
 
 
-def test_layout_bytes_per_block_matches_tensor_storage():
-    tier = KVCacheTier(Tier.DEVICE, LAYOUT, 3, "cpu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8])
+def test_layout_bytes_per_block_matches_tensor_storage(dtype):
+    lay = KVLayout(num_layers=3, num_kv_heads=2, head_dim=8, block_size=32, dtype=dtype)
+    tier = KVCacheTier(Tier.HOST, lay, 5, "cpu")
     real = sum(t.numel() * t.element_size() for t in tier.key_cache + tier.value_cache)
-    assert tier.num_bytes == real
-    assert tier.key_cache[1].shape == (3, 3, 16, 8) and tier.key_cache[1].is_contiguous()
+    assert tier.num_bytes == real == 5 * lay.bytes_per_block
+    assert lay.num_blocks_for(real + lay.bytes_per_block - 1) == 5
+    for cache, shape in ((tier.key_cache, lay.key_block_shape), (tier.value_cache, lay.value_block_shape)):
+        assert len(cache) == 3 and cache[2].shape == (5, *shape) and cache[2].is_contiguous()
+        assert cache[2].dtype == dtype and not cache[2].any()
+
+
+def test_layout_u8_adds_the_ops_parameter_rows():
+    # K: 8 rows of f32 scale / zero point per channel above the tokens; V: 8 bytes per token before the data.
+    lay = KVLayout(num_layers=3, num_kv_heads=2, head_dim=8, block_size=32, dtype=torch.uint8)
+    assert lay.quantized and lay.precision == "u8"
+    assert lay.key_block_shape == (2, 40, 8) and lay.value_block_shape == (2, 32, 16)
+    plain = KVLayout(num_layers=3, num_kv_heads=2, head_dim=8, block_size=32, dtype=torch.bfloat16)
+    assert not plain.quantized and plain.precision == "bf16"
+    assert plain.key_block_shape == plain.value_block_shape == (2, 32, 8)
+    assert plain != KVLayout(3, 2, 8, 32, torch.float16) and plain == KVLayout(3, 2, 8, 32, torch.bfloat16)
+
+
+def test_layout_and_tier_refuse_bad_values_by_name():
+    with pytest.raises(ValueError, match="dtype: torch.int32 has no KV precision name"):
+        KVLayout(1, 1, 8, 16, torch.int32)
+    with pytest.raises(ValueError, match="KVLayout.block_size must be >= 1"):
+        KVLayout(1, 1, 8, 0, torch.float32)
+    with pytest.raises(ValueError, match="num_blocks must be >= 1, got 0"):
+        KVCacheTier(Tier.DEVICE, LAYOUT, 0, "cpu")
+
+
+def test_copy_blocks_refuses_a_quantized_tier():
+    u8 = KVLayout(num_layers=2, num_kv_heads=3, head_dim=8, block_size=16, dtype=torch.uint8)
+    kv = KVCacheManager({Tier.DEVICE: KVCacheTier(Tier.DEVICE, LAYOUT, 4, "cpu"),
+                         Tier.HOST: KVCacheTier(Tier.HOST, u8, 4, "cpu")})
+    assert kv.allocate_slots("r", 10, Tier.HOST)
+    src_tier, src, dst = kv.migrate("r", Tier.DEVICE, 10)
+    with pytest.raises(ValueError, match="the host tier is u8-quantised"):
+        kv.copy_blocks(src_tier, src, Tier.DEVICE, dst)
 
 
 def test_manager_grows_tables_and_maps_slots():
@@ -178,7 +214,7 @@ class KVMachine(RuleBasedStateMachine):
         free_before = self.kv.num_free(tier)
         if self.kv.allocate_slots(rid, n, tier):
             self.tokens[rid] = n
-            assert self.kv.num_free(tier) == free_before - -(-n // self.kv.block_size_of(tier))
+            assert self.kv.num_free(tier) == free_before - ceil_div(n, self.kv.block_size_of(tier))
         else:
             assert self.kv.num_free(tier) == free_before and not self.kv.has(rid)
 
@@ -196,7 +232,7 @@ class KVMachine(RuleBasedStateMachine):
         bs = self.kv.block_size_of(self.kv.tier_of(rid))
         held = len(self.kv.block_table(rid))
         n = self.kv.free(rid)
-        assert n == held and held >= -(-self.tokens.pop(rid) // bs)
+        assert n == held and held >= ceil_div(self.tokens.pop(rid), bs)
         assert self.kv.free(rid) == 0                 # a second free of the same request is a no-op
 
     @precondition(lambda self: self.tokens)
@@ -222,7 +258,7 @@ class KVMachine(RuleBasedStateMachine):
             assert pool.num_free + pool.num_used == pool.num_blocks
         for rid, n in self.tokens.items():
             # exact, except that a migration keeps room for every slot the source held
-            assert len(self.kv.block_table(rid)) >= -(-n // self.kv.block_size_of(self.kv.tier_of(rid)))
+            assert len(self.kv.block_table(rid)) >= ceil_div(n, self.kv.block_size_of(self.kv.tier_of(rid)))
 
 
 TestKVMachine = KVMachine.TestCase

@@ -3,13 +3,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from hybridllm.engine import RequestStatus
-from hybridllm.engine.neo_scheduler import NeoScheduler
 from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier
-from hybridllm.policy import ModelShape, Table2D
-from hybridllm.policy.neo import DeviceWork, HostCandidate, NeoCostTables, STARVATION_STEPS, choose_host_batch
+from hybridllm.policy import ModelShape, StepShape, Table2D
+from hybridllm.policy.neo import HostCandidate, NeoCostTables, STARVATION_STEPS, choose_host_batch, decodes
+from hybridllm.scheduler import NeoScheduler
 
-from ..helpers.profiles import const, synthetic
+from ..helpers.profiles import synthetic
 from ..helpers.scheduling import req, run_step
 
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, dtype=torch.float32)
@@ -55,8 +54,7 @@ def test_swap_in_waits_for_a_quarter_of_the_device_tier_to_stay_free():
     r = req("h", 40, max_tokens=4)
     sched.add(r)
     sched.waiting.clear()
-    r.status = RequestStatus.RUNNING
-    sched.running.append(r)
+    sched._run(r)
     assert kv.allocate_slots("h", 40, Tier.HOST)
     r.num_computed_tokens = 40
     r.output_token_ids.append(7)
@@ -131,7 +129,7 @@ MODEL = ModelShape("m", num_layers=4, hidden=1024, num_heads=8, num_kv_heads=8, 
 
 
 def costs(host_decode: Table2D, **over):
-    return NeoCostTables(MODEL, synthetic(host_attention_decode={"f32": host_decode}, **over), "f32", 4)
+    return NeoCostTables(MODEL, synthetic(host_attention_decode={"f32": host_decode}, **over), "f32")
 
 
 def lin(per_seq_s):
@@ -139,7 +137,7 @@ def lin(per_seq_s):
     return Table2D.from_function((1, 2, 4, 8, 16, 32, 64), (1.0, 1e12), lambda s, y: per_seq_s * s, "h")
 
 
-A = DeviceWork(tokens=200, seqs=4, decode_seqs=3, decode_context=600, prefill_tokens=197, prefill_mean_context=99)
+A = StepShape(prefill_tokens=197, prefill_seqs=1, prefill_context=99, decode_seqs=3, decode_context=600)
 CANDS = [HostCandidate(f"h{i}", 500) for i in range(10)]
 
 
@@ -170,7 +168,7 @@ def test_starving_host_decode_joins_anyway():
 
 
 def test_no_device_work_runs_host_only():
-    idle = DeviceWork(0, 0, 0, 0, 0, 0.0)
+    idle = StepShape()
     choice = choose_host_batch(idle, CANDS[:3], costs(lin(1.0)), max_seqs=64)
     assert choice.chosen == ("h0", "h1", "h2") and "host-only" in choice.reason
 
@@ -227,7 +225,7 @@ def test_waiting_requests_go_to_the_host_together_when_one_alone_would_not_pay(w
     # A host sub-batch adds its own linear calls (17 ms): one host decode lowers tokens/s (9 / 42 ms
     # < 8 / 25 ms), six raise it (14 / 42 ms). Asked one at a time, none would ever be placed.
     c = costs(lin(1e-6))
-    work = DeviceWork(8, 8, 8, 8 * 11, 0, 0.0)
+    work = decodes(8, 8 * 11)
     assert choose_host_batch(work, CANDS[:1], c, 32).chosen == ()
     assert len(choose_host_batch(work, CANDS[:6], c, 32).chosen) == 6
     sched, kv = make(dev_blocks=16, host_blocks=40, max_num_seqs=32, budget=256, costs=c)

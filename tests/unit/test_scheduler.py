@@ -2,7 +2,7 @@
 import torch
 from hypothesis import given, settings, strategies as st
 
-from hybridllm.engine import Request, RequestStatus, Scheduler
+from hybridllm.scheduler import RequestStatus, Scheduler
 from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier
 
 from ..helpers.scheduling import req, run_step
@@ -64,7 +64,7 @@ def test_preempted_request_recomputes_prompt_and_outputs():
     r = req("a", 5)
     sched.add(r)
     run_step(sched, sched.schedule())
-    sched._preempt(sched.running.pop())
+    sched._preempt(sched._newest_running())
     out = sched.schedule()
     (s,) = out.scheduled
     assert s.token_ids == tuple(range(1, 6)) + (5,) and s.num_computed_tokens == 0 and s.sample
@@ -107,7 +107,7 @@ def test_random_arrivals_aborts_and_finishes_keep_invariants(ops, num_blocks, ma
             assert s.num_computed_tokens == r.num_computed_tokens
             assert len(kv.block_table(s.request_id)) * 16 >= s.num_computed_tokens + len(s.token_ids)
         assert not set(ids) & set(out.preempted)
-        assert not {r.request_id for r in sched.waiting} & {r.request_id for r in sched.running}
+        assert not {r.request_id for r in sched.waiting} & set(sched.running)
         kv.check()
         pool = kv.pool()
         assert pool.num_free + pool.num_used == pool.num_blocks

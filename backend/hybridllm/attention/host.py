@@ -5,10 +5,10 @@
 - "torch":    torch SDPA on the CPU, the last resort.
 
 The backend is chosen once, at start-up: the first that compiles and passes a
-tiny self-check, unless a path is forced with `path=` or the environment
-variable HYBRIDLLM_HOST_ATTENTION (auto | ov_paged | ov_sdpa | torch). The
+tiny self-check, unless spec.path (EngineConfig.host_attention) forces one. The
 choice and its reason are logged. The host tier is then allocated in the layout
-the chosen backend reports (see kv/host_tier.py) and bound to it.
+the chosen backend reports (the op picks its own block size and u8 format; see
+kv/layout.py) and bound to it: HostAttention.create does both.
 
 forward() has DeviceAttention's signature: q [T, H, D], k/v [T, KVH, D] ->
 [T, H * D]; it writes k/v into the cache at the step's slots first. The metadata
@@ -18,126 +18,38 @@ a ValueError naming the field and writes nothing.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from ..kv.host_tier import HOST_PRECISIONS, HostKVLayout, HostKVTier, same_layout
-from .metadata import AttentionMetadata
+from ..kv import KVCacheTier, KVLayout, Tier
+from ..utils import check_host_kv_bytes
+from .host_ov_paged import PagedOVAttention
+from .host_ov_sdpa import SdpaOVAttention
+from .host_torch import TorchHostAttention
+from .metadata import AttentionMetadata, build_metadata
+from .spec import HostAttentionSpec, HostStep, make_step
+
+__all__ = ["HostAttention", "HostAttentionSpec", "HostStep", "make_step", "select_backend", "self_check"]
 
 log = logging.getLogger("hybridllm")
 
-HOST_ATTENTION_ENV = "HYBRIDLLM_HOST_ATTENTION"
-PATHS = ("ov_paged", "ov_sdpa", "torch")
-
-
-@dataclass(frozen=True)
-class HostAttentionSpec:
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    kv_precision: str = "f32"           # "f32" | "f16" | "bf16" | "u8"
-    sliding_window: int | None = None
-    block_size: int = 16                # for the fallbacks; ov_paged uses the op's own block size
-    cache_dir: str | None = None        # OpenVINO CACHE_DIR; None: no model cache
-    num_threads: int | None = None      # OpenVINO INFERENCE_NUM_THREADS; None: all cores
-
-    def __post_init__(self):
-        if self.kv_precision not in HOST_PRECISIONS:
-            raise ValueError(f"kv_cache_dtype: {self.kv_precision!r} is not one of {', '.join(HOST_PRECISIONS)}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
-
-    @property
-    def scale(self) -> float:
-        return self.head_dim ** -0.5
-
-
-@dataclass(frozen=True)
-class HostStep:
-    """One step's metadata in the form the host backends take, built once per step (not per layer)."""
-    md: AttentionMetadata
-    query_lens: tuple[int, ...]
-    block_tables: tuple[np.ndarray, ...]    # per sequence: int32 [ceil(seq_len / block_size)]
-    past_lens: np.ndarray                   # int32 [B]
-    subsequence_begins: np.ndarray          # int32 [B + 1]
-    block_indices: np.ndarray               # int32 [sum of blocks]
-    block_indices_begins: np.ndarray        # int32 [B + 1]
-    max_context_len: np.ndarray             # int32 []
-
-
-def make_step(md: AttentionMetadata, num_blocks: int) -> HostStep:
-    """Checks md against a tier of num_blocks blocks; raises ValueError naming the bad field."""
-    bs = md.block_size
-    qsl = md.query_start_loc
-    n = len(md.seq_lens)
-    if len(qsl) != n + 1 or qsl[0] != 0 or qsl[-1] != md.num_tokens:
-        raise ValueError(f"query_start_loc {qsl} does not match {n} sequences and num_tokens={md.num_tokens}")
-    prefills = iter(md.prefills)
-    dec_tables = md.decode_block_tables.cpu().numpy()
-    tables, qlens = [], []
-    d = 0
-    for i in range(n):
-        qlen, slen = qsl[i + 1] - qsl[i], md.seq_lens[i]
-        if qlen < 1 or slen < qlen:
-            raise ValueError(f"seq_lens[{i}]={slen} with query_len={qlen}: need 1 <= query_len <= seq_len")
-        nb = -(-slen // bs)
-        if qlen == 1:
-            if d >= dec_tables.shape[0] or int(md.decode_token_index[d]) != qsl[i]:
-                raise ValueError(f"decode_token_index does not list sequence {i} (token {qsl[i]})")
-            table = dec_tables[d, :nb]
-            d += 1
-        else:
-            s = next(prefills, None)
-            if s is None or (s.q_start, s.q_end, s.seq_len) != (qsl[i], qsl[i + 1], slen):
-                raise ValueError(f"prefills do not match sequence {i} (tokens {qsl[i]}:{qsl[i + 1]}, seq_len {slen})")
-            table = s.block_table.cpu().numpy()[:nb]
-        if table.shape[0] < nb:
-            raise ValueError(f"block_table of sequence {i} has {table.shape[0]} blocks; seq_len={slen} "
-                             f"needs {nb} blocks of {bs}")
-        tables.append(table.astype(np.int32))
-        qlens.append(qlen)
-    if d != dec_tables.shape[0] or next(prefills, None) is not None:
-        raise ValueError("decode_block_tables / prefills list more sequences than seq_lens")
-    block_indices = np.concatenate(tables) if tables else np.zeros(0, np.int32)
-    if block_indices.size and (block_indices.min() < 0 or block_indices.max() >= num_blocks):
-        bad = block_indices[(block_indices < 0) | (block_indices >= num_blocks)][0]
-        raise ValueError(f"block_table: block index {int(bad)} is out of range [0, {num_blocks})")
-    past = np.array([s - q for s, q in zip(md.seq_lens, qlens)], dtype=np.int32)
-    # The slots the fallbacks write must be the ones the tables imply (the op derives its own).
-    want = np.concatenate([t[np.arange(p, p + q) // bs].astype(np.int64) * bs + np.arange(p, p + q) % bs
-                           for t, p, q in zip(tables, past, qlens)]) if tables else np.zeros(0, np.int64)
-    if not np.array_equal(want, md.slot_mapping.cpu().numpy()):
-        raise ValueError("slot_mapping does not match the block tables and seq_lens")
-    return HostStep(
-        md=md,
-        query_lens=tuple(qlens),
-        block_tables=tuple(tables),
-        past_lens=past,
-        subsequence_begins=np.asarray(qsl, dtype=np.int32),
-        block_indices=block_indices.astype(np.int32),
-        block_indices_begins=np.cumsum([0] + [t.shape[0] for t in tables]).astype(np.int32),
-        max_context_len=np.array(max(md.seq_lens, default=0), dtype=np.int32),
-    )
+# In the order "auto" tries them.
+BACKENDS = {"ov_paged": PagedOVAttention, "ov_sdpa": SdpaOVAttention, "torch": TorchHostAttention}
 
 
 class HostAttention:
     """A chosen backend bound to its host tier. Build with HostAttention.create().
 
-    `tier` is a HostKVTier, or a plain KVCacheTier on the CPU whose blocks have the
-    backend's layout (the fallbacks' unquantised blocks of `spec.block_size`).
+    `tier` is any CPU KVCacheTier whose layout equals the backend's.
     """
 
-    def __init__(self, backend, tier: HostKVTier, reason: str = ""):
-        if not same_layout(backend.layout, tier.layout):
+    def __init__(self, backend, tier: KVCacheTier, reason: str = ""):
+        if tier.layout != backend.layout:
             raise ValueError(f"host tier layout {tier.layout} differs from the {backend.name} backend's "
                              f"{backend.layout}")
         self.backend = backend
         self.tier = tier
-        self.layout: HostKVLayout = backend.layout
+        self.layout: KVLayout = backend.layout
         self.reason = reason
         self.spec: HostAttentionSpec = backend.spec
         backend.bind(tier)
@@ -146,17 +58,23 @@ class HostAttention:
 
     @classmethod
     def create(cls, spec: HostAttentionSpec, *, num_blocks: int | None = None, num_bytes: int | None = None,
-               path: str | None = None) -> "HostAttention":
-        """Picks a backend, allocates the host tier in its layout (num_blocks, or as many as num_bytes holds)."""
-        backend, reason = select_backend(spec, path)
-        if num_blocks is None:
-            if num_bytes is None:
-                raise ValueError("HostAttention.create needs num_blocks or num_bytes")
+               pin_memory: bool = False) -> "HostAttention":
+        """Picks a backend, allocates the host tier in its layout (num_blocks, or as many as num_bytes holds).
+
+        pin_memory: page-locked, so copies to and from a GPU run at full speed.
+        """
+        if (num_blocks is None) == (num_bytes is None):
+            raise ValueError("HostAttention.create needs exactly one of num_blocks, num_bytes")
+        if num_bytes is not None:
+            check_host_kv_bytes(num_bytes)      # before compiling anything: more than free memory fails at once
+        backend, reason = select_backend(spec)
+        if num_bytes is not None:
             num_blocks = backend.layout.num_blocks_for(num_bytes)
             if num_blocks < 1:
-                raise ValueError(f"host_kv_bytes={num_bytes} holds no KV block: one block takes "
+                raise ValueError(f"host_kv_bytes ({num_bytes}) holds no KV block: one block takes "
                                  f"{backend.layout.bytes_per_block} bytes")
-        return cls(backend, HostKVTier(backend.layout, num_blocks), reason)
+        tier = KVCacheTier(Tier.HOST, backend.layout, num_blocks, "cpu", pin_memory=pin_memory)
+        return cls(backend, tier, reason)
 
     @property
     def name(self) -> str:
@@ -190,19 +108,16 @@ class HostAttention:
         return self.backend.forward(layer, q, k, v, step)
 
 
-def select_backend(spec: HostAttentionSpec, path: str | None = None):
-    """Returns (backend, reason). A forced path raises if it cannot run; "auto" falls through with a warning."""
-    source = "path=" if path else HOST_ATTENTION_ENV
-    path = path or os.environ.get(HOST_ATTENTION_ENV) or "auto"
-    if path not in PATHS + ("auto",):
-        raise ValueError(f"{source}: {path!r} is not one of auto, {', '.join(PATHS)}")
-    if path != "auto":
-        backend = _build(path, spec)
-        reason = f"forced by {source}"
-        log.info("host attention: %s (%s)", path, reason)
+def select_backend(spec: HostAttentionSpec):
+    """Returns (backend, reason). A forced spec.path raises if it cannot run; "auto" falls through with
+    a warning."""
+    if spec.path != "auto":
+        backend = _build(spec.path, spec)
+        reason = f"forced by host_attention={spec.path}"
+        log.info("host attention: %s (%s)", spec.path, reason)
         return backend, reason
     skipped = []
-    for name in PATHS:
+    for name in BACKENDS:
         try:
             backend = _build(name, spec)
         except Exception as e:  # noqa: BLE001 - any failure here means "try the next path"
@@ -217,13 +132,7 @@ def select_backend(spec: HostAttentionSpec, path: str | None = None):
 
 
 def _build(name: str, spec: HostAttentionSpec):
-    if name == "ov_paged":
-        from .host_ov_paged import PagedOVAttention as cls
-    elif name == "ov_sdpa":
-        from .host_ov_sdpa import SdpaOVAttention as cls
-    else:
-        from .host_torch import TorchHostAttention as cls
-    backend = cls(spec)
+    backend = BACKENDS[name](spec)
     self_check(backend)
     return backend
 
@@ -237,10 +146,9 @@ def self_check(backend) -> None:
 
     Catches a private op that compiles but computes something else in this openvino version.
     """
-    from .metadata import build_metadata
     s, lay = backend.spec, backend.layout
     bs = lay.block_size
-    backend.bind(HostKVTier(lay, 4))
+    backend.bind(KVCacheTier(Tier.HOST, lay, 4, "cpu"))
     gen = torch.Generator().manual_seed(0)
 
     def rand(*shape):
@@ -283,10 +191,3 @@ def _reference(q, keys, vals, qlens, window):
         outs.append(o.transpose(0, 1).reshape(n, -1))
         start += n
     return torch.cat(outs).float()
-
-
-def plain_layout(spec: HostAttentionSpec, path: str) -> HostKVLayout:
-    """The unquantised layout the fallbacks use; they cannot read the op's u8 blocks."""
-    if spec.kv_precision == "u8":
-        raise ValueError(f"kv_cache_dtype 'u8' needs the ov_paged host attention; {path} has no u8 kernel")
-    return HostKVLayout.make(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.block_size, spec.kv_precision)

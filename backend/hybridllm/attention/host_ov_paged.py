@@ -19,9 +19,11 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from ..kv.host_tier import HostKVLayout, HostKVTier, numpy_views, precision_of, same_layout
-from ..runtime.ov_common import core as ov_core, param as _param, stable_names
-from .host import HostAttentionSpec, HostStep
+from ..dtypes import torch_dtype
+from ..kv import KVCacheTier, KVLayout
+from ..ov_common import compile_config as ov_compile_config, core as ov_core, param as _param, stable_names
+from .ov_cache import OV_TYPES, cache_tensors
+from .spec import HostAttentionSpec, HostStep
 
 # The 28 inputs of the op in openvino 2026.4, in order. Those we do not use get empty constants.
 _INPUTS = ("query", "key", "value", "key_cache", "value_cache", "past_lens", "subsequence_begins",
@@ -31,7 +33,7 @@ _INPUTS = ("query", "key", "value", "key_cache", "value_cache", "past_lens", "su
            "adaptive_rkv_start_size", "adaptive_rkv_evictable_sizes", "adaptive_rkv_diversity_block_set_indices",
            "adaptive_rkv_diversity_block_set_indices_begins", "token_type_ids", "qq_bias", "qq_bias_begins")
 _STEP_INPUTS = ("past_lens", "subsequence_begins", "block_indices", "block_indices_begins", "max_context_len")
-_OV_TYPES = {ov.Type.f32: "f32", ov.Type.f16: "f16", ov.Type.bf16: "bf16", ov.Type.u8: "u8"}
+_PRECISION_OF = {t: name for name, t in OV_TYPES.items()}
 
 
 def step_params() -> dict:
@@ -95,44 +97,29 @@ def build_model(spec: HostAttentionSpec) -> ov.Model:
     return stable_names(ov.Model([out], qkv + list(params.values()), "hybridllm_paged_attention"), "pa")
 
 
-def cache_layout(compiled: ov.CompiledModel, spec: HostAttentionSpec, suffix: str = "") -> HostKVLayout:
+def cache_layout(compiled: ov.CompiledModel, spec: HostAttentionSpec, suffix: str = "") -> KVLayout:
     """The host tier layout a compiled graph's key_cache / value_cache ports (+ suffix) ask for."""
     kp, vp = compiled.input("key_cache" + suffix), compiled.input("value_cache" + suffix)
-    precision = _OV_TYPES.get(kp.get_element_type())
+    precision = _PRECISION_OF.get(kp.get_element_type())
     if precision is None or vp.get_element_type() != kp.get_element_type():
         raise RuntimeError(f"unexpected cache types {kp.get_element_type()} / {vp.get_element_type()}")
     if precision != spec.kv_precision:
         raise RuntimeError(f"KV_CACHE_PRECISION {spec.kv_precision} was compiled as {precision}")
-    kshape = [kp.get_partial_shape()[i].get_length() for i in range(1, 4)]
-    vshape = [vp.get_partial_shape()[i].get_length() for i in range(1, 4)]
+    kshape = tuple(kp.get_partial_shape()[i].get_length() for i in range(1, 4))
+    vshape = tuple(vp.get_partial_shape()[i].get_length() for i in range(1, 4))
     block_size = vshape[1]          # value rows are tokens in every precision
-    return HostKVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, block_size, precision,
-                        tuple(kshape), tuple(vshape))
-
-
-def cache_tensors(tier: HostKVTier, layer: int, keep: list) -> tuple[ov.Tensor, ov.Tensor]:
-    """ov.Tensors over the tier's K/V of one layer (zero copy). `keep` holds what keeps the memory alive:
-    ov.Tensor(shared) does not."""
-    kn, vn = numpy_views(tier, layer)
-    etype = {"f32": ov.Type.f32, "f16": ov.Type.f16, "bf16": ov.Type.bf16, "u8": ov.Type.u8}[precision_of(tier.layout)]
-    keep.append((tier, kn, vn))
-    return ov.Tensor(kn, list(kn.shape), etype), ov.Tensor(vn, list(vn.shape), etype)
+    layout = KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, block_size, torch_dtype(precision))
+    if (kshape, vshape) != (layout.key_block_shape, layout.value_block_shape):
+        # A plugin that changed its cache format: the tier would be read wrongly, so refuse.
+        raise RuntimeError(f"{precision} blocks of {block_size} tokens should be key {layout.key_block_shape} / "
+                           f"value {layout.value_block_shape}, the op reports {kshape} / {vshape}")
+    return layout
 
 
 def compile_config(spec: HostAttentionSpec) -> dict:
-    cfg = {
-        "KV_CACHE_PRECISION": spec.kv_precision,
-        # bf16 caches need a bf16 kernel; everything else runs exact f32 (the CPU default is bf16
-        # wherever the CPU has bf16 instructions).
-        "INFERENCE_PRECISION_HINT": "bf16" if spec.kv_precision == "bf16" else "f32",
-        # THROUGHPUT would split 2 cores into 2 streams and slow down each call.
-        "PERFORMANCE_HINT": "LATENCY",
-    }
-    if spec.cache_dir:
-        cfg["CACHE_DIR"] = spec.cache_dir
-    if spec.num_threads:
-        cfg["INFERENCE_NUM_THREADS"] = spec.num_threads
-    return cfg
+    # bf16 caches need a bf16 kernel; everything else runs exact f32.
+    return ov_compile_config("bf16" if spec.kv_precision == "bf16" else "f32", spec.cache_dir, spec.num_threads,
+                             KV_CACHE_PRECISION=spec.kv_precision)
 
 
 class PagedOVAttention:
@@ -149,9 +136,9 @@ class PagedOVAttention:
         self._keep: list = []           # numpy views behind the ov.Tensors: they do not keep memory alive
         self._step: HostStep | None = None
 
-    def bind(self, tier: HostKVTier) -> None:
+    def bind(self, tier: KVCacheTier) -> None:
         """Wraps every layer's cache tensors once; forward() only switches between them."""
-        if not same_layout(self.layout, tier.layout):
+        if tier.layout != self.layout:
             raise ValueError(f"host tier layout {tier.layout} differs from the compiled op's {self.layout}")
         self._keep = []
         self._caches = [cache_tensors(tier, layer, self._keep) for layer in range(self.layout.num_layers)]

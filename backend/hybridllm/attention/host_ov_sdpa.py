@@ -20,12 +20,12 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from ..kv.host_tier import HostKVTier, numpy_views, same_layout
-from .host import HostAttentionSpec, HostStep, plain_layout
-from ..runtime.ov_common import core as ov_core, param as _param, stable_names
+from ..kv import KVCacheTier
+from ..ov_common import compile_config, core as ov_core, param as _param, stable_names
+from .ov_cache import OV_TYPES, cache_tensors
+from .spec import HostAttentionSpec, HostStep, plain_layout
 
 CHUNK_BYTES = 64 << 20
-_OV = {torch.float32: ov.Type.f32, torch.float16: ov.Type.f16, torch.bfloat16: ov.Type.bf16}
 
 
 def build_model(spec: HostAttentionSpec, cache_type: ov.Type) -> ov.Model:
@@ -74,32 +74,23 @@ class SdpaOVAttention:
     def __init__(self, spec: HostAttentionSpec, core: ov.Core | None = None):
         self.spec = spec
         self.layout = plain_layout(spec, self.name)
-        self._ov_type = _OV[self.layout.dtype]
-        cfg = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-               # Snippets tokenises this pattern into a slower kernel than the plain matmuls here.
-               "SNIPPETS_MODE": "DISABLE"}
-        if spec.cache_dir:
-            cfg["CACHE_DIR"] = spec.cache_dir
-        if spec.num_threads:
-            cfg["INFERENCE_NUM_THREADS"] = spec.num_threads
-        self.compiled = (core or ov_core()).compile_model(build_model(spec, self._ov_type), "CPU", cfg)
+        # Snippets tokenizes this pattern into a slower kernel than the plain matmuls here.
+        cfg = compile_config("f32", spec.cache_dir, spec.num_threads, SNIPPETS_MODE="DISABLE")
+        model = build_model(spec, OV_TYPES[self.layout.precision])
+        self.compiled = (core or ov_core()).compile_model(model, "CPU", cfg)
         self.request = self.compiled.create_infer_request()
-        self._tier: HostKVTier | None = None
+        self._tier: KVCacheTier | None = None
         self._caches: list[tuple[ov.Tensor, ov.Tensor]] = []
         self._keep: list = []
         self._plan_for: HostStep | None = None
         self._plan: list = []
 
-    def bind(self, tier: HostKVTier) -> None:
-        if not same_layout(self.layout, tier.layout):
+    def bind(self, tier: KVCacheTier) -> None:
+        if tier.layout != self.layout:
             raise ValueError(f"host tier layout {tier.layout} differs from the ov_sdpa path's {self.layout}")
         self._tier = tier
-        self._keep, self._caches = [], []
-        for layer in range(self.layout.num_layers):
-            kn, vn = numpy_views(tier, layer)
-            self._keep.append((kn, vn))
-            self._caches.append((ov.Tensor(kn, list(kn.shape), self._ov_type),
-                                 ov.Tensor(vn, list(vn.shape), self._ov_type)))
+        self._keep = []
+        self._caches = [cache_tensors(tier, layer, self._keep) for layer in range(self.layout.num_layers)]
         self._plan_for = None
 
     def _make_plan(self, step: HostStep) -> list:

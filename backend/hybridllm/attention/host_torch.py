@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..kv.host_tier import HostKVTier, same_layout
+from ..kv import KVCacheTier
 from .device import DeviceAttention
-from .host import HostAttentionSpec, HostStep, plain_layout
+from .spec import HostAttentionSpec, HostStep, plain_layout
 
 
 class TorchHostAttention:
@@ -20,8 +20,8 @@ class TorchHostAttention:
         self.layout = plain_layout(spec, self.name)
         self._impl: DeviceAttention | None = None
 
-    def bind(self, tier: HostKVTier) -> None:
-        if not same_layout(self.layout, tier.layout):
+    def bind(self, tier: KVCacheTier) -> None:
+        if tier.layout != self.layout:
             raise ValueError(f"host tier layout {tier.layout} differs from the torch path's {self.layout}")
         s = self.spec
         self._impl = DeviceAttention(tier.key_cache, tier.value_cache, s.num_heads, s.num_kv_heads,

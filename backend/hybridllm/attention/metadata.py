@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils import ceil_div
+
 
 @dataclass(frozen=True)
 class SeqSlice:
@@ -60,13 +62,13 @@ def build_metadata(query_lens: list[int], seq_lens: list[int], block_tables: lis
             dec_tables.append(table)
             dec_lens.append(slen)
         else:
-            bt = torch.tensor(table[: -(-slen // block_size)], dtype=torch.int64, device=device)
+            bt = torch.tensor(table[:ceil_div(slen, block_size)], dtype=torch.int64, device=device)
             prefills.append(SeqSlice(q0, q0 + qlen, slen, bt))
     slot_mapping = torch.tensor(slots, dtype=torch.int64, device=device)
-    max_blocks = max((-(-n // block_size) for n in dec_lens), default=0)
+    max_blocks = max((ceil_div(n, block_size) for n in dec_lens), default=0)
     tables = torch.zeros((len(dec_tables), max_blocks), dtype=torch.int64)
     for r, (t, n) in enumerate(zip(dec_tables, dec_lens)):
-        nb = -(-n // block_size)
+        nb = ceil_div(n, block_size)
         tables[r, :nb] = torch.tensor(t[:nb])
     key_pos = torch.arange(max_blocks * block_size)                  # [max_ctx]
     lens = torch.tensor(dec_lens, dtype=torch.int64)[:, None]        # [num_decodes, 1]

@@ -1,7 +1,5 @@
-"""Engine: requests, continuous-batching scheduler, sampling and detokenization."""
+"""Engine: the step loop (LLMEngine) over the scheduler and the runtime, sampling and detokenization."""
 from .engine import LLMEngine
 from .outputs import EngineStats, RequestOutput, StreamDelta
-from .request import Request, RequestStatus
-from .scheduler import Scheduler, SchedulerOutput
 
-__all__ = ["LLMEngine", "EngineStats", "RequestOutput", "StreamDelta", "Request", "RequestStatus", "Scheduler", "SchedulerOutput"]
+__all__ = ["LLMEngine", "EngineStats", "RequestOutput", "StreamDelta"]

@@ -1,4 +1,9 @@
-"""LLMEngine: add / abort / step. Never imports Triton."""
+"""LLMEngine: add / abort / step. Never imports Triton.
+
+One path for every policy: the scheduler (plain or NEO's, as the policy table says) returns the
+step's StepInputs; each goes to the executor of its phase (prefill chunks to the prefill policy's,
+decodes to the decode policy's; NEO's runner takes both); every executor returns a StepResult.
+"""
 from __future__ import annotations
 
 import json
@@ -12,37 +17,39 @@ from tokenizers import Tokenizer
 from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..models.default import resolve_model
-from ..runtime.factory import build_runtime
+from ..policy.registry import POLICIES
+from ..profiling.store import load_profile
+from ..runtime import StepResult, Tracer, build_runtime
 from ..sampling_params import SamplingParams
+from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, StepInput
 from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
-from .request import Request, RequestStatus
 from .sampler import sample
-from .neo_scheduler import NeoScheduler
-from .scheduler import Scheduler
 from .stop import find_stop, held_back
 
 log = logging.getLogger("hybridllm")
 
+
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, tracer: Tracer | None = None):
         self.config = config
+        self.tracer = tracer
         self.model_path = resolve_model(config.model)
         self.model_config = mc = ModelConfig.from_folder(self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
-        self.runtime = build_runtime(config, self.model_path, mc)
-        self.model = self.runtime.model
-        self.device = self.runtime.device
-        self.kv = self.runtime.kv
-        rt = self.runtime
-        if rt.neo:
+        profile = load_profile(config.hardware_profile) if config.hardware_profile is not None else None
+        self.runtime = rt = build_runtime(config, self.model_path, mc, profile, tracer)
+        self.model = rt.model
+        self.device = rt.device
+        self.kv = rt.kv
+        if POLICIES[rt.prefill_policy].scheduler == "neo":
             self.scheduler = NeoScheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, rt.neo_costs)
             # A request may live on either tier, so it must fit the larger one.
             fits = max(self.kv.capacity_tokens(t) for t in self.kv.tiers)
         else:
             self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
-                                       rt.tier, rt.decode_tier)
-            fits = min(self.kv.capacity_tokens(rt.tier), self.kv.capacity_tokens(rt.decode_tier))
+                                       rt.tier_of(rt.prefill_policy), rt.tier_of(rt.decode_policy))
+            fits = min(self.kv.capacity_tokens(rt.tier_of(p)) for p in (rt.prefill_policy, rt.decode_policy))
         # A lone request must always fit in the pool, or it could never be rescheduled.
         self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf, fits)
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
@@ -113,23 +120,42 @@ class LLMEngine:
     # -- the loop --------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Runs one batch; returns an output for every request that got a token."""
+        """Runs one batch; returns an output for every request that got a token or ended."""
         plan = self.scheduler.schedule()
         self._num_preemptions += len(plan.preempted)
+        if plan.note:
+            log.debug("step %d: %s", self._num_steps, plan.note)
+            if self.tracer is not None:
+                self.tracer.instant("scheduler", plan.note, step=self._num_steps)
         if plan.empty:
             return []
         for c in plan.copies:   # requests changing tier: their K/V must arrive before the step reads it
             self.kv.copy_blocks(c.src_tier, list(c.src_blocks), c.dst_tier, list(c.dst_blocks))
-        sampled, logits, failed = self._execute(list(plan.scheduled))  # logits: [num sampled, vocab]
+        result = self._execute(plan.scheduled)
         self._num_steps += 1
-        reqs = [self.scheduler.requests[s.request_id] for s in sampled]
-        tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
+        requests = self.scheduler.requests
         for s in plan.scheduled:
-            if s.request_id not in failed:
-                self.scheduler.requests[s.request_id].num_computed_tokens += len(s.token_ids)
-        outs = [self._fail(self.scheduler.requests[rid], err) for rid, err in failed.items()]
+            if s.request_id not in result.failed:
+                requests[s.request_id].num_computed_tokens += len(s.token_ids)
         # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
-        return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens) if req.request_id not in failed]
+        reqs = [requests[rid] for rid in result.sampled]
+        outs = [self._fail(requests[rid], err) for rid, err in result.failed.items()]
+        tokens = sample(result.logits, [r.params for r in reqs], [r.generator for r in reqs])
+        return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens) if req.request_id not in result.failed]
+
+    def _execute(self, seqs: tuple[StepInput, ...]) -> StepResult:
+        """Each sequence goes to the executor of its phase; one StepResult for the step."""
+        rt = self.runtime
+        groups: dict[str, list[StepInput]] = {}
+        for s in seqs:
+            groups.setdefault(rt.decode_policy if s.is_decode else rt.prefill_policy, []).append(s)
+        results = []
+        for policy, group in groups.items():
+            r = rt.executors[policy].execute(group)
+            label = r.policy or policy
+            self._steps_by_policy[label] = self._steps_by_policy.get(label, 0) + 1
+            results.append(r)
+        return results[0] if len(results) == 1 else StepResult.merge(results)
 
     def _fail(self, req: Request, error: str) -> RequestOutput:
         """Ends one request with an error (its blocks freed); the others carry on."""
@@ -137,29 +163,6 @@ class LLMEngine:
         req.error = error
         self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
         return self._output(req)
-
-    def _execute(self, seqs):
-        """Runs each sequence with the executor of the tier its KV is on; returns (sampled seqs, logits)."""
-        rt = self.runtime
-        if rt.neo:
-            runner = rt.executors["partition"]
-            logits = runner.execute(seqs)
-            by_id = {s.request_id: s for s in seqs}
-            pol = "partition" if any(s.attn == "host" for s in seqs) else "gpu_only"
-            self._steps_by_policy[pol] = self._steps_by_policy.get(pol, 0) + 1
-            return [by_id[r] for r in runner.order], logits, dict(runner.last_failed)
-        groups = {rt.prefill_policy: seqs}
-        if rt.decode_policy != rt.prefill_policy:
-            on_decode = [s for s in seqs if self.kv.tier_of(s.request_id) == rt.decode_tier]
-            groups = {rt.prefill_policy: [s for s in seqs if s not in on_decode], rt.decode_policy: on_decode}
-        sampled, logits = [], []
-        for policy, group in groups.items():
-            if not group:
-                continue
-            logits.append(rt.executors[policy].execute(group))
-            sampled += [s for s in group if s.sample]
-            self._steps_by_policy[policy] = self._steps_by_policy.get(policy, 0) + 1
-        return sampled, (torch.cat(logits) if logits else None), {}
 
     def _append(self, req: Request, token: int) -> RequestOutput:
         req.output_token_ids.append(token)
@@ -184,14 +187,18 @@ class LLMEngine:
 
     def _output(self, req: Request) -> RequestOutput:
         end = len(req.text)
-        if not req.status.finished and req.params.stop:
+        done = req.status.finished
+        if not done and req.params.stop:
             end -= held_back(req.text, req.params.stop)
         delta = req.text[req.num_sent_chars:end]
         req.num_sent_chars = max(req.num_sent_chars, end)
         new_ids = tuple(req.output_token_ids[req.num_sent_tokens:])
         req.num_sent_tokens = len(req.output_token_ids)
-        return RequestOutput(req.request_id, req.prompt, tuple(req.prompt_token_ids), req.text,
-                             tuple(req.output_token_ids), delta, new_ids, req.finish_reason, req.error)
+        if not done:
+            return RequestOutput(req.request_id, delta, new_ids, req.num_prompt_tokens, len(req.output_token_ids),
+                                 None)
+        return RequestOutput(req.request_id, delta, new_ids, req.num_prompt_tokens, len(req.output_token_ids),
+                             req.finish_reason, req.error, req.prompt, req.text, tuple(req.output_token_ids))
 
     def _take_seed(self) -> int:
         self._next_seed += 1

@@ -6,15 +6,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RequestOutput:
+    """One request's news from one step: the delta, and counts.
+
+    The whole generation (text, token_ids) is attached once, to the final output, so a stream of
+    L tokens costs O(L) in all rather than a fresh copy of everything so far at every step.
+    """
     request_id: str
-    prompt: str | None
-    prompt_token_ids: tuple[int, ...]
-    text: str                       # all output text so far
-    token_ids: tuple[int, ...]      # all output tokens so far
     delta_text: str                 # text new since the last output of this request
     delta_token_ids: tuple[int, ...]
+    num_prompt_tokens: int
+    num_output_tokens: int          # output tokens so far
     finish_reason: str | None       # None while running; "stop" | "length" | "abort" | "error"
     error: str | None = None        # why, when finish_reason == "error"
+    prompt: str | None = None       # final output only, as given
+    text: str | None = None         # final output only: all output text (stop strings cut off)
+    token_ids: tuple[int, ...] | None = None    # final output only: all output tokens
 
     @property
     def finished(self) -> bool:

@@ -8,14 +8,17 @@ from ..sampling_params import SamplingParams
 
 def sample(logits: torch.Tensor, params: list[SamplingParams],
            generators: list[torch.Generator | None]) -> list[int]:
-    """logits: [S, vocab] float32 -> one token id per row."""
-    out = logits.argmax(dim=-1).tolist()
+    """logits: [S, vocab] float32 (any device) -> one token id per row, with one transfer to the host."""
+    if not any(not p.greedy for p in params):
+        return logits.argmax(dim=-1).tolist()
+    rows = logits.float().cpu()                                     # [S, vocab] on the host, once
+    out = rows.argmax(dim=-1).tolist()
     for i, p in enumerate(params):
         if p.greedy:
             continue
         # Per-row draws with the row's own generator keep seeded output
         # independent of what else shares the batch.
-        probs = _probs(logits[i].cpu(), p)                          # [vocab]
+        probs = _probs(rows[i], p)                                  # [vocab]
         out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
     return out
 

@@ -30,9 +30,6 @@ class BlockPool:
     def num_used(self) -> int:
         return len(self._owner)
 
-    def can_allocate(self, n: int) -> bool:
-        return n <= len(self._free)
-
     def allocate(self, n: int, owner: Hashable) -> list[int] | None:
         """n blocks for owner, or None (nothing taken) when the pool is short."""
         if n < 0:
@@ -56,9 +53,6 @@ class BlockPool:
             del self._owner[b]
             # Most recently freed blocks are reused last, which keeps reuse bugs visible.
             self._free.append(b)
-
-    def owned_by(self, owner: Hashable) -> list[int]:
-        return [b for b, o in self._owner.items() if o == owner]
 
     def check(self) -> None:
         """Raise if the free list and owner map disagree."""

@@ -1,4 +1,4 @@
-"""KVCacheTier: the storage behind one BlockPool."""
+"""KVCacheTier: the storage behind one BlockPool, on the device or the host."""
 from __future__ import annotations
 
 import torch
@@ -10,22 +10,28 @@ from .layout import KVLayout, Tier
 class KVCacheTier:
     """Preallocated K and V tensors for all layers, plus the pool that hands out their blocks.
 
-    key_cache[layer] and value_cache[layer] are contiguous views of shape
-    [num_blocks, num_kv_heads, block_size, head_dim].
+    key_cache[layer] is [num_blocks, *layout.key_block_shape] and value_cache[layer]
+    [num_blocks, *layout.value_block_shape], each contiguous (see kv/layout.py). A host tier
+    is bound to its attention backend, which reads and writes these very tensors.
     """
 
-    def __init__(self, tier: Tier, layout: KVLayout, num_blocks: int, device: torch.device,
+    def __init__(self, tier: Tier, layout: KVLayout, num_blocks: int, device: torch.device | str,
                  pin_memory: bool = False):
+        if num_blocks < 1:
+            raise ValueError(f"{tier.value} KV tier: num_blocks must be >= 1, got {num_blocks} "
+                             f"(one block takes {layout.bytes_per_block} bytes)")
         self.tier = tier
         self.layout = layout
         self.device = torch.device(device)
         self.num_blocks = num_blocks
-        shape = (layout.num_layers, num_blocks, layout.num_kv_heads, layout.block_size, layout.head_dim)
-        # zeros, not empty: masked-out slots still enter the matmul, and 0 * NaN garbage is NaN.
-        self._k = torch.zeros(shape, dtype=layout.dtype, device=self.device, pin_memory=pin_memory)
-        self._v = torch.zeros(shape, dtype=layout.dtype, device=self.device, pin_memory=pin_memory)
-        self.key_cache = list(self._k.unbind(0))    # per layer: [num_blocks, kv_heads, block_size, head_dim]
-        self.value_cache = list(self._v.unbind(0))
+        L = layout.num_layers
+        # zeros, not empty: masked-out slots still enter the matmuls, and 0 * NaN garbage is NaN.
+        self._k = torch.zeros((L, num_blocks, *layout.key_block_shape), dtype=layout.dtype, device=self.device,
+                              pin_memory=pin_memory)
+        self._v = torch.zeros((L, num_blocks, *layout.value_block_shape), dtype=layout.dtype, device=self.device,
+                              pin_memory=pin_memory)
+        self.key_cache = list(self._k.unbind(0))    # per layer: [num_blocks, *key_block_shape]
+        self.value_cache = list(self._v.unbind(0))  # per layer: [num_blocks, *value_block_shape]
         self.pool = BlockPool(num_blocks, name=tier.value)
 
     @property

@@ -5,6 +5,7 @@ from typing import Hashable
 
 import torch
 
+from ..utils import ceil_div
 from .block_pool import KVLeakError
 from .cache import KVCacheTier
 from .layout import Tier
@@ -61,7 +62,7 @@ class KVCacheManager:
         for a request that has none yet)."""
         tier = self._tier_of.get(request_id, tier if tier is not None else Tier.DEVICE)
         have = len(self._tables.get(request_id, ()))
-        return max(0, -(-num_tokens // self.block_size_of(tier)) - have)
+        return max(0, ceil_div(num_tokens, self.block_size_of(tier)) - have)
 
     def allocate_slots(self, request_id: Hashable, num_tokens: int, tier: Tier = Tier.DEVICE) -> bool:
         """Grow request_id's table to hold num_tokens tokens. False, with nothing taken, if short."""
@@ -98,7 +99,7 @@ class KVCacheManager:
         src = self._tables[request_id]
         # Room for every slot src has (copy_blocks copies them all) and for num_tokens.
         held = len(src) * self.block_size_of(src_tier)
-        need = -(-max(held, num_tokens) // self.block_size_of(to))
+        need = ceil_div(max(held, num_tokens), self.block_size_of(to))
         dst = self.tiers[to].pool.allocate(need, request_id)
         if dst is None:
             return None
@@ -115,7 +116,7 @@ class KVCacheManager:
         """
         a, b = self.tiers[src_tier], self.tiers[dst_tier]
         for t in (a, b):
-            if getattr(t.layout, "quantized", False):
+            if t.layout.quantized:
                 raise ValueError(f"copy_blocks: the {t.tier.value} tier is u8-quantised; only plain tiers copy")
         sbs, dbs = a.layout.block_size, b.layout.block_size
         if sbs == dbs:

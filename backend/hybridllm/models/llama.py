@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from ..dtypes import MODEL_DTYPES, torch_dtype
 from .config import ModelConfig
 from .rope import RotaryEmbedding
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -49,8 +49,13 @@ class LlamaModel:
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.embed_tokens)          # [T, hidden]
 
-    def attn_inputs(self, i: int, h: torch.Tensor, positions: torch.Tensor, w: LayerWeights | None = None):
-        """h: [T, hidden] -> q [T, H, D], k [T, KVH, D], v [T, KVH, D] (RoPE applied).
+    def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's RoPE cos/sin [T, 1, D], built once per step for every layer's attn_inputs."""
+        return self.rope.tables(positions)
+
+    def attn_inputs(self, i: int, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                    w: LayerWeights | None = None):
+        """h: [T, hidden], rope: rope_tables(positions) -> q [T, H, D], k [T, KVH, D], v [T, KVH, D].
 
         w overrides layer i's weights (e.g. a staging copy streamed in by gpu_offload)."""
         w = w or self.layers[i]
@@ -61,7 +66,7 @@ class LlamaModel:
         q = q.view(-1, cfg.num_attention_heads, cfg.head_dim)
         k = k.view(-1, cfg.num_key_value_heads, cfg.head_dim)
         v = v.view(-1, cfg.num_key_value_heads, cfg.head_dim)
-        q, k = self.rope(q, k, positions)
+        q, k = self.rope.apply(q, k, rope)
         return q, k, v
 
     def attn_finish(self, i: int, h: torch.Tensor, attn_out: torch.Tensor,
@@ -86,9 +91,9 @@ class LlamaModel:
         """layer_device puts the decoder layers elsewhere (host memory for gpu_offload)."""
         folder = Path(folder)
         cfg = ModelConfig.from_folder(folder)
-        if dtype not in TORCH_DTYPES:
-            raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
-        tdtype = TORCH_DTYPES[dtype]
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+        tdtype = torch_dtype(dtype)
         device = torch.device(device)
         files = sorted(folder.glob("*.safetensors"))
         if not files:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .cost_model import CostModel, StepShape
 from .profile import HardwareProfile
 from .shapes import ModelShape
 
@@ -25,17 +26,6 @@ class HostCandidate:
 
 
 @dataclass(frozen=True)
-class DeviceWork:
-    """Sub-batch A: new tokens (prefill chunks + device decodes) and the KV the device decodes read."""
-    tokens: int
-    seqs: int
-    decode_seqs: int
-    decode_context: int    # total context of A's decodes
-    prefill_tokens: int
-    prefill_mean_context: float
-
-
-@dataclass(frozen=True)
 class HostBatchChoice:
     chosen: tuple[str, ...]
     pipelined_s: float     # predicted step time with B = chosen
@@ -44,11 +34,14 @@ class HostBatchChoice:
 
 
 class NeoCostTables:
-    """The handful of per-step predictions the decision needs, from the profile's tables."""
+    """The handful of per-step predictions the decision needs, composed from CostModel's blocks.
 
-    def __init__(self, m: ModelShape, hw: HardwareProfile, kv_dtype: str, kv_bytes: int):
-        self.m, self.hw, self.kv_dtype, self.kv_bytes = m, hw, kv_dtype, kv_bytes
-        self.kv_per_token_layer = 2 * m.num_kv_heads * m.head_dim * kv_bytes
+    Sub-batch A (prefill chunks, device decodes) is a StepShape; B is host decodes only.
+    """
+
+    def __init__(self, m: ModelShape, hw: HardwareProfile, kv_dtype: str):
+        self.m, self.hw, self.kv_dtype = m, hw, kv_dtype
+        self.cost = CostModel(hw)
         # Measured profiles time, on the real runner, what a pipelined step costs per layer beyond
         # these tables (hand-offs, event waits, B's launches); spec profiles have none.
         self.handoff_s = float(hw.extra.get("host_handoff_s", 0.0))
@@ -56,36 +49,24 @@ class NeoCostTables:
     def linear(self, tokens: int, seqs: int) -> float:
         if tokens == 0:
             return 0.0
-        m, t = self.m, self.hw.device_gemm
-        return m.num_layers * (sum(t(tokens, n * k) for n, k in m.gemms) + self.hw.layer_overhead_s) \
-            + t(max(seqs, 1), m.vocab * m.hidden) + self.hw.launch_overhead_s
+        return self.cost.linear("device", self.m, tokens, seqs) + self.cost.fixed(self.m)
 
-    def device_attention(self, a: DeviceWork) -> float:
-        m, hw = self.m, self.hw
-        t = 0.0
-        if a.decode_seqs:
-            t += hw.device_attention_decode(a.decode_seqs, a.decode_context * self.kv_per_token_layer)
-        if a.prefill_tokens:
-            t += hw.device_attention_prefill(a.prefill_tokens,
-                                             4 * (a.prefill_mean_context + 1) / 2 * m.num_heads * m.head_dim)
-        return m.num_layers * t
+    def device_attention(self, a: StepShape) -> float:
+        return self.cost.attention("device", self.m, a)
 
     def host_attention(self, seqs: int, context: int) -> float:
         if seqs == 0:
             return 0.0
-        m = self.m
-        table = self.hw.host_attention("decode", self.kv_dtype)
-        xfer = seqs * ((m.num_heads + 2 * m.num_kv_heads) * m.head_dim * m.act_bytes / self.hw.d2h_pinned
-                       + m.num_heads * m.head_dim * m.act_bytes / self.hw.h2d_pinned)
-        return m.num_layers * (table(seqs, context * self.kv_per_token_layer) + xfer)
+        b = StepShape(decode_seqs=seqs, decode_context=context, kv_dtype=self.kv_dtype)
+        return self.cost.attention("host", self.m, b) + self.cost.handoff(self.m, seqs)
 
-    def device(self, a: DeviceWork, b_seqs: int) -> float:
+    def device(self, a: StepShape, b_seqs: int) -> float:
         """The device's work in a step: A's linear layers and attention, and B's linear layers, which
         run as separate calls (B's activations come back from the host layer by layer), so a small B
         still reads every weight once more."""
         return self.linear(a.tokens, a.seqs) + self.device_attention(a) + self.linear(b_seqs, b_seqs)
 
-    def step(self, a: DeviceWork, b_seqs: int, b_context: int) -> float:
+    def step(self, a: StepShape, b_seqs: int, b_context: int) -> float:
         dev = self.device(a, b_seqs)
         host = self.host_attention(b_seqs, b_context)
         pipe = self.m.num_layers * self.handoff_s if b_seqs else 0.0
@@ -95,7 +76,12 @@ class NeoCostTables:
         return max(dev, host) + min(dev, host) / self.m.num_layers + pipe
 
 
-def choose_host_batch(a: DeviceWork, candidates: list[HostCandidate], costs: NeoCostTables,
+def decodes(seqs: int, context: int, kv_dtype: str = "f32") -> StepShape:
+    """A step of `seqs` device decodes reading `context` tokens of KV in all."""
+    return StepShape(decode_seqs=seqs, decode_context=context, kv_dtype=kv_dtype)
+
+
+def choose_host_batch(a: StepShape, candidates: list[HostCandidate], costs: NeoCostTables,
                       max_seqs: int) -> HostBatchChoice:
     room = max(0, max_seqs - a.seqs)
     if a.tokens == 0:

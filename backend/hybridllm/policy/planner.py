@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cost_model import POLICIES, CostModel, Estimate
+from .cost_model import CostModel, Estimate
 from .profile import HardwareProfile
+from .registry import PLANNABLE
 from .shapes import BatchShape, ModelShape
 
 
@@ -30,14 +31,17 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, model: ModelShape, profile: HardwareProfile, runnable: tuple[str, ...] = POLICIES,
-                 device_memory_bytes: int | None = None, pipelined_partition: bool = False):
+    def __init__(self, model: ModelShape, profile: HardwareProfile, runnable: tuple[str, ...] = PLANNABLE,
+                 device_memory_bytes: int | None = None):
         self.model = model
-        self.cost = CostModel(profile, pipelined_partition, device_memory_bytes)
-        self.runnable = tuple(p for p in POLICIES if p in runnable)
+        self.cost = CostModel(profile, device_memory_bytes)
+        bad = [p for p in runnable if p not in PLANNABLE]
+        if bad:
+            raise ValueError(f"runnable: {bad[0]!r} is not a plannable policy ({', '.join(PLANNABLE)})")
+        self.runnable = tuple(p for p in PLANNABLE if p in runnable)
 
     def estimates(self, batch: BatchShape) -> tuple[Estimate, ...]:
-        return tuple(self.cost.estimate(p, ph, self.model, batch) for ph in ("prefill", "decode") for p in POLICIES)
+        return tuple(self.cost.estimate(p, ph, self.model, batch) for ph in ("prefill", "decode") for p in PLANNABLE)
 
     def plan(self, batch: BatchShape) -> Plan:
         ests = self.estimates(batch)

@@ -8,10 +8,8 @@ Host attention tables are per KV dtype. Bandwidths are bytes/s.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .tables import Table2D
 
@@ -107,17 +105,3 @@ class HardwareProfile:
             kw[t] = {k: Table2D.from_dict(v, f"profile {name}: {t}.{k}") for k, v in d[t].items()}
         return cls(**kw, device_is_host=bool(d.get("device_is_host", False)), notes=d.get("notes", ""),
                    extra=d.get("extra", {}))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "HardwareProfile":
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"hardware profile {p} not found")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"hardware profile {p}: not valid JSON ({e})") from None
-        return cls.from_dict(data)

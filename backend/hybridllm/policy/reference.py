@@ -5,12 +5,11 @@ Each table is a roofline: max(FLOPs / (efficiency * peak), bytes / (efficiency *
 plus a per-call overhead. Spec numbers are the vendors' datasheet figures (dense,
 no sparsity); the efficiencies are the usual rules of thumb and are labelled as such.
 
-    python -m hybridllm.policy.reference    # rewrites policy/profiles/*.json
+    python -m hybridllm.profiling.store    # writes them as JSON to policy/profiles/, for reading
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from .profile import HardwareProfile
 from .tables import Table2D
@@ -107,24 +106,11 @@ def build(spec: Spec) -> HardwareProfile:
     )
 
 
-PROFILE_DIR = Path(__file__).parent / "profiles"
+_SPECS = {s.name: s for s in SPECS}
 
 
 def reference_profile(name: str) -> HardwareProfile:
-    """A shipped reference profile by name (see SPECS)."""
-    path = PROFILE_DIR / f"{name}.json"
-    if not path.is_file():
-        known = ", ".join(s.name for s in SPECS)
-        raise ValueError(f"hardware_profile: no reference profile {name!r}; known: {known}")
-    return HardwareProfile.load(path)
-
-
-def main() -> None:
-    PROFILE_DIR.mkdir(exist_ok=True)
-    for spec in SPECS:
-        build(spec).save(PROFILE_DIR / f"{spec.name}.json")
-        print(PROFILE_DIR / f"{spec.name}.json")
-
-
-if __name__ == "__main__":
-    main()
+    """A reference profile by name (see SPECS), built from its spec."""
+    if name not in _SPECS:
+        raise ValueError(f"hardware_profile: no reference profile {name!r}; known: {', '.join(_SPECS)}")
+    return build(_SPECS[name])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..dtypes import BYTES as DTYPE_BYTES
 from ..models.config import ModelConfig
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "f32": 4, "f16": 2, "bf16": 2, "u8": 1}
 
 
 @dataclass(frozen=True)

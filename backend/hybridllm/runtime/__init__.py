@@ -1,7 +1,7 @@
-"""Runtime: executes one scheduled step layer by layer on the chosen devices."""
-from .model_runner import ModelRunner, StepInput
+"""Runtime: the executors that run a scheduled step layer by layer on the chosen devices, and the
+factory that builds them (with the model and KV tiers they share) from the policy table."""
+from .executor import Executor, Parts, StepResult
+from .factory import Runtime, build_runtime
+from .trace import NullTracer, Tracer
 
-__all__ = ["ModelRunner", "StepInput"]
-from .memory import num_device_blocks  # noqa: E402
-
-__all__.append("num_device_blocks")
+__all__ = ["Executor", "Parts", "StepResult", "Runtime", "build_runtime", "NullTracer", "Tracer"]

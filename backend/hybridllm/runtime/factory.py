@@ -1,36 +1,40 @@
 """Builds the runtime for a policy: the model on its device, the KV tiers, and the executors.
 
-Decided once at start-up. Every executor has `execute(seqs: list[StepInput]) -> logits`.
-A runtime may hold two executors, one for prefill and one for decode (the
-planner's per-phase choice); the scheduler then moves each request's KV to the
-decode executor's tier once its prefill is done.
+Decided once at start-up. The policy table (policy/registry.py) says which tier each policy keeps
+its KV on and which builder makes its executor; the factory makes the parts they share (one model,
+one device tier, one host tier with its HostAttention) and asks each builder for its executor.
+A runtime may hold two executors, one for prefill and one for decode (the planner's per-phase
+choice); the scheduler then moves each request's KV to the decode executor's tier after prefill.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from ..attention import DeviceAttention
+from ..attention.host import HostAttention, HostAttentionSpec
 from ..config import EngineConfig
+from ..dtypes import kv_precision, torch_dtype
 from ..kv import KVCacheManager, KVCacheTier, KVLayout, Tier
-from ..kv.layout import KV_DTYPES
 from ..models.config import ModelConfig
+from ..models.default import cache_dir
 from ..models.llama import LlamaModel
+from ..policy import HardwareProfile, ModelShape
+from ..policy.neo import NeoCostTables
+from ..policy.registry import POLICIES
+from .auto import choose_policies
+from .executor import Executor, Parts
 from .memory import num_device_blocks
-from .model_runner import ModelRunner, StepInput
+from .trace import NullTracer, Tracer
 
 log = logging.getLogger("hybridllm")
 HOST = torch.device("cpu")
-KV_TIER = {"gpu_only": Tier.DEVICE, "gpu_offload": Tier.DEVICE, "partition": Tier.HOST, "cpu_only": Tier.HOST}
-
-
-class Executor(Protocol):
-    def execute(self, seqs: list[StepInput]) -> torch.Tensor: ...
+_TIERS = {"device": (Tier.DEVICE,), "host": (Tier.HOST,), "both": (Tier.DEVICE, Tier.HOST)}
 
 
 @dataclass
@@ -42,16 +46,11 @@ class Runtime:
     model: LlamaModel
     device: torch.device
     reason: str = ""                 # why these policies (logged at start-up)
-    neo: bool = False                # NEO online serving: both tiers, NeoScheduler, pipelined steps
-    neo_costs: object = None         # policy.neo.NeoCostTables when a hardware profile is given
+    neo_costs: NeoCostTables | None = None   # NEO's load-aware choice, when a hardware profile is given
 
-    @property
-    def tier(self) -> Tier:
-        return KV_TIER[self.prefill_policy]
-
-    @property
-    def decode_tier(self) -> Tier:
-        return KV_TIER[self.decode_policy]
+    def tier_of(self, policy: str) -> Tier:
+        """The tier a policy's requests keep their KV on (NEO's first tier is where prefills start)."""
+        return _TIERS[POLICIES[policy].kv_tier][0]
 
     @property
     def policy(self) -> str:
@@ -64,140 +63,78 @@ def compute_device(config: EngineConfig) -> torch.device:
     return torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def kv_layout(config: EngineConfig, mc: ModelConfig, model_dtype: torch.dtype) -> KVLayout:
-    if config.kv_cache_dtype == "u8":
-        raise ValueError("kv_cache_dtype 'u8' needs the OpenVINO host KV tier (policy cpu_only)")
-    dtype = model_dtype if config.kv_cache_dtype == "auto" else KV_DTYPES[config.kv_cache_dtype]
-    return KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, config.block_size, dtype)
-
-
-def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtime:
-    policy = config.policy
-    if policy == "cpu_only":
-        from .cpu_only import build_cpu_only
-        return build_cpu_only(config, model_path, mc)
-    if policy == "partition":
-        return build_neo(config, model_path, mc)
-    if policy == "auto":
-        from .auto import choose_policies
-        prefill, decode, reason = choose_policies(config, model_path, mc)
-        if prefill == decode == "cpu_only":
-            from .cpu_only import build_cpu_only
-            return build_cpu_only(config, model_path, mc, reason)
+def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profile: HardwareProfile | None = None,
+                  tracer: Tracer | None = None) -> Runtime:
+    """profile: the hardware profile config.hardware_profile names (loaded by the caller), or None."""
+    if config.policy == "auto":
+        prefill, decode, reason = choose_policies(config, model_path, mc, profile)
     else:
-        prefill = decode = policy
+        prefill = decode = config.policy
         reason = "forced by the policy option"
-    return build_policies(config, model_path, mc, prefill, decode, reason)
-
-
-def build_policies(config: EngineConfig, model_path: Path, mc: ModelConfig, prefill: str, decode: str,
-                   reason: str) -> Runtime:
-    device = compute_device(config)
-    wanted = {prefill, decode}
-    if "cpu_only" in wanted:
-        raise ValueError("cpu_only cannot share a runtime with another policy; force policy='cpu_only' instead")
-    layer_device = HOST if wanted == {"gpu_offload"} else None
-    model = LlamaModel.load(model_path, device, config.dtype, layer_device=layer_device)
-    layout = kv_layout(config, mc, model.dtype)
-    tiers: dict[Tier, KVCacheTier] = {}
-    if Tier.DEVICE in {KV_TIER[p] for p in wanted}:
-        on_device = model.resident_bytes if layer_device is not None else model.weight_bytes
-        if "gpu_offload" in wanted:
-            on_device += 2 * (model.weight_bytes - model.resident_bytes) // mc.num_hidden_layers  # staging slots
-        tiers[Tier.DEVICE] = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, on_device),
-                                         device)
-    host_attn = None
-    if Tier.HOST in {KV_TIER[p] for p in wanted}:
-        host_attn = host_attention(config, mc, layout, device)
-        tiers[Tier.HOST] = host_attn.tier
+    specs = [POLICIES[p] for p in dict.fromkeys((prefill, decode))]
+    if all(s.linear_on == "host" for s in specs):
+        if config.device not in (None, "cpu"):
+            log.info("policy %s runs on the host; device=%s is not used", prefill, config.device)
+        device = HOST
+    else:
+        device = compute_device(config)
+    tracer = tracer or NullTracer()
+    if isinstance(tracer, Tracer):
+        tracer.attach(device)
+    streamed = all(s.linear_on == "streamed" for s in specs)
+    model = LlamaModel.load(model_path, device, config.dtype, layer_device=HOST if streamed else None)
+    tiers = {t for s in specs for t in _TIERS[s.kv_tier]}
+    dev_tier = dev_attn = host_attn = None
+    if Tier.DEVICE in tiers:
+        dev_tier = _device_tier(config, mc, model, device, streamed or any(s.linear_on == "streamed" for s in specs))
+        dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
+                                   mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
+    if Tier.HOST in tiers:
+        host_attn = host_attention(config, mc, device)
         reason += f"; host attention {host_attn.name} ({host_attn.reason})"
-    kv = KVCacheManager(tiers)
-    executors: dict[str, Executor] = {}
-    for p in wanted:
-        executors[p] = _executor(p, model, tiers, mc, config.block_size, host_attn)
-    return Runtime(executors, prefill, decode, kv, model, device, reason)
-
-
-def check_host_kv_bytes(config: EngineConfig) -> None:
-    avail = mem_available()
-    if avail is not None and config.host_kv_bytes > avail:
-        raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) is larger than the free host memory ({avail})")
-
-
-def mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def build_neo(config: EngineConfig, model_path: Path, mc: ModelConfig) -> Runtime:
-    """policy="partition" for online serving: NEO's split KV, swapping and pipelined steps."""
-    from .neo_runner import NeoRunner
-    check_host_kv_bytes(config)
-    device = compute_device(config)
-    model = LlamaModel.load(model_path, device, config.dtype)
-    layout = kv_layout(config, mc, model.dtype)
-    dev = KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, model.weight_bytes), device)
-    host_attn = host_attention(config, mc, layout, device)
-    kv = KVCacheManager({Tier.DEVICE: dev, Tier.HOST: host_attn.tier})
-    runner = NeoRunner(model, _attention(dev, mc), host_attn, host_attn.tier, config.block_size,
-                       max_host_tokens=config.max_num_seqs,   # B holds host decodes: one token each
-                       max_prefill_tokens=config.max_num_batched_tokens)
+    kv = KVCacheManager({t: c for t, c in ((Tier.DEVICE, dev_tier), (Tier.HOST, host_attn and host_attn.tier))
+                         if c is not None})
+    parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer)
+    executors = {s.name: _builder(s.executor)(parts) for s in specs}
     costs = None
-    reason = "NEO: no hardware profile, so every host decode joins each step"
-    if config.hardware_profile is not None:
-        from ..policy import ModelShape
-        from ..policy.neo import NeoCostTables
-        from .auto import load_profile
-        prof = load_profile(config.hardware_profile)
-        kv_name = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[layout.dtype]
-        costs = NeoCostTables(ModelShape.from_config(mc, config.dtype), prof, kv_name,
-                              torch.empty((), dtype=layout.dtype).element_size())
-        reason = f"NEO: load-aware host sub-batches from profile {prof.name}"
-    reason += f"; host attention {host_attn.name} ({host_attn.reason})"
-    return Runtime({"partition": runner}, "partition", "partition", kv, model, device, reason,
-                   neo=True, neo_costs=costs)
+    if specs[0].scheduler == "neo":
+        costs = neo_costs(config, mc, profile)
+        reason += ("; load-aware host sub-batches from the profile" if costs else
+                   "; no hardware profile, so every host decode joins each step")
+    return Runtime(executors, prefill, decode, kv, model, device, reason, costs)
 
 
-def _attention(tier: KVCacheTier, mc: ModelConfig):
-    return DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
-                           mc.head_dim, mc.sliding_window)
+def _builder(ref: str):
+    """The executor builder a registry entry names ("module:function")."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _executor(policy: str, model: LlamaModel, tiers, mc: ModelConfig, block_size: int, host_attn=None) -> Executor:
-    if policy == "gpu_only":
-        return ModelRunner(model, _attention(tiers[Tier.DEVICE], mc), block_size)
-    if policy == "gpu_offload":
-        from .offload import OffloadRunner
-        return OffloadRunner(model, _attention(tiers[Tier.DEVICE], mc), block_size)
-    if policy == "partition":
-        from .partition import PartitionRunner
-        return PartitionRunner(model, host_attn)
-    raise ValueError(f"policy: {policy!r} has no executor here")
+def _device_tier(config: EngineConfig, mc: ModelConfig, model: LlamaModel, device: torch.device,
+                 offload: bool) -> KVCacheTier:
+    precision = kv_precision(config.kv_cache_dtype, config.dtype)
+    if precision == "u8":
+        raise ValueError("kv_cache_dtype 'u8' needs a host KV tier only (policy cpu_only or partition); "
+                         "the device tier holds f32/f16/bf16")
+    layout = KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, config.block_size,
+                      torch_dtype(precision))
+    on_device = model.weight_bytes
+    if offload:     # resident weights plus two staging slots of layer weights
+        on_device = model.resident_bytes + 2 * (model.weight_bytes - model.resident_bytes) // mc.num_hidden_layers
+    return KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, on_device), device)
 
 
-HOST_THREADS_ENV = "HYBRIDLLM_HOST_THREADS"
-
-
-def host_threads(device: torch.device) -> int | None:
-    """OpenVINO threads for host attention: HYBRIDLLM_HOST_THREADS if set; beside a GPU, all cores but
-    one, which stays free for the thread that launches the GPU's kernels; on a CPU-only machine all."""
-    env = os.environ.get(HOST_THREADS_ENV)
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"{HOST_THREADS_ENV}: {env!r} must be an integer >= 1")
-        return int(env)
+def host_threads(requested: int | None, device: torch.device) -> int | None:
+    """OpenVINO threads for host attention: `requested` (config.host_threads) if set; beside a GPU, all
+    cores but one, which stays free for the thread that launches the GPU's kernels; on a CPU-only machine all."""
+    if requested is not None:
+        return requested
     if device.type == "cuda":
         return max(1, (os.cpu_count() or 2) - 1)
     return None
 
 
-def host_attention(config: EngineConfig, mc: ModelConfig, device_layout: KVLayout, device: torch.device):
+def host_attention(config: EngineConfig, mc: ModelConfig, device: torch.device) -> HostAttention:
     """HostAttention over a fresh host tier of config.host_kv_bytes, in the chosen backend's layout.
 
     The backend (OpenVINO PagedAttention, else the public-opset graph, else torch; see
@@ -205,18 +142,21 @@ def host_attention(config: EngineConfig, mc: ModelConfig, device_layout: KVLayou
     blocks may be larger than device blocks; KVCacheManager copies between them token-wise.
     Pinned on CUDA, so device<->host copies of K/V and swaps run at full PCIe speed.
     """
-    from ..attention.host import HostAttention, HostAttentionSpec, select_backend
-    from ..kv.host_tier import precision_of
-    from .ov_common import default_cache_dir
     spec = HostAttentionSpec(
         num_layers=mc.num_hidden_layers, num_heads=mc.num_attention_heads, num_kv_heads=mc.num_key_value_heads,
-        head_dim=mc.head_dim, kv_precision=precision_of(device_layout), sliding_window=mc.sliding_window,
-        block_size=config.block_size, cache_dir=default_cache_dir(), num_threads=host_threads(device))
-    backend, why = select_backend(spec)
-    layout = backend.layout.as_kv_layout()
-    n = layout.num_blocks_for(config.host_kv_bytes)
-    if n < 1:
-        raise ValueError(f"host_kv_bytes ({config.host_kv_bytes}) holds no KV block; "
-                         f"one block takes {layout.bytes_per_block} bytes")
-    tier = KVCacheTier(Tier.HOST, layout, n, HOST, pin_memory=device.type == "cuda")
-    return HostAttention(backend, tier, why)
+        head_dim=mc.head_dim, kv_precision=kv_precision(config.kv_cache_dtype, config.dtype),
+        sliding_window=mc.sliding_window, block_size=config.block_size, cache_dir=ov_cache_dir(config),
+        num_threads=host_threads(config.host_threads, device), path=config.host_attention)
+    return HostAttention.create(spec, num_bytes=config.host_kv_bytes, pin_memory=device.type == "cuda")
+
+
+def ov_cache_dir(config: EngineConfig) -> str:
+    """Where compiled host attention graphs are cached: config.ov_cache_dir, else $HYBRIDLLM_CACHE/ov."""
+    return config.ov_cache_dir or str(cache_dir() / "ov")
+
+
+def neo_costs(config: EngineConfig, mc: ModelConfig, profile: HardwareProfile | None) -> NeoCostTables | None:
+    if profile is None:
+        return None
+    return NeoCostTables(ModelShape.from_config(mc, config.dtype), profile,
+                         kv_precision(config.kv_cache_dtype, config.dtype))

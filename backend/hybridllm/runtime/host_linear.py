@@ -19,7 +19,6 @@ to read than f32, not exact).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,11 +26,11 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
+from ..attention.host_ov_paged import _STEP_INPUTS, cache_layout, cache_tensors, paged_attention, step_params
+from ..config import CPU_WEIGHTS
 from ..models.llama import LlamaModel
-from .ov_common import CACHE_DIR_ENV, core, param, stable_names
+from ..ov_common import compile_config, core, param, stable_names
 
-WEIGHTS_ENV = "HYBRIDLLM_CPU_WEIGHTS"
-WEIGHT_MODES = ("exact", "int8")
 
 
 @dataclass(frozen=True)
@@ -41,14 +40,8 @@ class HostLinearOptions:
     num_threads: int | None = None
 
     def __post_init__(self):
-        if self.weights not in WEIGHT_MODES:
-            raise ValueError(f"{WEIGHTS_ENV}: {self.weights!r} is not one of {', '.join(WEIGHT_MODES)}")
-
-    @classmethod
-    def from_env(cls, **kw) -> "HostLinearOptions":
-        # CACHE_DIR only when asked for: each blob holds a full copy of the weights.
-        kw.setdefault("cache_dir", os.environ.get(CACHE_DIR_ENV) or None)
-        return cls(weights=os.environ.get(WEIGHTS_ENV) or "exact", **kw)
+        if self.weights not in CPU_WEIGHTS:
+            raise ValueError(f"cpu_weights: {self.weights!r} is not one of {', '.join(CPU_WEIGHTS)}")
 
 
 def _i64(values):
@@ -145,7 +138,6 @@ class _GraphBuilder:
     def whole(self, spec) -> ov.Model:
         """Every layer with the PagedAttention op inside, then the head on the sampled rows:
         h [T, hidden], cos/sin [T, D], sample_index [S], step inputs, key/value_cache.{i} -> logits [S, vocab]."""
-        from ..attention.host_ov_paged import _STEP_INPUTS, paged_attention, step_params
         h, cos, sin = self.inputs()
         rows = param([-1], ov.Type.i64, "sample_index")
         shared = {n: p for n, p in step_params().items() if n in _STEP_INPUTS}
@@ -189,17 +181,9 @@ class HostLinearModel:
 
     def __init__(self, model: LlamaModel, options: HostLinearOptions = HostLinearOptions(), fuse_with=None):
         self.model, self.cfg, self.options = model, model.cfg, options
-        config = {
-            # The CPU default on bf16-capable CPUs is bf16: force exact f32 arithmetic.
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-            # Keeps activations f32 in front of compressed weights (the default quantises them to int8).
-            "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
-        }
-        if options.cache_dir:
-            config["CACHE_DIR"] = options.cache_dir
-        if options.num_threads:
-            config["INFERENCE_NUM_THREADS"] = options.num_threads
+        # Exact f32 arithmetic; DYNAMIC_QUANTIZATION_GROUP_SIZE=0 keeps activations f32 in front of
+        # compressed weights (the plugin's default quantises them to int8).
+        config = compile_config("f32", options.cache_dir, options.num_threads, DYNAMIC_QUANTIZATION_GROUP_SIZE="0")
         b = _GraphBuilder(model, options.weights)
         c = core()
         n = self.cfg.num_hidden_layers
@@ -216,7 +200,6 @@ class HostLinearModel:
         self._step = None
 
     def _bind_fused(self, b: _GraphBuilder, c: ov.Core, config: dict, attention) -> None:
-        from ..attention.host_ov_paged import cache_layout, cache_tensors
         spec = attention.spec
         if attention.name != "ov_paged" or spec.kv_precision == "bf16":
             # bf16 KV needs a bf16 kernel, which would also round the linear layers.
@@ -250,7 +233,6 @@ class HostLinearModel:
                   sample_index: torch.Tensor) -> torch.Tensor:
         """Fused mode, one call per step: h [T, hidden], cos/sin [T, D], step: the checked HostStep,
         sample_index [S] -> logits [S, vocab] float32, owned by the caller."""
-        from ..attention.host_ov_paged import _STEP_INPUTS
         r = self.whole.request
         if step is not self._step:
             # `step` holds the arrays these tensors share; self._step keeps it alive until the next step.

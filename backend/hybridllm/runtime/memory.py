@@ -5,7 +5,7 @@ import gc
 
 import torch
 
-from ..config import GiB, EngineConfig
+from ..config import EngineConfig, GiB
 from ..kv import KVLayout
 
 CPU_DEFAULT_DEVICE_KV_BYTES = 1 * GiB   # with no GPU, the "device" tier is host memory too

@@ -1,4 +1,4 @@
-"""ModelRunner: turns a scheduled step into tensors and runs the model over it (gpu_only)."""
+"""gpu_only: weights, attention and KV all on the compute device; and the step tensors every executor builds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,39 +7,32 @@ import torch
 
 from ..attention import AttentionMetadata, build_metadata
 from ..models.llama import LlamaModel
-
-
-@dataclass(frozen=True)
-class StepInput:
-    """One sequence's share of a step."""
-    request_id: str
-    token_ids: tuple[int, ...]      # the new tokens to run
-    num_computed_tokens: int        # tokens already in the KV cache; the first new token's position
-    block_table: tuple[int, ...]
-    sample: bool                    # whether this chunk ends the known tokens, so a token is sampled
-    attn: str = "device"            # NEO placement: "device", "device_to_host" (fresh prefill whose KV
-                                    # goes to the host tier) or "host" (attention on the host tier)
+from ..scheduler import StepInput
+from .executor import Parts, StepResult, sampled_ids
 
 
 @dataclass(frozen=True)
 class StepTensors:
+    """Built once per step (never per layer)."""
     input_ids: torch.Tensor         # [T] on the compute device
     positions: torch.Tensor         # [T] on the compute device
-    md: AttentionMetadata           # on the device where attention runs
+    rope: tuple[torch.Tensor, torch.Tensor] | None   # cos, sin [T, 1, D] for every layer
+    md: AttentionMetadata           # on the device where attention runs (slot mapping, masks)
     sample_index: torch.Tensor      # [S] rows of the step whose logits are sampled
 
 
-def prepare_step(seqs: list[StepInput], block_size: int, device: torch.device, attn_device: torch.device,
-                 sliding_window: int | None) -> StepTensors:
+def prepare_step(seqs: list[StepInput], block_size: int, model: LlamaModel, attn_device: torch.device,
+                 with_rope: bool = True) -> StepTensors:
+    device = model.device
     query_lens = [len(s.token_ids) for s in seqs]
     seq_lens = [s.num_computed_tokens + n for s, n in zip(seqs, query_lens)]
     ids = [t for s in seqs for t in s.token_ids]
     positions = [p for s, n in zip(seqs, seq_lens) for p in range(s.num_computed_tokens, n)]
-    md = build_metadata(query_lens, seq_lens, [list(s.block_table) for s in seqs], block_size, attn_device,
-                        sliding_window)
+    md = build_metadata(query_lens, seq_lens, [s.block_table for s in seqs], block_size, attn_device,
+                        model.cfg.sliding_window)
     last = [md.query_start_loc[j + 1] - 1 for j, s in enumerate(seqs) if s.sample]
-    return StepTensors(torch.tensor(ids, dtype=torch.int64, device=device),
-                       torch.tensor(positions, dtype=torch.int64, device=device), md,
+    pos = torch.tensor(positions, dtype=torch.int64, device=device)
+    return StepTensors(torch.tensor(ids, dtype=torch.int64, device=device), pos, model.rope_tables(pos) if with_rope else None, md,
                        torch.tensor(last, dtype=torch.int64, device=device))
 
 
@@ -53,13 +46,16 @@ class ModelRunner:
         self.device = model.device
 
     @torch.inference_mode()
-    def execute(self, seqs: list[StepInput]) -> torch.Tensor:
-        """Runs the step; returns logits [num sampled seqs, vocab] in the order of `seqs`."""
+    def execute(self, seqs: list[StepInput]) -> StepResult:
         model = self.model
-        st = prepare_step(seqs, self.block_size, self.device, self.device, model.cfg.sliding_window)
+        st = prepare_step(seqs, self.block_size, model, self.device)
         h = model.embed(st.input_ids)                                              # [T, hidden]
         for i in range(model.cfg.num_hidden_layers):
-            q, k, v = model.attn_inputs(i, h, st.positions)
+            q, k, v = model.attn_inputs(i, h, st.rope)
             o = self.attention.forward(i, q, k, v, st.md)                           # [T, H * D]
             h = model.attn_finish(i, h, o)
-        return model.logits(h[st.sample_index])                                    # [S, vocab]
+        return StepResult(model.logits(h[st.sample_index]), sampled_ids(seqs))     # [S, vocab]
+
+
+def build(parts: Parts) -> ModelRunner:
+    return ModelRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size)

@@ -25,9 +25,11 @@ import torch.nn.functional as F
 
 from ..kv import KVCacheTier
 from ..models.llama import LlamaModel
-from .model_runner import StepInput, prepare_step
+from ..scheduler import StepInput
+from .executor import Parts, StepResult
+from .model_runner import prepare_step
 from .partition import to_host
-from .trace import NullTracer
+from .trace import NullTracer, Tracer
 
 log = logging.getLogger("hybridllm")
 HOST = torch.device("cpu")
@@ -67,7 +69,8 @@ class _Staging:
 
 class NeoRunner:
     def __init__(self, model: LlamaModel, device_attention, host_attention, host_tier: KVCacheTier,
-                 block_size: int, max_host_tokens: int = 256, max_prefill_tokens: int = 2048):
+                 block_size: int, max_host_tokens: int = 256, max_prefill_tokens: int = 2048,
+                 tracer: Tracer | NullTracer | None = None):
         self.model = model
         self.device_attention = device_attention      # over the device tier
         self.host_attention = host_attention          # HostAttention over the host tier
@@ -76,8 +79,7 @@ class NeoRunner:
         self.host_block_size = host_tier.layout.block_size
         self.device = model.device
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="hybridllm-host-attn")
-        self.tracer = NullTracer()
-        self.last_failed: dict[str, str] = {}          # request_id -> error, from the last execute()
+        self.tracer = tracer or NullTracer()
         cfg = model.cfg
         self.staging = (_Staging(max_host_tokens, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                                  self.device, max_prefill_tokens, host_tier.layout.dtype)
@@ -86,20 +88,20 @@ class NeoRunner:
         self._filing_error: str | None = None
 
     @torch.inference_mode()
-    def execute(self, seqs: list[StepInput]) -> torch.Tensor:
-        self.last_failed = {}
+    def execute(self, seqs: list[StepInput]) -> StepResult:
+        failed: dict[str, str] = {}
         a_dev = [s for s in seqs if s.attn == "device"]
         a_d2h = [s for s in seqs if s.attn == "device_to_host"]
         b = [s for s in seqs if s.attn == "host"]
         m = self.model
         tr = self.tracer
-        sw = m.cfg.sliding_window
         a = a_dev + a_d2h
         # A's metadata covers its device-tier sequences; the host-bound prefills only need their slots.
-        st_a = prepare_step(a_dev, self.block_size, self.device, self.device, sw) if a_dev else None
-        st_b = prepare_step(b, self.host_block_size, self.device, HOST, sw) if b else None
+        st_a = prepare_step(a_dev, self.block_size, m, self.device, with_rope=False) if a_dev else None
+        st_b = prepare_step(b, self.host_block_size, m, HOST) if b else None
         n_dev = sum(len(s.token_ids) for s in a_dev)
         ids_a, pos_a, sample_a = _with_fresh_prefills(st_a, a_d2h, n_dev, self.device)
+        rope_a = m.rope_tables(pos_a) if a else None                              # [Ta, 1, D] each, all layers
         # B's device work goes on its own stream when it fits the pinned buffers.
         stg = self.staging if b and self.staging is not None and st_b.md.num_tokens <= self.staging.max_tokens \
             else None
@@ -114,12 +116,12 @@ class NeoRunner:
             fut = None
             if h_b is not None:
                 with on_b(), tr.span("device B", f"L{i} B linear-in", tokens=h_b.shape[0]):
-                    qb, kb, vb = m.attn_inputs(i, h_b, st_b.positions)
+                    qb, kb, vb = m.attn_inputs(i, h_b, st_b.rope)
                     qb, kb, vb = stg.down(qb, kb, vb) if stg is not None else to_host(qb, kb, vb)
                 fut = self.pool.submit(self._host_attn, i, qb, kb, vb, st_b.md, stg)
             if h_a is not None:
                 with tr.span("device", f"L{i} A", tokens=h_a.shape[0]):
-                    q, k, v = m.attn_inputs(i, h_a, pos_a)
+                    q, k, v = m.attn_inputs(i, h_a, rope_a)
                     o = self._attn_a(i, q, k, v, st_a, n_dev, d2h)
                     h_a = m.attn_finish(i, h_a, o)
             if fut is not None:
@@ -127,12 +129,14 @@ class NeoRunner:
                     ob = fut.result()
                 except Exception as e:     # fail B's requests only; A carries on
                     log.exception("host attention failed at layer %d", i)
-                    self.last_failed = {s.request_id: f"host attention failed: {e}" for s in b}
+                    failed.update({s.request_id: f"host attention failed: {e}" for s in b})
                     h_b = None
                     continue
                 with on_b(), tr.span("device B", f"L{i} B linear-out", tokens=h_b.shape[0]):
                     h_b = m.attn_finish(i, h_b, ob.to(self.device, non_blocking=True).to(h_b.dtype))
-        self._await_filing(a_d2h)
+        filing_error = self._await_filing()
+        if filing_error:
+            failed.update({s.request_id: filing_error for s in a_d2h})
         if stg is not None:
             cur = torch.cuda.current_stream(self.device)
             cur.wait_stream(stg.stream)                 # B's last layer is done before its logits
@@ -143,12 +147,12 @@ class NeoRunner:
             logits.append(m.logits(h_a[sample_a]))
         if h_b is not None and st_b.sample_index.numel():
             logits.append(m.logits(h_b[st_b.sample_index]))
-        # Rows follow the order sampled sequences appear in `a + b`; the engine reads `order`.
-        self.order = [s.request_id for s in a if s.sample] + \
-            ([s.request_id for s in b if s.sample] if h_b is not None else [])
-        if not logits:
-            return torch.empty((0, m.cfg.vocab_size), device=self.device)
-        return torch.cat(logits)
+        # Rows follow the order sampled sequences appear in `a + b`.
+        order = tuple(s.request_id for s in a if s.sample) + \
+            (tuple(s.request_id for s in b if s.sample) if h_b is not None else ())
+        out = torch.cat(logits) if logits else torch.empty((0, m.cfg.vocab_size), device=self.device)
+        # A step with host decodes ran NEO's pipeline; one without ran like gpu_only.
+        return StepResult(out, order, failed, "neo" if b else "gpu_only")
 
     def _host_attn(self, i, q, k, v, md, stg: _Staging | None):
         if stg is not None:
@@ -165,10 +169,15 @@ class NeoRunner:
     def _d2h_plan(self, seqs: list[StepInput], offset: int):
         """Token ranges (within A) and host slots of the fresh prefills whose KV goes to the host tier."""
         bs = self.host_block_size
+        sw = self.model.cfg.sliding_window
         spans, slots, start = [], [], offset
         for s in seqs:
             n = len(s.token_ids)
-            spans.append((start, start + n))
+            mask = None
+            if sw is not None and n > sw:       # causal and windowed, built once per step for every layer
+                p = torch.arange(n, device=self.device)
+                mask = (p[None, :] <= p[:, None]) & (p[:, None] - p[None, :] < sw)   # [n, n]
+            spans.append((start, start + n, mask))
             slots += [s.block_table[p // bs] * bs + p % bs for p in range(n)]
             start += n
         slots = torch.tensor(slots, dtype=torch.int64)
@@ -183,13 +192,8 @@ class NeoRunner:
             out[:n_dev] = self.device_attention.forward(i, q[:n_dev], k[:n_dev], v[:n_dev], st.md)
         spans, blk, off = d2h
         kc, vc = self.host_tier.key_cache[i], self.host_tier.value_cache[i]
-        sw = self.model.cfg.sliding_window
-        for lo, hi in spans:
+        for lo, hi, mask in spans:
             # A fresh prefill attends only to itself: causal SDPA over its own K/V, on the device.
-            mask = None
-            if sw is not None and hi - lo > sw:
-                p = torch.arange(hi - lo, device=q.device)
-                mask = (p[None, :] <= p[:, None]) & (p[:, None] - p[None, :] < sw)   # [L, L]
             o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None],
                                                v[lo:hi].transpose(0, 1)[None], attn_mask=mask,
                                                is_causal=mask is None, enable_gqa=True)
@@ -221,13 +225,12 @@ class NeoRunner:
             log.exception("filing prefill K/V into the host tier failed")
             self._filing_error = self._filing_error or f"host KV write failed: {e}"
 
-    def _await_filing(self, a_d2h: list[StepInput]) -> None:
-        """The host tier holds every host-bound prefill's K/V before the step ends."""
+    def _await_filing(self) -> str | None:
+        """The host tier holds every host-bound prefill's K/V before the step ends; the error if not."""
         for slot in range(len(self._filing)):
             self._await_slot(slot)
-        if self._filing_error:
-            self.last_failed.update({s.request_id: self._filing_error for s in a_d2h})
-            self._filing_error = None
+        error, self._filing_error = self._filing_error, None
+        return error
 
 
 def _file_kv(ready, buf: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, blk: torch.Tensor, off: torch.Tensor):
@@ -258,3 +261,11 @@ def _with_fresh_prefills(st, fresh: list[StepInput], offset: int, device: torch.
         return None, None, None
     return torch.cat(ids), torch.cat(pos), (torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64,
                                                                                       device=device))
+
+
+def build(parts: Parts) -> NeoRunner:
+    cfg = parts.config
+    return NeoRunner(parts.model, parts.device_attention, parts.host_attention, parts.host_attention.tier,
+                     parts.device_tier.layout.block_size,
+                     max_host_tokens=cfg.max_num_seqs,          # B holds host decodes: one token each
+                     max_prefill_tokens=cfg.max_num_batched_tokens, tracer=parts.tracer)

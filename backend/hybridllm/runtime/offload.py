@@ -11,7 +11,9 @@ import copy
 import torch
 
 from ..models.llama import LayerWeights, LlamaModel
-from .model_runner import StepInput, prepare_step
+from ..scheduler import StepInput
+from .executor import Parts, StepResult, sampled_ids
+from .model_runner import prepare_step
 
 
 class OffloadRunner:
@@ -49,9 +51,9 @@ class OffloadRunner:
             self.ready[slot].record(self.copy_stream)
 
     @torch.inference_mode()
-    def execute(self, seqs: list[StepInput]) -> torch.Tensor:
+    def execute(self, seqs: list[StepInput]) -> StepResult:
         model = self.model
-        st = prepare_step(seqs, self.block_size, self.device, self.device, model.cfg.sliding_window)
+        st = prepare_step(seqs, self.block_size, model, self.device)
         n = model.cfg.num_hidden_layers
         if self.cuda:
             for e in self.free:
@@ -65,9 +67,13 @@ class OffloadRunner:
             if self.cuda:
                 torch.cuda.current_stream().wait_event(self.ready[slot])
             w = self.slots[slot]
-            q, k, v = model.attn_inputs(i, h, st.positions, w)
+            q, k, v = model.attn_inputs(i, h, st.rope, w)
             o = self.attention.forward(i, q, k, v, st.md)                          # [T, H * D]
             h = model.attn_finish(i, h, o, w)
             if self.cuda:
                 self.free[slot].record()
-        return model.logits(h[st.sample_index])                                    # [S, vocab]
+        return StepResult(model.logits(h[st.sample_index]), sampled_ids(seqs))     # [S, vocab]
+
+
+def build(parts: Parts) -> OffloadRunner:
+    return OffloadRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..models.llama import LlamaModel
-from .model_runner import StepInput, prepare_step
+from ..scheduler import StepInput
+from .executor import Parts, StepResult, sampled_ids
+from .model_runner import prepare_step
 
 HOST = torch.device("cpu")
 
@@ -22,15 +24,19 @@ class PartitionRunner:
         self.device = model.device
 
     @torch.inference_mode()
-    def execute(self, seqs: list[StepInput]) -> torch.Tensor:
+    def execute(self, seqs: list[StepInput]) -> StepResult:
         model = self.model
-        st = prepare_step(seqs, self.block_size, self.device, HOST, model.cfg.sliding_window)
+        st = prepare_step(seqs, self.block_size, model, HOST)
         h = model.embed(st.input_ids)                                              # [T, hidden]
         for i in range(model.cfg.num_hidden_layers):
-            q, k, v = model.attn_inputs(i, h, st.positions)
+            q, k, v = model.attn_inputs(i, h, st.rope)
             o = self.attention.forward(i, *to_host(q, k, v), st.md)                # [T, H * D] on the host
             h = model.attn_finish(i, h, o.to(self.device, h.dtype, non_blocking=True))
-        return model.logits(h[st.sample_index])                                    # [S, vocab]
+        return StepResult(model.logits(h[st.sample_index]), sampled_ids(seqs))     # [S, vocab]
+
+
+def build(parts: Parts) -> PartitionRunner:
+    return PartitionRunner(parts.model, parts.host_attention)
 
 
 def to_host(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -14,21 +14,36 @@ from contextlib import contextmanager
 
 import torch
 
-LANES = {"device": 1, "host": 2, "device B": 3}
+LANES = {"device": 1, "host": 2, "device B": 3, "scheduler": 4}
 
 
 class Tracer:
+    """Passed to LLMEngine (LLM(..., tracer=)); the runtime attaches it to its compute device."""
+
     def __init__(self, device: str | torch.device | None = None):
         self.events: list[dict] = []
         self._pending: list[tuple] = []             # CUDA spans: (lane, name, args, start event, end event)
         self._lock = threading.Lock()
-        self.cuda = device is not None and torch.device(device).type == "cuda"
+        self.cuda = False
+        self._t0 = time.perf_counter()
+        if device is not None:
+            self.attach(device)
+
+    def attach(self, device: str | torch.device) -> None:
+        """Times device spans on `device`: with CUDA events there, else with the host clock."""
+        self.cuda = torch.device(device).type == "cuda"
         if self.cuda:
             torch.cuda.synchronize()
             self._ref = torch.cuda.Event(enable_timing=True)
             self._ref.record()
             torch.cuda.synchronize()
         self._t0 = time.perf_counter()
+
+    def instant(self, lane: str, name: str, **args) -> None:
+        """A point in time on a lane, e.g. a scheduler decision and its reason."""
+        with self._lock:
+            self.events.append({"name": name, "ph": "i", "s": "t", "pid": os.getpid(), "tid": LANES.get(lane, 9),
+                                "ts": (time.perf_counter() - self._t0) * 1e6, "args": args})
 
     @contextmanager
     def span(self, lane: str, name: str, **args):
@@ -75,3 +90,6 @@ class NullTracer:
     @contextmanager
     def span(self, lane: str, name: str, **args):
         yield
+
+    def instant(self, lane: str, name: str, **args) -> None:
+        pass

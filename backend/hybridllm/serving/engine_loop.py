@@ -225,7 +225,7 @@ class EngineLoop:
             generated += len(out.delta_token_ids)
             if live.last_token is None:
                 ttft.append(now - live.sub.arrival)
-                prompt_tokens += len(out.prompt_token_ids)
+                prompt_tokens += out.num_prompt_tokens
             else:
                 tpot.append(now - live.last_token)
             live.last_token = now

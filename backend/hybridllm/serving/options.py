@@ -35,6 +35,10 @@ def _parse(name: str, annotation: str, text: str):
     optional = "None" in annotation
     if optional and text.strip().lower() in ("", "none", "null"):
         return None
+    if annotation.startswith("bool"):
+        if text.strip().lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"model parameter {name}: {text!r} is not true or false")
+        return text.strip().lower() in ("true", "1")
     if annotation.startswith("int"):
         try:
             return int(text.strip())
@@ -44,6 +48,8 @@ def _parse(name: str, annotation: str, text: str):
 
 
 def _format(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return "" if value is None else str(value)
 
 

@@ -55,7 +55,7 @@ class TritonSink:
                        INTERNAL: pb.TritonError.INTERNAL, UNAVAILABLE: pb.TritonError.UNAVAILABLE}
 
     def output(self, out) -> None:
-        n_in = len(out.prompt_token_ids)
+        n_in = out.num_prompt_tokens
         if self._req.stream:
             arrays = output_arrays(out.delta_text, out.delta_token_ids, out.finish_reason, n_in)
         elif out.finished:

@@ -20,10 +20,16 @@ import torch
 from ..attention import DeviceAttention
 from ..kv import KVCacheTier, KVLayout, Tier
 from ..models.config import ModelConfig
-from ..models.llama import TORCH_DTYPES, LayerWeights, LlamaModel
-from .measure import HOST_KV_BYTES, _timeit
-from .profile import HardwareProfile
-from .shapes import ModelShape
+from ..attention.host import HostAttention, HostAttentionSpec
+from ..dtypes import torch_dtype
+from ..models.llama import LayerWeights, LlamaModel
+from ..policy import HardwareProfile, ModelShape
+from ..policy.neo import NeoCostTables, decodes
+from ..runtime.factory import host_threads
+from ..runtime.neo_runner import NeoRunner
+from ..scheduler import StepInput
+from ..utils import ceil_div, mem_available
+from .timing import timeit
 
 log = logging.getLogger("hybridllm")
 
@@ -35,7 +41,6 @@ PROBE_CONTEXT = 256
 def _probe_layers(mc: ModelConfig, device: torch.device, itemsize: int) -> int:
     """PROBE_LAYERS, or fewer where their weights would take over a quarter of the free memory
     (a 70B model's layers in f32 on a CPU-only box); 0 if not even one layer fits."""
-    from ..runtime.factory import mem_available
     H, KVH, D, hid, inter = (mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.hidden_size,
                              mc.intermediate_size)
     per_layer = itemsize * hid * ((H + 2 * KVH) * D + H * D + 3 * inter)
@@ -65,13 +70,7 @@ def _random_model(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> 
 def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, device: torch.device,
                       host_kv: str) -> float:
     """Seconds per layer that a step with host decodes costs beyond NeoCostTables' prediction."""
-    from ..attention.host import HostAttention, HostAttentionSpec, select_backend
-    from ..runtime.factory import host_threads
-    from ..runtime.model_runner import StepInput
-    from ..runtime.neo_runner import NeoRunner
-    from .neo import DeviceWork, NeoCostTables
-
-    tdtype = TORCH_DTYPES[dtype]
+    tdtype = torch_dtype(dtype)
     layers = _probe_layers(mc, device, tdtype.itemsize)
     if layers == 0:
         log.warning("profile: no memory for NEO's pipelining probe; its overhead is left at 0")
@@ -81,34 +80,32 @@ def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, dev
     n_dev = max(a for a, _ in PROBE_DECODES)
     n_host = max(b for _, b in PROBE_DECODES)
     dev_bs = 16
-    per_seq = -(-(PROBE_CONTEXT + 1) // dev_bs)
+    per_seq = ceil_div(PROBE_CONTEXT + 1, dev_bs)
     dev_tier = KVCacheTier(Tier.DEVICE, KVLayout(layers, cfg.num_key_value_heads, cfg.head_dim, dev_bs, tdtype),
                            n_dev * per_seq, device)
     dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, cfg.num_attention_heads,
                                cfg.num_key_value_heads, cfg.head_dim)
     spec = HostAttentionSpec(layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, host_kv,
-                             num_threads=host_threads(device))
-    backend, why = select_backend(spec)
-    host_bs = backend.layout.block_size
-    host_per_seq = -(-(PROBE_CONTEXT + 1) // host_bs)
-    host_tier = KVCacheTier(Tier.HOST, backend.layout.as_kv_layout(), n_host * host_per_seq, torch.device("cpu"),
-                            pin_memory=device.type == "cuda")
-    host_attn = HostAttention(backend, host_tier, why)
-    runner = NeoRunner(model, dev_attn, host_attn, host_tier, dev_bs, max_host_tokens=n_host, max_prefill_tokens=0)
+                             block_size=dev_bs, num_threads=host_threads(None, device))
+    # Enough blocks of the fallbacks' size; the op's larger blocks need fewer.
+    host_attn = HostAttention.create(spec, num_blocks=n_host * per_seq, pin_memory=device.type == "cuda")
+    host_per_seq = ceil_div(PROBE_CONTEXT + 1, host_attn.layout.block_size)
+    runner = NeoRunner(model, dev_attn, host_attn, host_attn.tier, dev_bs, max_host_tokens=n_host,
+                       max_prefill_tokens=0)
     try:
         def seqs(n, per, attn, prefix):
-            return [StepInput(f"{prefix}{i}", (1,), PROBE_CONTEXT, tuple(range(i * per, (i + 1) * per)), True, attn)
+            return [StepInput(f"{prefix}{i}", (1,), PROBE_CONTEXT, list(range(i * per, (i + 1) * per)), True, attn)
                     for i in range(n)]
 
         def best(step):
-            return _timeit(lambda: runner.execute(step), device, reps=5)
+            return timeit(lambda: runner.execute(step), device, reps=5)
 
         shape = ModelShape.from_config(cfg, dtype)
         costs = NeoCostTables(shape, dataclasses.replace(profile, extra={**profile.extra, "host_handoff_s": 0.0}),
-                              host_kv, HOST_KV_BYTES[host_kv])
+                              host_kv)
         residuals = []
         for a, b in PROBE_DECODES:
-            work = DeviceWork(a, a, a, a * (PROBE_CONTEXT + 1), 0, 0.0)
+            work = decodes(a, a * (PROBE_CONTEXT + 1), host_kv)
             dev_only = seqs(a, per_seq, "device", "d")
             t_a = best(dev_only)
             t_ab = best(dev_only + seqs(b, host_per_seq, "host", "h"))

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import enum
 
-import torch
-
 from ..sampling_params import SamplingParams
-from .detokenizer import IncrementalDetokenizer
 
 
 class RequestStatus(enum.Enum):
@@ -25,8 +22,7 @@ class RequestStatus(enum.Enum):
 
 class Request:
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams, detokenizer: IncrementalDetokenizer,
-                 generator: torch.Generator | None, max_total_tokens: int):
+                 params: SamplingParams, detokenizer, generator, max_total_tokens: int):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -34,8 +30,8 @@ class Request:
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0    # tokens whose K/V are in the cache
         self.status = RequestStatus.WAITING
-        self.detokenizer = detokenizer
-        self.generator = generator
+        self.detokenizer = detokenizer  # the engine's IncrementalDetokenizer
+        self.generator = generator      # torch.Generator for seeded sampling, None when greedy
         self.max_total_tokens = max_total_tokens  # prompt + output may not pass this (context / pool limit)
         self.text = ""                  # output text so far, stop strings cut off
         self.num_sent_chars = 0         # how much of `text` has been streamed
@@ -51,9 +47,14 @@ class Request:
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
-    @property
-    def all_token_ids(self) -> list[int]:
-        return self.prompt_token_ids + self.output_token_ids
+    def token_ids(self, start: int, end: int) -> tuple[int, ...]:
+        """Tokens [start, end) of prompt + output, without concatenating the two."""
+        p = len(self.prompt_token_ids)
+        if start >= p:
+            return tuple(self.output_token_ids[start - p:end - p])
+        if end <= p:
+            return tuple(self.prompt_token_ids[start:end])
+        return tuple(self.prompt_token_ids[start:]) + tuple(self.output_token_ids[:end - p])
 
     @property
     def finish_reason(self) -> str | None:

@@ -14,10 +14,12 @@ Deterministic, no clocks or I/O; tier moves are returned as BlockCopy records.
 from __future__ import annotations
 
 from ..kv import KVCacheManager, Tier
-from ..policy.neo import DeviceWork, HostBatchChoice, HostCandidate, NeoCostTables, choose_host_batch
-from ..runtime import StepInput
-from .request import Request, RequestStatus
-from .scheduler import BlockCopy, Scheduler, SchedulerOutput
+from ..policy import StepShape
+from ..policy.neo import HostBatchChoice, HostCandidate, NeoCostTables, choose_host_batch, decodes
+from ..utils import ceil_div
+from .request import Request
+from .scheduler import Scheduler
+from .step import BlockCopy, SchedulerOutput, StepInput
 
 D, H = Tier.DEVICE, Tier.HOST
 
@@ -34,7 +36,7 @@ class NeoScheduler(Scheduler):
         self.num_swap_in = 0
 
     def _on(self, tier: Tier) -> list[Request]:
-        return [r for r in self.running if self.kv.has(r.request_id) and self.kv.tier_of(r.request_id) == tier]
+        return [r for r in self.running.values() if self.kv.has(r.request_id) and self.kv.tier_of(r.request_id) == tier]
 
     def schedule(self) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
@@ -46,7 +48,7 @@ class NeoScheduler(Scheduler):
         #    (hysteresis: a request only comes back when a quarter of the tier would still be free).
         pool = self.kv.pool(D)
         for req in self._on(H):
-            need = -(-(req.num_tokens + 1) // self.kv.block_size_of(D))
+            need = ceil_div(req.num_tokens + 1, self.kv.block_size_of(D))
             if pool.num_free - need < self.swap_in_free_fraction * pool.num_blocks:
                 break
             moved = self.kv.migrate(req.request_id, D, req.num_tokens + 1)
@@ -57,7 +59,7 @@ class NeoScheduler(Scheduler):
         for req in self._on(D):
             if budget <= 0:
                 break
-            if req not in self.running or self.kv.tier_of(req.request_id) != D:
+            if req.request_id not in self.running or self.kv.tier_of(req.request_id) != D:
                 continue                     # swapped out or preempted while making room for an older one
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             while not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
@@ -98,22 +100,21 @@ class NeoScheduler(Scheduler):
                 host_room -= 1
                 placement = "device_to_host" if req.num_computed_tokens == 0 else "host"
             self.waiting.popleft()
-            req.status = RequestStatus.RUNNING
-            self.running.append(req)
+            self._run(req)
             (a if placement == "device_to_host" or placement == "device" else b).append(self._input(req, n, placement))
             budget -= n
         # 4. Load-aware host sub-batch.
         chosen = self._choose(a, cands)
         for c in cands:
             req = self.requests[c.request_id]
-            if (c.request_id in chosen and budget > 0 and req in self.running
+            if (c.request_id in chosen and budget > 0 and c.request_id in self.running
                     and self._grow_on_host(req, 1, preempted, a + b)):
                 b.append(self._input(req, 1, "host"))
                 budget -= 1
                 self.skipped.pop(c.request_id, None)
-            elif req in self.running:
+            elif c.request_id in self.running:
                 self.skipped[c.request_id] = self.skipped.get(c.request_id, 0) + 1
-        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies))
+        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies), self._note())
 
     def _choose(self, a: list[StepInput], cands: list[HostCandidate]) -> set[str]:
         if not cands:
@@ -122,7 +123,7 @@ class NeoScheduler(Scheduler):
         if self.costs is None:               # no profile: every host decode runs
             self.last_choice = HostBatchChoice(tuple(c.request_id for c in cands), 0.0, 0.0, "no profile")
             return set(self.last_choice.chosen)
-        self.last_choice = choose_host_batch(_work(a), cands, self.costs, self.max_num_seqs)
+        self.last_choice = choose_host_batch(_work(a, self.costs.kv_dtype), cands, self.costs, self.max_num_seqs)
         return set(self.last_choice.chosen)
 
     def _host_room(self, cands: list[HostCandidate], reqs: list[Request], exclude: Request | None = None) -> int:
@@ -138,12 +139,11 @@ class NeoScheduler(Scheduler):
         chosen = set(choose_host_batch(self._steady_work(exclude), cands + new, self.costs, self.max_num_seqs).chosen)
         return sum(c.request_id in chosen for c in new)
 
-    def _steady_work(self, exclude: Request | None = None) -> DeviceWork:
+    def _steady_work(self, exclude: Request | None = None) -> StepShape:
         """A decode step of the device-resident requests: what a host request runs beside for most of its
         life. Not this step's A, whose prefill chunks pass: against them, host decodes look free."""
         dev = [r for r in self._on(D) if r is not exclude]
-        ctx = sum(r.num_tokens + 1 for r in dev)
-        return DeviceWork(len(dev), len(dev), len(dev), ctx, 0, 0.0)
+        return decodes(len(dev), sum(r.num_tokens + 1 for r in dev), self.costs.kv_dtype)
 
     def _grow_on_host(self, req: Request, n: int, preempted: list[str], scheduled: list[StepInput]) -> bool:
         """Host blocks for req's next n tokens, preempting the newest unscheduled host request if short."""
@@ -173,26 +173,25 @@ class NeoScheduler(Scheduler):
         self.num_swap_out += 1
 
     def _remove_and_preempt(self, victim: Request, preempted: list[str]) -> None:
-        self.running.remove(victim)
         self._preempt(victim)
         preempted.append(victim.request_id)
 
-    def _input(self, req: Request, n: int, attn: str) -> StepInput:
-        start = req.num_computed_tokens
-        return StepInput(req.request_id, tuple(req.all_token_ids[start:start + n]), start,
-                         tuple(self.kv.block_table(req.request_id)), sample=start + n == req.num_tokens, attn=attn)
+    def _note(self) -> str:
+        c = self.last_choice
+        if c is None:
+            return "no host decodes waiting"
+        return (f"host sub-batch {len(c.chosen)}: {c.reason} (predicted {c.pipelined_s * 1e3:.2f} ms pipelined, "
+                f"{c.device_only_s * 1e3:.2f} ms device-only)")
 
     def finish(self, req: Request, status) -> None:
         self.skipped.pop(req.request_id, None)
         super().finish(req, status)
 
 
-def _work(a: list[StepInput]) -> DeviceWork:
+def _work(a: list[StepInput], kv_dtype: str) -> StepShape:
     """Sub-batch A as the cost tables see it."""
     dec = [s for s in a if len(s.token_ids) == 1]
     pre = [s for s in a if len(s.token_ids) > 1]
     pre_tokens = sum(len(s.token_ids) for s in pre)
-    return DeviceWork(tokens=sum(len(s.token_ids) for s in a), seqs=len(a), decode_seqs=len(dec),
-                      decode_context=sum(s.num_computed_tokens + 1 for s in dec), prefill_tokens=pre_tokens,
-                      prefill_mean_context=(sum((s.num_computed_tokens + len(s.token_ids)) * len(s.token_ids)
-                                                for s in pre) / pre_tokens) if pre_tokens else 0.0)
+    ctx = sum((s.num_computed_tokens + len(s.token_ids)) * len(s.token_ids) for s in pre) / pre_tokens if pre else 0.0
+    return StepShape(pre_tokens, len(pre), ctx, len(dec), sum(s.num_computed_tokens + 1 for s in dec), kv_dtype)

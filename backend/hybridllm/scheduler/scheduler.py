@@ -5,43 +5,19 @@ and returns a frozen SchedulerOutput, so tests can drive it step by step.
 
 Each step, running requests go first (oldest first): a decode takes one token,
 an unfinished prefill takes its next chunk. Waiting requests are then admitted
-while the budget, max_num_seqs and the device pool allow. When a running
+while the budget, max_num_seqs and the prefill tier allow. When a running
 request cannot get a block, the newest running request is preempted: its
-blocks are freed and it is recomputed from scratch later.
+blocks are freed and it is recomputed from scratch later. When prefill and
+decode keep KV on different tiers, a request's blocks move to the decode tier
+once its prefill is done (a BlockCopy the engine performs before the step).
 """
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 from ..kv import KVCacheManager, Tier
-from ..runtime import StepInput
 from .request import Request, RequestStatus
-
-
-@dataclass(frozen=True)
-class BlockCopy:
-    """K/V to copy between tiers before the step runs (a request changing tier)."""
-    request_id: str
-    src_tier: Tier
-    src_blocks: tuple[int, ...]
-    dst_tier: Tier
-    dst_blocks: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class SchedulerOutput:
-    scheduled: tuple[StepInput, ...]
-    preempted: tuple[str, ...]
-    copies: tuple[BlockCopy, ...] = ()
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(len(s.token_ids) for s in self.scheduled)
-
-    @property
-    def empty(self) -> bool:
-        return not self.scheduled
+from .step import BlockCopy, SchedulerOutput, StepInput
 
 
 class Scheduler:
@@ -53,7 +29,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.running: dict[str, Request] = {}       # oldest first (insertion order)
         self.requests: dict[str, Request] = {}
 
     def add(self, req: Request) -> None:
@@ -70,20 +46,19 @@ class Scheduler:
         scheduled: list[StepInput] = []
         preempted: list[str] = []
         copies: list[BlockCopy] = []
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
+        for req in list(self.running.values()):
+            if budget <= 0 or req.request_id not in self.running:
+                break
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             while not self._reserve(req, n, copies):
-                victim = self.running.pop()
+                victim = self._newest_running()
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 if victim is req:
                     break
             else:
-                scheduled.append(self._step_input(req, n))
+                scheduled.append(self._input(req, n))
                 budget -= n
-                i += 1
                 continue
             break
         # Admitting new work in a step that had to preempt would only thrash.
@@ -93,9 +68,8 @@ class Scheduler:
             if not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, self.tier):
                 break
             self.waiting.popleft()
-            req.status = RequestStatus.RUNNING
-            self.running.append(req)
-            scheduled.append(self._step_input(req, n))
+            self._run(req)
+            scheduled.append(self._input(req, n))
             budget -= n
         return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(copies))
 
@@ -113,14 +87,21 @@ class Scheduler:
             return True
         return self.kv.allocate_slots(req.request_id, total, tier)
 
-    def _step_input(self, req: Request, n: int) -> StepInput:
+    def _input(self, req: Request, n: int, attn: str = "device") -> StepInput:
         start = req.num_computed_tokens
-        tokens = req.all_token_ids[start:start + n]
-        return StepInput(req.request_id, tuple(tokens), start,
-                         tuple(self.kv.block_table(req.request_id)),
-                         sample=start + n == req.num_tokens)
+        return StepInput(req.request_id, req.token_ids(start, start + n), start, self.kv.block_table(req.request_id),
+                         sample=start + n == req.num_tokens, attn=attn)
+
+    def _run(self, req: Request) -> None:
+        req.status = RequestStatus.RUNNING
+        self.running[req.request_id] = req
+
+    def _newest_running(self) -> Request:
+        return next(reversed(self.running.values()))
 
     def _preempt(self, req: Request) -> None:
+        """Frees req's blocks and puts it first in the queue, to be recomputed from scratch."""
+        self.running.pop(req.request_id, None)
         self.kv.free(req.request_id)
         req.num_computed_tokens = 0
         req.num_preemptions += 1
@@ -128,15 +109,14 @@ class Scheduler:
         self.waiting.appendleft(req)
 
     def finish(self, req: Request, status: RequestStatus) -> None:
-        """Ends req (stopped, length, or aborted) and returns its blocks."""
+        """Ends req (stopped, length, aborted or failed) and returns its blocks."""
         assert status.finished
+        was_waiting = req.status == RequestStatus.WAITING
         req.status = status
         self.kv.free(req.request_id)
         self.requests.pop(req.request_id, None)
-        if req in self.running:
-            self.running.remove(req)
-        elif req in self.waiting:
-            self.waiting.remove(req)
+        if self.running.pop(req.request_id, None) is None and was_waiting:
+            self.waiting.remove(req)        # only an abort or a failure ends a waiting request
 
     def abort(self, request_id: str) -> Request | None:
         req = self.requests.get(request_id)

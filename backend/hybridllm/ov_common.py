@@ -1,14 +1,11 @@
-"""Shared OpenVINO plumbing for the host graphs: one Core, named parameters, stable model hashes."""
+"""OpenVINO plumbing shared by the host attention graphs (attention/) and the host linear graphs
+(runtime/): one Core, one compile config, named parameters, stable model hashes."""
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 
 import openvino as ov
 import openvino.opset13 as ops
-
-CACHE_DIR_ENV = "HYBRIDLLM_OV_CACHE_DIR"
 
 
 @functools.lru_cache(maxsize=1)
@@ -16,13 +13,20 @@ def core() -> ov.Core:
     return ov.Core()
 
 
-def default_cache_dir() -> str:
-    """CACHE_DIR for compiled host graphs: $HYBRIDLLM_OV_CACHE_DIR, else $HYBRIDLLM_CACHE/ov,
-    else ~/.cache/hybridllm/ov."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return os.environ[CACHE_DIR_ENV]
-    root = os.environ.get("HYBRIDLLM_CACHE") or str(Path.home() / ".cache" / "hybridllm")
-    return str(Path(root) / "ov")
+def compile_config(precision: str = "f32", cache_dir: str | None = None, num_threads: int | None = None,
+                   **extra) -> dict:
+    """The CPU plugin's settings for every graph we compile.
+
+    precision: INFERENCE_PRECISION_HINT. The plugin's default on bf16-capable CPUs is bf16, so
+    exact f32 must be asked for. LATENCY: THROUGHPUT would split 2 cores into 2 streams and slow
+    down each call. cache_dir: CACHE_DIR (None: off). num_threads: INFERENCE_NUM_THREADS (None: all).
+    """
+    cfg = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", **extra}
+    if cache_dir:
+        cfg["CACHE_DIR"] = cache_dir
+    if num_threads:
+        cfg["INFERENCE_NUM_THREADS"] = num_threads
+    return cfg
 
 
 def param(shape, etype, name: str):

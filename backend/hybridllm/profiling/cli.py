@@ -1,4 +1,5 @@
-"""`hybridllm profile` and `hybridllm plan`."""
+"""`hybridllm profile` and `hybridllm plan`. Heavy modules load inside the commands, so `hybridllm --help`
+stays quick."""
 from __future__ import annotations
 
 import argparse
@@ -41,21 +42,23 @@ def _model_config(model: str):
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from .measure import measure
+    from .store import save_profile
     mc, _ = _model_config(args.model)
     prof = measure(mc, args.dtype, args.device, progress=not args.quiet)
-    prof.save(args.out)
+    save_profile(prof, args.out)
     print(f"wrote {args.out}: {prof.device_name}; host read {prof.host_memory_bandwidth / 1e9:.1f} GB/s, "
           f"h2d {prof.h2d_pinned / 1e9:.1f} GB/s ({prof.notes})")
     return 0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from ..runtime.auto import load_profile
-    from . import BatchShape, ModelShape, Planner, format_plan
+    from ..dtypes import KV_OF_MODEL
+    from ..policy import BatchShape, ModelShape, Planner, format_plan
     from .measure import measure
+    from .store import load_profile
     mc, name = _model_config(args.model)
     profile = load_profile(args.profile) if args.profile else measure(mc, args.dtype, progress=True)
-    kv = args.kv_dtype or {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[args.dtype]
+    kv = args.kv_dtype or KV_OF_MODEL[args.dtype]
     shape = ModelShape.from_config(mc, args.dtype, name=name)
     batch = BatchShape(args.batch, args.input_len, args.output_len, kv)
     plan = Planner(shape, profile, device_memory_bytes=args.device_memory_bytes).plan(batch)

@@ -11,19 +11,23 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..attention import DeviceAttention, build_metadata
+from ..attention.host import HostAttention, HostAttentionSpec
 from ..kv import KVCacheTier, KVLayout, Tier
 from ..models.config import ModelConfig
-from ..models.llama import TORCH_DTYPES
-from .profile import HardwareProfile
-from .shapes import DTYPE_BYTES, ModelShape
-from .tables import Table2D
+from ..dtypes import BYTES, KV_OF_MODEL, torch_dtype
+from ..models.llama import rms_norm
+from ..models.rope import RotaryEmbedding
+from ..ov_common import compile_config, core
+from ..policy import HardwareProfile, ModelShape, Table2D
+from ..utils import ceil_div, mem_total
+from .measure_neo import pipeline_overhead
+from .timing import timeit
 
 GEMM_TOKENS = (1, 4, 16, 64, 256, 1024)
 DECODE_SEQS = (1, 4, 16, 32)
@@ -31,24 +35,7 @@ DECODE_TOTAL_TOKENS = (512, 4096, 32768)
 PREFILL_TOKENS = (16, 128, 512, 2048)
 PREFILL_CONTEXT = (16, 128, 512, 2048)
 BLOCK = 16
-HOST_KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}
 COLD_BYTES = 256 << 20   # rotate through this much data so timings read DRAM, as a real step does, not cache
-
-
-def _timeit(fn: Callable[[], object], device: torch.device, reps: int = 3) -> float:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    # The minimum: on a shared machine, interference only ever adds time.
-    return max(min(times), 1e-7)
 
 
 class _Bar:
@@ -91,7 +78,7 @@ def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name
 
         def time_tokens(t):
             x = torch.randn(t, k, device=device, dtype=dtype)
-            return _timeit(lambda: [F.linear(x, w) for w in ws], device) / copies
+            return timeit(lambda: [F.linear(x, w) for w in ws], device) / copies
         return time_tokens
     return _gemm_grid(shape, name, bar, prepare)
 
@@ -102,8 +89,7 @@ def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar) -> Table2D:
     import openvino as ov
     import openvino.opset13 as ops
 
-    from ..runtime.ov_common import core
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config = compile_config("f32")
 
     def prepare(n, k):
         # Capped: a graph of thousands of tiny matmuls (small models) takes minutes to compile.
@@ -115,7 +101,7 @@ def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar) -> Table2D:
 
         def time_tokens(t):
             xt = ov.Tensor(np.random.randn(t, k).astype(np.float32))
-            return _timeit(lambda: req.infer({0: xt}), torch.device("cpu")) / copies
+            return timeit(lambda: req.infer({0: xt}), torch.device("cpu")) / copies
         return time_tokens
     return _gemm_grid(shape, name, bar, prepare)
 
@@ -136,7 +122,7 @@ def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_byt
     def run(query_lens: list[int], seq_lens: list[int]) -> float:
         tables, nxt = [], 0
         for n in seq_lens:
-            nb = -(-n // bs)
+            nb = ceil_div(n, bs)
             tables.append(list(range(nxt, nxt + nb)))
             nxt += nb
         md = build_metadata(query_lens, seq_lens, tables, bs, device)
@@ -144,7 +130,7 @@ def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_byt
         q = torch.randn(T, H, D, device=device, dtype=act)
         k = torch.randn(T, KVH, D, device=device, dtype=act)
         v = torch.randn(T, KVH, D, device=device, dtype=act)
-        return _timeit(lambda: [attn.forward(i, q, k, v, md) for i in range(layers)], device) / layers
+        return timeit(lambda: [attn.forward(i, q, k, v, md) for i in range(layers)], device) / layers
 
     dec_rows = []
     for s in DECODE_SEQS:
@@ -177,30 +163,23 @@ def copy_bandwidths(device: torch.device, nbytes: int = 1 << 28) -> dict[str, fl
     host = torch.empty(nbytes, dtype=torch.uint8)
     if device.type != "cuda":
         dst = torch.empty_like(host)
-        bw = nbytes / _timeit(lambda: dst.copy_(host), device)
+        bw = nbytes / timeit(lambda: dst.copy_(host), device)
         return {"h2d_pinned": bw, "h2d_pageable": bw, "d2h_pinned": bw, "d2h_pageable": bw}
     pinned = host.pin_memory()
     dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    return {"h2d_pinned": nbytes / _timeit(lambda: dev.copy_(pinned, non_blocking=True), device),
-            "h2d_pageable": nbytes / _timeit(lambda: dev.copy_(host), device),
-            "d2h_pinned": nbytes / _timeit(lambda: pinned.copy_(dev, non_blocking=True), device),
-            "d2h_pageable": nbytes / _timeit(lambda: host.copy_(dev), device)}
+    return {"h2d_pinned": nbytes / timeit(lambda: dev.copy_(pinned, non_blocking=True), device),
+            "h2d_pageable": nbytes / timeit(lambda: dev.copy_(host), device),
+            "d2h_pinned": nbytes / timeit(lambda: pinned.copy_(dev, non_blocking=True), device),
+            "d2h_pageable": nbytes / timeit(lambda: host.copy_(dev), device)}
 
 
 def host_read_bandwidth(nbytes: int = 1 << 29) -> float:
     x = torch.ones(nbytes // 4, dtype=torch.float32)
-    return nbytes / _timeit(lambda: x.sum(), torch.device("cpu"), reps=5)
+    return nbytes / timeit(lambda: x.sum(), torch.device("cpu"), reps=5)
 
 
 def _meminfo_total() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 16 * 2**30
+    return mem_total() or 16 * 2**30
 
 
 def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, progress: bool = True,
@@ -208,29 +187,28 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
     """host_kv: the host KV precisions to time (default: the model dtype's, plus f16 for float32 models)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     host = torch.device("cpu")
-    tdtype = TORCH_DTYPES[dtype]
+    tdtype = torch_dtype(dtype)
     shape = ModelShape.from_config(mc, dtype)
     n_gemm = (len(shape.gemms) + 1) * len(GEMM_TOKENS)
     n_attn = len(DECODE_SEQS) * len(DECODE_TOTAL_TOKENS) + len(PREFILL_TOKENS) * len(PREFILL_CONTEXT)
-    own = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[dtype]
+    own = KV_OF_MODEL[dtype]
     host_kv = tuple(host_kv or ((own, "f16") if own == "f32" else (own,)))
     for k in host_kv:
-        if k not in HOST_KV_BYTES:
-            raise ValueError(f"host_kv: {k!r} is not one of {', '.join(HOST_KV_BYTES)}")
+        if k not in BYTES:
+            raise ValueError(f"host_kv: {k!r} is not one of {', '.join(BYTES)}")
     bar = _Bar(2 * n_gemm + (1 + len(host_kv)) * n_attn, progress)
 
     def device_backend(layers, tokens):
         tier = KVCacheTier(Tier.DEVICE, KVLayout(layers, mc.num_key_value_heads, mc.head_dim, BLOCK, tdtype),
-                           -(-tokens // BLOCK), dev)
+                           ceil_div(tokens, BLOCK), dev)
         return (DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
                                 mc.head_dim), BLOCK, tdtype)
 
     def host_backend(precision):
         def make(layers, tokens):
-            from ..attention.host import HostAttention, HostAttentionSpec
             spec = HostAttentionSpec(layers, mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim,
                                      precision, block_size=BLOCK)
-            attn = HostAttention.create(spec, num_blocks=-(-tokens // 16))   # >= tokens for any block size
+            attn = HostAttention.create(spec, num_blocks=ceil_div(tokens, 16))   # >= tokens for any block size
             host_names.append(attn.name)
             return attn, attn.layout.block_size, torch.float32
         return make
@@ -242,11 +220,11 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
     # cpu_only's linear layers are OpenVINO f32 graphs; for other dtypes this times torch linear instead.
     host_gemm = (ov_gemm_table(shape, "host_gemm", bar) if dtype == "float32"
                  else gemm_table(shape, host, tdtype, "host_gemm", bar))
-    dev_dec, dev_pre = attention_tables(mc, device_backend, dev, DTYPE_BYTES[dtype], "device_attention", bar)
+    dev_dec, dev_pre = attention_tables(mc, device_backend, dev, BYTES[dtype], "device_attention", bar)
     host_dec, host_pre, host_names = {}, {}, []
     for kv_name in host_kv:
         host_dec[kv_name], host_pre[kv_name] = attention_tables(
-            mc, host_backend(kv_name), host, HOST_KV_BYTES[kv_name], f"host_attention_{kv_name}", bar)
+            mc, host_backend(kv_name), host, BYTES[kv_name], f"host_attention_{kv_name}", bar)
     bar.bar.close()
     overhead = _layer_overhead(mc, dev, tdtype)
     total_mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else _meminfo_total()
@@ -261,17 +239,14 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
         device_is_host=dev.type == "cpu",
         notes=f"measured in {time.perf_counter() - t0:.0f} s for a model with hidden={mc.hidden_size}, "
               f"layers={mc.num_hidden_layers}; host attention: {', '.join(sorted(set(host_names)))}",
-        extra={"model_dtype_bytes": DTYPE_BYTES[dtype], "host_handoff_s": 0.0})
+        extra={"model_dtype_bytes": BYTES[dtype], "host_handoff_s": 0.0})
     # Last: it times NEO's real runner against predictions from the tables above.
-    from .measure_neo import pipeline_overhead
     pipe = pipeline_overhead(mc, prof, dtype, dev, host_kv[0])
     return dataclasses.replace(prof, extra={**prof.extra, "host_handoff_s": pipe})
 
 
 def _layer_overhead(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     """Per-layer and per-step time outside GEMMs and attention: norms, RoPE, residuals, metadata."""
-    from ..models.llama import rms_norm
-    from ..models.rope import RotaryEmbedding
     hdim, H, KVH, D = mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
     rope = RotaryEmbedding(mc, device, dtype)
     h = torch.randn(1, hdim, device=device, dtype=dtype)
@@ -295,4 +270,4 @@ def _layer_overhead(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -
         torch.tensor([1], device=device)
         return md
 
-    return {"layer": _timeit(layer, device, reps=20), "step": _timeit(step, device, reps=20)}
+    return {"layer": timeit(layer, device, reps=20), "step": timeit(step, device, reps=20)}

@@ -1,0 +1,59 @@
+"""The executor contract: every policy's executor takes a step's StepInputs and returns a StepResult.
+
+Executors are built once, at start-up, from the shared Parts of a runtime (the model on its
+device, the KV tiers and the attention over them), by the builder the policy table names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import torch
+
+from ..attention import DeviceAttention
+from ..attention.host import HostAttention
+from ..config import EngineConfig
+from ..kv import KVCacheTier
+from ..models.config import ModelConfig
+from ..models.llama import LlamaModel
+from ..scheduler import StepInput
+from .trace import NullTracer, Tracer
+
+
+@dataclass(frozen=True)
+class StepResult:
+    logits: torch.Tensor                    # [S, vocab] float32, one row per sampled sequence
+    sampled: tuple[str, ...]                # request ids of the rows, in row order
+    failed: dict[str, str] = field(default_factory=dict)   # request_id -> error; they end with "error"
+    policy: str = ""                        # what ran, for steps_by_policy ("" : the executor's policy)
+
+    @staticmethod
+    def merge(results: Sequence["StepResult"]) -> "StepResult":
+        failed: dict[str, str] = {}
+        for r in results:
+            failed.update(r.failed)
+        return StepResult(torch.cat([r.logits.to(results[0].logits.device) for r in results]),
+                          tuple(rid for r in results for rid in r.sampled), failed)
+
+
+def sampled_ids(seqs: Sequence[StepInput]) -> tuple[str, ...]:
+    return tuple(s.request_id for s in seqs if s.sample)
+
+
+class Executor(Protocol):
+    def execute(self, seqs: list[StepInput]) -> StepResult: ...
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a runtime's executors share, made once by the factory."""
+    config: EngineConfig
+    model_path: Path
+    model_config: ModelConfig
+    model: LlamaModel                       # on the compute device (decoder layers on the host under gpu_offload)
+    device: torch.device
+    device_tier: KVCacheTier | None
+    device_attention: DeviceAttention | None
+    host_attention: HostAttention | None    # owns the host tier
+    tracer: Tracer | NullTracer
