@@ -35,6 +35,7 @@ from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier  # noqa: E4
 from hybridllm.policy import ModelShape, StepShape, reference_profile  # noqa: E402
 from hybridllm.policy.neo import NeoCostTables, decodes  # noqa: E402
 from hybridllm.scheduler import NeoScheduler, Request, RequestStatus, Scheduler  # noqa: E402
+from hybridllm.utils import ceil_div  # noqa: E402
 from hybridllm.sampling_params import SamplingParams  # noqa: E402
 
 
@@ -252,8 +253,8 @@ def run_agree(args) -> None:
         save_profile(measure(mc, args.dtype, progress=False), prof_path)
     block_bytes = 16 * ModelShape.from_config(mc, args.dtype).kv_bytes_per_token(DTYPE_BYTES[args.dtype])
     devs, hosts, ctxs = args.agree_dev, args.agree_host, args.agree_ctx
-    need = max(devs) * (-(-(max(ctxs) + 1) // 16)) + 8
-    need_host = max(hosts) * (-(-(max(ctxs) + 1) // 32)) * 2 + 8      # host blocks hold 32 tokens
+    need = max(devs) * ceil_div(max(ctxs) + 1, 16) + 8
+    need_host = max(hosts) * ceil_div(max(ctxs) + 1, 32) * 2 + 8      # host blocks hold 32 tokens
     llm = LLM(path, policy="neo", dtype=args.dtype, device_kv_bytes=need * block_bytes,
               host_kv_bytes=need_host * block_bytes, max_num_seqs=256, hardware_profile=prof_path)
     engine = llm.engine

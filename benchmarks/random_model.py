@@ -17,23 +17,24 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from hybridllm.dtypes import MODEL_DTYPES, torch_dtype
+
 SHAPES = {
     # name: (hidden, layers, heads, kv heads, intermediate, vocab, rope theta, max positions, tied)
     "llama-3-8b": (4096, 32, 32, 8, 14336, 128256, 500000.0, 8192, False),
     "llama-3.2-1b": (2048, 16, 32, 8, 8192, 128256, 500000.0, 8192, True),
     "smollm2-135m": (576, 30, 9, 3, 1536, 49152, 100000.0, 8192, True),
 }
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def make(name: str, folder: Path, dtype: str = "bfloat16", seed: int = 0) -> Path:
     if name not in SHAPES:
         raise ValueError(f"shape: {name!r} is not one of {', '.join(SHAPES)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
     hidden, layers, heads, kvh, inter, vocab, theta, max_pos, tied = SHAPES[name]
     d = hidden // heads
-    td = DTYPES[dtype]
+    td = torch_dtype(dtype)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator(dev).manual_seed(seed)
 
@@ -73,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shape", choices=sorted(SHAPES))
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    ap.add_argument("--dtype", default="bfloat16", choices=sorted(MODEL_DTYPES))
     args = ap.parse_args()
     t = time.perf_counter()
     make(args.shape, args.folder, args.dtype)

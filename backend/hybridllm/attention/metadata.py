@@ -19,10 +19,6 @@ class SeqSlice:
     seq_len: int                    # context length after this step (num_computed_tokens + query len)
     block_table: torch.Tensor       # [num_blocks_of_seq] int64
 
-    @property
-    def query_len(self) -> int:
-        return self.q_end - self.q_start
-
 
 @dataclass(frozen=True)
 class AttentionMetadata:

@@ -58,10 +58,6 @@ class Estimate:
     feasible: bool
     why_not: str = ""            # set when not feasible
 
-    @property
-    def pcie_fraction(self) -> float:
-        return self.transfer_s / self.seconds if self.seconds else 0.0
-
 
 def phase_step(phase: str, b: BatchShape) -> tuple[StepShape, int]:
     """The representative step of a phase and how many such steps it takes."""

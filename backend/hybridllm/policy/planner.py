@@ -25,10 +25,6 @@ class Plan:
     def seconds(self) -> float:
         return self.prefill.seconds + self.switch_s + self.decode.seconds
 
-    @property
-    def policies(self) -> tuple[str, str]:
-        return self.prefill.policy, self.decode.policy
-
 
 class Planner:
     def __init__(self, model: ModelShape, profile: HardwareProfile, runnable: tuple[str, ...] = PLANNABLE,
@@ -62,14 +58,6 @@ class Planner:
                             f"output_len={batch.output_len}:\n" + "\n".join(lines))
         _, a, b, sw = best
         return Plan(batch, a, b, sw, ests)
-
-    def check_forced(self, policy: str, batch: BatchShape) -> None:
-        """Refuses, with the numbers, a forced policy that cannot fit the workload."""
-        for phase in ("prefill", "decode"):
-            e = self.cost.estimate(policy, phase, self.model, batch)
-            if not e.feasible:
-                raise PlanError(f"policy {policy!r} cannot run batch={batch.batch} input_len={batch.input_len} "
-                                f"output_len={batch.output_len}: {phase} {e.why_not}")
 
 
 def format_plan(plan: Plan) -> str:

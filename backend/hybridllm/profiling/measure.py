@@ -12,6 +12,9 @@ import dataclasses
 import platform
 import time
 
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -85,9 +88,6 @@ def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name
 
 def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar) -> Table2D:
     """OpenVINO FullyConnected in f32 on the host, which cpu_only's linear layers run."""
-    import numpy as np
-    import openvino as ov
-    import openvino.opset13 as ops
 
     config = compile_config("f32")
 

@@ -40,9 +40,5 @@ class SchedulerOutput:
     note: str = ""                  # the scheduler's decision this step, for the debug log and the trace
 
     @property
-    def num_batched_tokens(self) -> int:
-        return sum(len(s.token_ids) for s in self.scheduled)
-
-    @property
     def empty(self) -> bool:
         return not self.scheduled
