@@ -74,7 +74,7 @@ STAGES = ["schedule", "prepare_step", "build_metadata", "prepare", "make_step", 
 
 
 def model_call_key(stats: dict):
-    """The innermost function that runs the model, by name; (key, label) or (None, reason)."""
+    """The innermost function that runs the model, by name: (its keys, label) or (None, reason)."""
     keys = list(stats)
     tiers = [  # innermost first: anything above the infer call is Python the engine could avoid
         ("openvino infer (C++)", [k for k in keys if k[0] == "~" and "openvino" in k[2] and k[2].endswith("infer>")]),
@@ -151,7 +151,7 @@ def run_point(engine, tok, n_prompt: int, tag: str) -> dict:
         total_ms.append((time.perf_counter() - t0) * 1e3)
         assert len(outs) == args.batch, f"{len(outs)} outputs, not {args.batch}: {engine.stats()}"
         one = pstats.Stats(prof)
-        per_step.append(one.stats)
+        per_step.append(dict(one.stats))  # a copy: agg.add() below updates the first step's dict in place
         agg = one if agg is None else agg.add(prof)
     for rid in ids:
         engine.abort_request(rid)

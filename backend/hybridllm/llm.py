@@ -1,4 +1,4 @@
-"""LLM: the in-process API (DESIGN.md's Python contract)."""
+"""LLM: the in-process API (the Python contract in docs/architecture.md)."""
 from __future__ import annotations
 
 import itertools

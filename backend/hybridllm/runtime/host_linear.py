@@ -6,7 +6,7 @@ Per layer, two graphs around the attention call, mirroring LlamaModel:
 and one head graph: h [S, hidden] -> logits [S, vocab] (final norm, lm_head).
 
 Why OpenVINO: its FullyConnected kernels read f32 weights faster than torch
-F.linear on this class of CPU (DESIGN.md), and the elementwise work around
+F.linear on this class of CPU (benchmarks/RESULTS.md), and the elementwise work around
 each matmul fuses into the same call. Everything is compiled once at start-up
 with dynamic token counts; each graph has its own infer request, so its
 outputs stay valid until that graph runs again (the next step) and are handed

@@ -22,7 +22,7 @@ MODEL_PY = (
     "from hybridllm.serving.triton_model import TritonPythonModel  # noqa: F401\n"
 )
 
-# DESIGN.md's I/O contract, with vllm_backend's names: (name, type, dims, optional).
+# The Triton I/O contract (docs/architecture.md), with vllm_backend's names: (name, type, dims, optional).
 INPUTS = (
     ("text_input", "TYPE_STRING", "[ 1 ]", True),           # optional: input_ids may replace it
     ("input_ids", "TYPE_INT32", "[ -1 ]", True),

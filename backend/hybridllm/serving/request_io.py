@@ -168,7 +168,7 @@ def parse_request(get: Callable[[str], object], limits: Limits, parameters: str 
 
 
 def output_arrays(text: str, token_ids, finish_reason: str | None, num_input_tokens: int) -> dict[str, np.ndarray]:
-    """One response's outputs, named and typed as DESIGN.md's contract (vllm_backend's names)."""
+    """One response's outputs, named and typed as the Triton I/O contract (vllm_backend's names)."""
     ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)   # [n]
     return {
         "text_output": np.array([text.encode("utf-8")], dtype=np.object_),   # [1]

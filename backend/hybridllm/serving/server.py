@@ -1,6 +1,6 @@
 """Runs the real tritonserver from the nvidia-pytriton wheel over a model repository.
 
-Start-up is guarded both ways DESIGN.md warns about: a model that fails to load makes the server
+Start-up is guarded both ways tritonserver can go wrong: a model that fails to load makes the server
 exit (we report its log), and a stub that cannot start makes it hang (we give up after a timeout).
 The server gets its own process group, so stopping it by PID also reaches its stub processes,
 and its Python-backend shared memory uses a prefix of ours, so stop() can prove none is left.
