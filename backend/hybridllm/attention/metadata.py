@@ -4,6 +4,7 @@ Built once per step by the runner and shared by every layer.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,12 +32,25 @@ class AttentionMetadata:
     prefills: tuple[SeqSlice, ...]      # sequences with more than one new token
     decode_token_index: torch.Tensor    # [num_decodes] position of each decode token in the step
     decode_block_tables: torch.Tensor   # [num_decodes, max_blocks] int64, padded with block 0
-    decode_mask: torch.Tensor           # [num_decodes, 1, 1, max_blocks * block_size] bool
+    decode_seq_lens: tuple[int, ...]    # [num_decodes]
     block_size: int
+    sliding_window: int | None = None
 
     @property
     def num_decodes(self) -> int:
         return int(self.decode_token_index.numel())
+
+    @functools.cached_property
+    def decode_mask(self) -> torch.Tensor:
+        """[num_decodes, 1, 1, max_blocks * block_size] bool: the keys each decode sees. Made on first
+        use (once per step, shared by the layers), so backends that need no mask do not pay for it."""
+        key_pos = torch.arange(self.decode_block_tables.shape[1] * self.block_size)          # [max_ctx]
+        lens = torch.tensor(self.decode_seq_lens, dtype=torch.int64)[:, None]                # [num_decodes, 1]
+        mask = key_pos[None, :] < lens
+        if self.sliding_window is not None:
+            # The decode token sits at position len - 1 and sees the last `sliding_window` keys.
+            mask &= key_pos[None, :] > lens - 1 - self.sliding_window
+        return mask[:, None, None, :].to(self.decode_block_tables.device)
 
 
 def build_metadata(query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]],
@@ -61,17 +75,11 @@ def build_metadata(query_lens: list[int], seq_lens: list[int], block_tables: lis
             bt = torch.tensor(table[:ceil_div(slen, block_size)], dtype=torch.int64, device=device)
             prefills.append(SeqSlice(q0, q0 + qlen, slen, bt))
     slot_mapping = torch.tensor(slots, dtype=torch.int64, device=device)
-    max_blocks = max((ceil_div(n, block_size) for n in dec_lens), default=0)
-    tables = torch.zeros((len(dec_tables), max_blocks), dtype=torch.int64)
-    for r, (t, n) in enumerate(zip(dec_tables, dec_lens)):
-        nb = ceil_div(n, block_size)
-        tables[r, :nb] = torch.tensor(t[:nb])
-    key_pos = torch.arange(max_blocks * block_size)                  # [max_ctx]
-    lens = torch.tensor(dec_lens, dtype=torch.int64)[:, None]        # [num_decodes, 1]
-    mask = key_pos[None, :] < lens
-    if sliding_window is not None:
-        # The decode token sits at position len - 1 and sees the last `sliding_window` keys.
-        mask &= key_pos[None, :] > lens - 1 - sliding_window
+    nbs = [ceil_div(n, block_size) for n in dec_lens]
+    max_blocks = max(nbs, default=0)
+    # One tensor from padded rows: a tensor per row costs more than the rows themselves.
+    tables = torch.tensor([list(t[:nb]) + [0] * (max_blocks - nb) for t, nb in zip(dec_tables, nbs)],
+                          dtype=torch.int64).view(len(dec_tables), max_blocks)
     return AttentionMetadata(
         num_tokens=starts[-1],
         slot_mapping=slot_mapping,
@@ -82,6 +90,7 @@ def build_metadata(query_lens: list[int], seq_lens: list[int], block_tables: lis
         prefills=tuple(prefills),
         decode_token_index=torch.tensor(dec_idx, dtype=torch.int64, device=device),
         decode_block_tables=tables.to(device),
-        decode_mask=mask[:, None, None, :].to(device),
+        decode_seq_lens=tuple(dec_lens),
         block_size=block_size,
+        sliding_window=sliding_window,
     )

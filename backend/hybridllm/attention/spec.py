@@ -98,9 +98,12 @@ def make_step(md: AttentionMetadata, num_blocks: int) -> HostStep:
         bad = block_indices[(block_indices < 0) | (block_indices >= num_blocks)][0]
         raise ValueError(f"block_table: block index {int(bad)} is out of range [0, {num_blocks})")
     past = np.array([s - q for s, q in zip(md.seq_lens, qlens)], dtype=np.int32)
-    # The slots the fallbacks write must be the ones the tables imply (the op derives its own).
-    want = np.concatenate([t[np.arange(p, p + q) // bs].astype(np.int64) * bs + np.arange(p, p + q) % bs
-                           for t, p, q in zip(tables, past, qlens)]) if tables else np.zeros(0, np.int64)
+    begins = np.cumsum([0] + [t.shape[0] for t in tables]).astype(np.int32)
+    # The slots the fallbacks write must be the ones the tables imply (the op derives its own);
+    # vectorised over the step's tokens: token j of sequence i sits at position past[i] + j.
+    q = np.asarray(qlens, dtype=np.int64)
+    pos = np.arange(int(q.sum())) - np.repeat(np.asarray(qsl[:-1], dtype=np.int64), q) + np.repeat(past, q)
+    want = block_indices[np.repeat(begins[:-1], q) + pos // bs].astype(np.int64) * bs + pos % bs
     if not np.array_equal(want, md.slot_mapping.cpu().numpy()):
         raise ValueError("slot_mapping does not match the block tables and seq_lens")
     return HostStep(
@@ -110,6 +113,6 @@ def make_step(md: AttentionMetadata, num_blocks: int) -> HostStep:
         past_lens=past,
         subsequence_begins=np.asarray(qsl, dtype=np.int32),
         block_indices=block_indices.astype(np.int32),
-        block_indices_begins=np.cumsum([0] + [t.shape[0] for t in tables]).astype(np.int32),
+        block_indices_begins=begins,
         max_context_len=np.array(max(md.seq_lens, default=0), dtype=np.int32),
     )

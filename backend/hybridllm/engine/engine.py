@@ -140,7 +140,7 @@ class LLMEngine:
         # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
         reqs = [requests[rid] for rid in result.sampled]
         outs = [self._fail(requests[rid], err) for rid, err in result.failed.items()]
-        tokens = sample(result.logits, [r.params for r in reqs], [r.generator for r in reqs])
+        tokens = sample(result.logits, [r.params for r in reqs], [r.generator for r in reqs], result.greedy)
         return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens) if req.request_id not in result.failed]
 
     def _execute(self, seqs: tuple[StepInput, ...]) -> StepResult:

@@ -7,12 +7,15 @@ from ..sampling_params import SamplingParams
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams],
-           generators: list[torch.Generator | None]) -> list[int]:
-    """logits: [S, vocab] float32 (any device) -> one token id per row, with one transfer to the host."""
-    if not any(not p.greedy for p in params):
-        return logits.argmax(dim=-1).tolist()
+           generators: list[torch.Generator | None], greedy: torch.Tensor | None = None) -> list[int]:
+    """logits: [S, vocab] float32 (any device) -> one token id per row, with one transfer to the host.
+    greedy: each row's argmax [S] when the executor computed it already."""
+    if greedy is None:
+        greedy = logits.argmax(dim=-1)
+    out = greedy.tolist()
+    if all(p.greedy for p in params):
+        return out
     rows = logits.float().cpu()                                     # [S, vocab] on the host, once
-    out = rows.argmax(dim=-1).tolist()
     for i, p in enumerate(params):
         if p.greedy:
             continue

@@ -47,9 +47,10 @@ class CpuOnlyRunner:
             rows = st.sample_index
             if not rows.numel():
                 # Nothing to sample (only prefill chunks): the step still writes K/V; row 0's logits are dropped.
-                rows = torch.zeros(1, dtype=torch.int64)
-                return StepResult(lin.run_model(h, cos, sin, attn.prepare(st.md), rows)[:0], ids)
-            return StepResult(lin.run_model(h, cos, sin, attn.prepare(st.md), rows), ids)   # checks md first
+                logits, _ = lin.run_model(h, cos, sin, attn.prepare(st.md), torch.zeros(1, dtype=torch.int64))
+                return StepResult(logits[:0], ids)
+            logits, argmax = lin.run_model(h, cos, sin, attn.prepare(st.md), rows)     # prepare checks md first
+            return StepResult(logits, ids, greedy=argmax)
         for i in range(self.model.cfg.num_hidden_layers):
             q, k, v = lin.attn_inputs(i, h, cos, sin)
             o = attn.forward(i, q, k, v, st.md)                                  # [T, H * D]

@@ -27,14 +27,18 @@ class StepResult:
     sampled: tuple[str, ...]                # request ids of the rows, in row order
     failed: dict[str, str] = field(default_factory=dict)   # request_id -> error; they end with "error"
     policy: str = ""                        # what ran, for steps_by_policy ("" : the executor's policy)
+    greedy: torch.Tensor | None = None      # [S] int64 argmax of each row, where the executor had it cheaply
 
     @staticmethod
     def merge(results: Sequence["StepResult"]) -> "StepResult":
         failed: dict[str, str] = {}
         for r in results:
             failed.update(r.failed)
+        greedy = None
+        if all(r.greedy is not None for r in results):
+            greedy = torch.cat([r.greedy.cpu() for r in results])
         return StepResult(torch.cat([r.logits.to(results[0].logits.device) for r in results]),
-                          tuple(rid for r in results for rid in r.sampled), failed)
+                          tuple(rid for r in results for rid in r.sampled), failed, greedy=greedy)
 
 
 def sampled_ids(seqs: Sequence[StepInput]) -> tuple[str, ...]:

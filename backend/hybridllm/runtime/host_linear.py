@@ -137,7 +137,8 @@ class _GraphBuilder:
 
     def whole(self, spec) -> ov.Model:
         """Every layer with the PagedAttention op inside, then the head on the sampled rows:
-        h [T, hidden], cos/sin [T, D], sample_index [S], step inputs, key/value_cache.{i} -> logits [S, vocab]."""
+        h [T, hidden], cos/sin [T, D], sample_index [S], step inputs, key/value_cache.{i} -> logits [S, vocab],
+        and each row's argmax [S] (greedy rows need no pass over the logits in single-threaded torch)."""
         h, cos, sin = self.inputs()
         rows = param([-1], ov.Type.i64, "sample_index")
         shared = {n: p for n, p in step_params().items() if n in _STEP_INPUTS}
@@ -149,7 +150,10 @@ class _GraphBuilder:
             flat = [ops.reshape(t, _i64([0, -1]), True).output(0) for t in self.qkv(i, x, cos, sin)]  # [T, heads * D]
             x = self.finish(i, x, paged_attention(spec, *flat, dict(shared, key_cache=kc, value_cache=vc)))
         logits = self.logits(ops.gather(x, rows, _i64(0)))
-        return stable_names(ov.Model([logits], [h, cos, sin, rows, *shared.values(), *caches], "whole"), "whole")
+        top = ops.topk(logits, _i64(1), -1, "max", "none", ov.Type.i64)                   # [S, 1]
+        argmax = ops.squeeze(top.output(1), _i64([1]))
+        return stable_names(ov.Model([logits, argmax], [h, cos, sin, rows, *shared.values(), *caches], "whole"),
+                            "whole")
 
 
 class _Graph:
@@ -230,9 +234,11 @@ class HostLinearModel:
         return self.post[i](h, attn_out)[0]
 
     def run_model(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step,
-                  sample_index: torch.Tensor) -> torch.Tensor:
+                  sample_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused mode, one call per step: h [T, hidden], cos/sin [T, D], step: the checked HostStep,
-        sample_index [S] -> logits [S, vocab] float32, owned by the caller."""
+        sample_index [S] -> (logits [S, vocab] float32, argmax [S] int64), views of the graph's output
+        buffers: valid until the next run_model (the engine samples before then; a copy of the logits
+        would cost ~0.3 ms at batch 32)."""
         r = self.whole.request
         if step is not self._step:
             # `step` holds the arrays these tensors share; self._step keeps it alive until the next step.
@@ -242,7 +248,7 @@ class HostLinearModel:
         for name, x in (("h", h), ("cos", cos), ("sin", sin), ("sample_index", sample_index)):
             r.set_tensor(name, ov.Tensor(x.numpy(), shared_memory=True))
         r.infer()
-        return torch.from_numpy(r.get_output_tensor(0).data).clone()
+        return torch.from_numpy(r.get_output_tensor(0).data), torch.from_numpy(r.get_output_tensor(1).data)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h: [S, hidden] -> [S, vocab] float32, owned by the caller."""
