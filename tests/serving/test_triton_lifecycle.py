@@ -18,6 +18,8 @@ from hybridllm.serving.server import ServerError, TritonServer
 
 from .triton_helpers import free_ports, grpc_stream, start_server
 
+pytestmark = pytest.mark.slow      # real tritonserver processes
+
 TINY = "tiny_llm"
 
 

@@ -11,6 +11,7 @@ from ..helpers.arrivals import run_staggered
 from ..helpers.default_prompts import GREEDY, N, PROMPTS
 from ..helpers.tiny_models import hf_greedy
 
+pytestmark = pytest.mark.slow      # the real default model
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@ import pytest
 
 from hybridllm import LLM, SamplingParams
 
+pytestmark = pytest.mark.slow      # the real default model
+
 PROMPT = "Write a short poem about the sea:"
 
 
