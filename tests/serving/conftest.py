@@ -28,7 +28,7 @@ def triton(tmp_path_factory, tiny_model_dir, default_model_path):
     # Small KV tiers: tests need a few hundred tokens per request, not the 1 GiB CPU default.
     write_model(repo, DEFAULT, EngineConfig(model=str(default_model_path), device_kv_bytes=128 << 20,
                                             host_kv_bytes=64 << 20))
-    write_model(repo, TINY, EngineConfig(model=str(tiny_model_dir), device_kv_bytes=16 << 20,
+    write_model(repo, TINY, EngineConfig(model=str(tiny_model_dir), policy="gpu_only", device_kv_bytes=16 << 20,
                                          host_kv_bytes=4 << 20),
                 ServingLimits(max_tokens_non_stream=TINY_NON_STREAM_CAP))
     server = start_server(repo, root)

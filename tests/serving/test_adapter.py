@@ -20,7 +20,7 @@ GREEDY = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
 
 
 def _config(tiny: str, decoupled: bool = True) -> dict:
-    params = to_parameters(EngineConfig(model=tiny, device_kv_bytes=2 << 20, host_kv_bytes=1 << 20),
+    params = to_parameters(EngineConfig(model=tiny, policy="gpu_only", device_kv_bytes=2 << 20, host_kv_bytes=1 << 20),
                            ServingLimits(max_tokens_non_stream=64))
     return {"name": "tiny", "model_transaction_policy": {"decoupled": decoupled},
             "parameters": {k: {"string_value": v} for k, v in params.items()}}
@@ -65,7 +65,7 @@ def test_streams_the_same_tokens_as_llm_generate(model, tiny_model_dir):
     reqs = [_request(p, GREEDY) for p in prompts]
     assert model.execute(reqs) is None            # decoupled: returns at once, answers come later
     _wait(*reqs)
-    ref = LLM(str(tiny_model_dir)).generate(prompts, SamplingParams(**GREEDY), use_tqdm=False)
+    ref = LLM(str(tiny_model_dir), policy="gpu_only").generate(prompts, SamplingParams(**GREEDY), use_tqdm=False)
     for r, out in zip(reqs, ref):
         s = r.sender
         assert [int(t) for a in s.output("output_ids") for t in a] == list(out.token_ids)

@@ -33,7 +33,8 @@ def _group_gone(pgid: int) -> bool:
 
 def _tiny_repo(root: Path, tiny_model_dir: Path) -> Path:
     repo = root / "repo"
-    write_model(repo, TINY, EngineConfig(model=str(tiny_model_dir), device_kv_bytes=4 << 20, host_kv_bytes=1 << 20))
+    write_model(repo, TINY, EngineConfig(model=str(tiny_model_dir), policy="gpu_only", device_kv_bytes=4 << 20,
+                                         host_kv_bytes=1 << 20))
     return repo
 
 

@@ -12,7 +12,7 @@ from ..helpers.tiny_models import make_tiny
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory):
     folder = make_tiny(tmp_path_factory.mktemp("tiny"), "llama", max_position_embeddings=64)
-    return LLM(str(folder))
+    return LLM(str(folder), policy="gpu_only")
 
 
 GOOD = SamplingParams(max_tokens=3, temperature=0.0)

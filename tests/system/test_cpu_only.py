@@ -26,7 +26,7 @@ def restore_torch_threads():
 
 @pytest.fixture(scope="module")
 def reference_tokens():
-    llm = LLM(model="default")
+    llm = LLM(model="default", policy="gpu_only")     # the device path, as the reference
     return [list(o.token_ids) for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
 
 

@@ -62,7 +62,7 @@ def test_prefill_chunks_and_decodes_match_hf_logits(tiny):
 
 def test_batched_greedy_matches_hf(tiny):
     folder, hf = tiny
-    llm = LLM(str(folder), max_num_batched_tokens=40)
+    llm = LLM(str(folder), policy="gpu_only", max_num_batched_tokens=40)
     prompts = ["a", "hello there", "the quick brown fox jumps over the lazy dog" * 2, "xyz" * 9]
     ids = [llm.tokenizer.encode(p).ids for p in prompts]
     outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False)

@@ -17,8 +17,8 @@ from tokenizers import Tokenizer
 from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..models.default import resolve_model
-from ..policy.registry import POLICIES
-from ..profiling.store import load_profile
+from .profiles import find_profile
+from .router import Router
 from ..runtime import StepResult, Tracer, build_runtime
 from ..sampling_params import SamplingParams
 from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, StepInput
@@ -37,15 +37,19 @@ class LLMEngine:
         self.model_path = resolve_model(config.model)
         self.model_config = mc = ModelConfig.from_folder(self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
-        profile = load_profile(config.hardware_profile) if config.hardware_profile is not None else None
+        profile, found = find_profile(config, mc)
         self.runtime = rt = build_runtime(config, self.model_path, mc, profile, tracer)
         self.model = rt.model
         self.device = rt.device
         self.kv = rt.kv
-        if POLICIES[rt.prefill_policy].scheduler == "neo":
+        self.router = Router(rt, self.kv, tracer)
+        if rt.scheduler == "neo":
             self.scheduler = NeoScheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, rt.neo_costs)
             # A request may live on either tier, so it must fit the larger one.
             fits = max(self.kv.capacity_tokens(t) for t in self.kv.tiers)
+        elif rt.planner is not None:
+            self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, planner=rt.planner)
+            fits = min(self.kv.capacity_tokens(t) for t in self.kv.tiers)      # it may be placed on either
         else:
             self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
                                        rt.tier_of(rt.prefill_policy), rt.tier_of(rt.decode_policy))
@@ -57,10 +61,13 @@ class LLMEngine:
         self._steps_by_policy: dict[str, int] = {}
         self._num_preemptions = 0
         self._next_seed = config.seed
-        log.info("engine ready: model=%s device=%s policy=%s -> prefill %s, decode %s (%s); KV blocks %s; "
+        log.info("engine ready: model=%s device=%s policy=%s -> prefill %s, decode %s (%s%s); KV blocks %s; "
                  "max_model_len=%d", self.model_path, self.device, config.policy, rt.prefill_policy,
-                 rt.decode_policy, rt.reason, {t.value: p.num_blocks for t, p in self.kv.tiers.items()},
-                 self.max_model_len)
+                 rt.decode_policy, rt.reason, f"; {found}" if found else "",
+                 {t.value: p.num_blocks for t, p in self.kv.tiers.items()}, self.max_model_len)
+        if rt.planner is not None:
+            for line in self.router.describe(mc.max_position_embeddings):
+                log.info("auto: %s", line)
 
     # -- requests --------------------------------------------------------------
 
@@ -144,13 +151,10 @@ class LLMEngine:
         return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens) if req.request_id not in result.failed]
 
     def _execute(self, seqs: tuple[StepInput, ...]) -> StepResult:
-        """Each sequence goes to the executor of its phase; one StepResult for the step."""
+        """Each sequence goes to the executor the router picks for it; one StepResult for the step."""
         rt = self.runtime
-        groups: dict[str, list[StepInput]] = {}
-        for s in seqs:
-            groups.setdefault(rt.decode_policy if s.is_decode else rt.prefill_policy, []).append(s)
         results = []
-        for policy, group in groups.items():
+        for policy, group in self.router.route(seqs, self._num_steps).items():
             r = rt.executors[policy].execute(group)
             label = r.policy or policy
             self._steps_by_policy[label] = self._steps_by_policy.get(label, 0) + 1

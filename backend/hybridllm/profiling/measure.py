@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import openvino as ov
@@ -32,11 +33,20 @@ from ..utils import ceil_div, mem_total
 from .measure_neo import pipeline_overhead
 from .timing import timeit
 
-GEMM_TOKENS = (1, 4, 16, 64, 256, 1024)
-DECODE_SEQS = (1, 4, 16, 32)
-DECODE_TOTAL_TOKENS = (512, 4096, 32768)
-PREFILL_TOKENS = (16, 128, 512, 2048)
-PREFILL_CONTEXT = (16, 128, 512, 2048)
+@dataclass(frozen=True)
+class Grid:
+    """Where the tables are sampled; the cost model interpolates between the points (log-log)."""
+    gemm_tokens: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
+    decode_seqs: tuple[int, ...] = (1, 4, 16, 32)
+    decode_total_tokens: tuple[int, ...] = (512, 4096, 32768)
+    prefill_tokens: tuple[int, ...] = (16, 128, 512, 2048)
+    prefill_context: tuple[int, ...] = (16, 128, 512, 2048)
+
+
+FULL = Grid()
+# Profile on first use (policy auto): about half the probes, every table still spanning the same range.
+QUICK = Grid(gemm_tokens=(1, 16, 256, 1024), decode_seqs=(1, 8, 32), decode_total_tokens=(512, 32768),
+             prefill_tokens=(16, 256, 2048), prefill_context=(16, 256, 2048))
 BLOCK = 16
 COLD_BYTES = 256 << 20   # rotate through this much data so timings read DRAM, as a real step does, not cache
 
@@ -50,7 +60,7 @@ class _Bar:
         self.bar.update(1)
 
 
-def _gemm_grid(shape: ModelShape, name: str, bar: _Bar, prepare) -> Table2D:
+def _gemm_grid(shape: ModelShape, name: str, bar: _Bar, prepare, grid: Grid = FULL) -> Table2D:
     """Seconds per GEMM by (tokens, n * k) for every matrix shape of the model and its LM head.
 
     prepare(n, k) -> time(t): seconds for one [t, k] x [k, n] product, weights read cold."""
@@ -62,18 +72,19 @@ def _gemm_grid(shape: ModelShape, name: str, bar: _Bar, prepare) -> Table2D:
         n, k = mats[p]
         time_tokens = prepare(n, k)
         col = []
-        for t in GEMM_TOKENS:
+        for t in grid.gemm_tokens:
             if p == shape.vocab * shape.hidden and t > 256 and col:
-                col.append(col[-1] * t / GEMM_TOKENS[len(col) - 1])   # the LM head only sees sampled rows
+                col.append(col[-1] * t / grid.gemm_tokens[len(col) - 1])   # the LM head only sees sampled rows
             else:
                 col.append(time_tokens(t))
             bar.step(f"{name} {n}x{k} tokens={t}")
         rows[p] = col
-    seconds = tuple(tuple(rows[p][i] for p in params) for i in range(len(GEMM_TOKENS)))
-    return Table2D(tuple(float(t) for t in GEMM_TOKENS), tuple(float(p) for p in params), seconds, name)
+    seconds = tuple(tuple(rows[p][i] for p in params) for i in range(len(grid.gemm_tokens)))
+    return Table2D(tuple(float(t) for t in grid.gemm_tokens), tuple(float(p) for p in params), seconds, name)
 
 
-def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name: str, bar: _Bar) -> Table2D:
+def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name: str, bar: _Bar,
+               grid: Grid = FULL) -> Table2D:
     """torch F.linear on `device`, which the device executors run."""
     def prepare(n, k):
         copies = max(1, COLD_BYTES // (n * k * dtype.itemsize))
@@ -83,10 +94,10 @@ def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name
             x = torch.randn(t, k, device=device, dtype=dtype)
             return timeit(lambda: [F.linear(x, w) for w in ws], device) / copies
         return time_tokens
-    return _gemm_grid(shape, name, bar, prepare)
+    return _gemm_grid(shape, name, bar, prepare, grid)
 
 
-def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar) -> Table2D:
+def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar, grid: Grid = FULL) -> Table2D:
     """OpenVINO FullyConnected in f32 on the host, which cpu_only's linear layers run."""
 
     config = compile_config("f32")
@@ -103,18 +114,18 @@ def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar) -> Table2D:
             xt = ov.Tensor(np.random.randn(t, k).astype(np.float32))
             return timeit(lambda: req.infer({0: xt}), torch.device("cpu")) / copies
         return time_tokens
-    return _gemm_grid(shape, name, bar, prepare)
+    return _gemm_grid(shape, name, bar, prepare, grid)
 
 
 def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_bytes: int, name: str,
-                     bar: _Bar) -> tuple[Table2D, Table2D]:
+                     bar: _Bar, grid: Grid = FULL) -> tuple[Table2D, Table2D]:
     """(decode, prefill) tables for one attention backend over a paged cache.
 
     make_backend(num_layers, num_tokens) -> (backend, block_size, activation dtype): a backend
     with forward(layer, q, k, v, md) over a fresh cache of that many layers and tokens."""
     H, KVH, D = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
     # Every probe holds at most this many tokens, plus up to a block per sequence (<= 128 sequences).
-    max_tokens = max(max(DECODE_TOTAL_TOKENS), max(PREFILL_TOKENS)) + 128 * 32
+    max_tokens = max(max(grid.decode_total_tokens), max(grid.prefill_tokens)) + 128 * 32
     per_layer = max_tokens * 2 * KVH * D * kv_bytes
     layers = max(1, min(8, COLD_BYTES // per_layer))     # cycle layers so small caches are not cache-hot
     attn, bs, act = make_backend(layers, max_tokens)
@@ -133,18 +144,18 @@ def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_byt
         return timeit(lambda: [attn.forward(i, q, k, v, md) for i in range(layers)], device) / layers
 
     dec_rows = []
-    for s in DECODE_SEQS:
+    for s in grid.decode_seqs:
         row = []
-        for total in DECODE_TOTAL_TOKENS:
+        for total in grid.decode_total_tokens:
             ctx = max(total // s, 2)
             row.append(run([1] * s, [ctx] * s))
             bar.step(f"{name} decode seqs={s} ctx={ctx}")
         dec_rows.append(row)
-    y_dec = tuple(float(t * 2 * KVH * D * kv_bytes) for t in DECODE_TOTAL_TOKENS)
+    y_dec = tuple(float(t * 2 * KVH * D * kv_bytes) for t in grid.decode_total_tokens)
     pre_rows = []
-    for T in PREFILL_TOKENS:
+    for T in grid.prefill_tokens:
         row = []
-        for n in PREFILL_CONTEXT:
+        for n in grid.prefill_context:
             # Keep the mean keys per new token at (n + 1) / 2 in every cell of the column:
             # whole causal prefills of n tokens, or one chunk of T tokens ending a context of (n + T) / 2.
             if T >= n:
@@ -154,9 +165,10 @@ def attention_tables(mc: ModelConfig, make_backend, device: torch.device, kv_byt
             bar.step(f"{name} prefill tokens={T} ctx={n}")
         pre_rows.append(row)
     # y: attention FLOPs per new token, as the cost model computes them
-    y_pre = tuple(4 * (n + 1) / 2 * H * D for n in PREFILL_CONTEXT)
-    return (Table2D(tuple(float(s) for s in DECODE_SEQS), y_dec, tuple(map(tuple, dec_rows)), f"{name}_decode"),
-            Table2D(tuple(float(t) for t in PREFILL_TOKENS), y_pre, tuple(map(tuple, pre_rows)), f"{name}_prefill"))
+    y_pre = tuple(4 * (n + 1) / 2 * H * D for n in grid.prefill_context)
+    return (Table2D(tuple(float(s) for s in grid.decode_seqs), y_dec, tuple(map(tuple, dec_rows)), f"{name}_decode"),
+            Table2D(tuple(float(t) for t in grid.prefill_tokens), y_pre, tuple(map(tuple, pre_rows)),
+                    f"{name}_prefill"))
 
 
 def copy_bandwidths(device: torch.device, nbytes: int = 1 << 28) -> dict[str, float]:
@@ -183,16 +195,19 @@ def _meminfo_total() -> int:
 
 
 def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, progress: bool = True,
-            name: str | None = None, host_kv: tuple[str, ...] | None = None) -> HardwareProfile:
-    """host_kv: the host KV precisions to time (default: the model dtype's, plus f16 for float32 models)."""
+            name: str | None = None, host_kv: tuple[str, ...] | None = None, quick: bool = False) -> HardwareProfile:
+    """host_kv: the host KV precisions to time (default: the model dtype's, plus f16 for float32 models).
+    quick: the profile-on-first-use grid (QUICK), the model dtype's host KV only, and no NEO probe
+    (auto never plans NEO): well under 90 s for the default model on 2 cores."""
+    grid = QUICK if quick else FULL
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     host = torch.device("cpu")
     tdtype = torch_dtype(dtype)
     shape = ModelShape.from_config(mc, dtype)
-    n_gemm = (len(shape.gemms) + 1) * len(GEMM_TOKENS)
-    n_attn = len(DECODE_SEQS) * len(DECODE_TOTAL_TOKENS) + len(PREFILL_TOKENS) * len(PREFILL_CONTEXT)
+    n_gemm = (len(shape.gemms) + 1) * len(grid.gemm_tokens)
+    n_attn = len(grid.decode_seqs) * len(grid.decode_total_tokens) + len(grid.prefill_tokens) * len(grid.prefill_context)
     own = KV_OF_MODEL[dtype]
-    host_kv = tuple(host_kv or ((own, "f16") if own == "f32" else (own,)))
+    host_kv = tuple(host_kv or ((own, "f16") if own == "f32" and not quick else (own,)))
     for k in host_kv:
         if k not in BYTES:
             raise ValueError(f"host_kv: {k!r} is not one of {', '.join(BYTES)}")
@@ -216,15 +231,15 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
     t0 = time.perf_counter()
     bw = host_read_bandwidth()
     copies = copy_bandwidths(dev)
-    dev_gemm = gemm_table(shape, dev, tdtype, "device_gemm", bar)
+    dev_gemm = gemm_table(shape, dev, tdtype, "device_gemm", bar, grid)
     # cpu_only's linear layers are OpenVINO f32 graphs; for other dtypes this times torch linear instead.
-    host_gemm = (ov_gemm_table(shape, "host_gemm", bar) if dtype == "float32"
-                 else gemm_table(shape, host, tdtype, "host_gemm", bar))
-    dev_dec, dev_pre = attention_tables(mc, device_backend, dev, BYTES[dtype], "device_attention", bar)
+    host_gemm = (ov_gemm_table(shape, "host_gemm", bar, grid) if dtype == "float32"
+                 else gemm_table(shape, host, tdtype, "host_gemm", bar, grid))
+    dev_dec, dev_pre = attention_tables(mc, device_backend, dev, BYTES[dtype], "device_attention", bar, grid)
     host_dec, host_pre, host_names = {}, {}, []
     for kv_name in host_kv:
         host_dec[kv_name], host_pre[kv_name] = attention_tables(
-            mc, host_backend(kv_name), host, BYTES[kv_name], f"host_attention_{kv_name}", bar)
+            mc, host_backend(kv_name), host, BYTES[kv_name], f"host_attention_{kv_name}", bar, grid)
     bar.bar.close()
     overhead = _layer_overhead(mc, dev, tdtype)
     total_mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else _meminfo_total()
@@ -237,9 +252,12 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
         device_gemm=dev_gemm, device_attention_decode=dev_dec, device_attention_prefill=dev_pre,
         host_gemm=host_gemm, host_attention_decode=host_dec, host_attention_prefill=host_pre,
         device_is_host=dev.type == "cpu",
-        notes=f"measured in {time.perf_counter() - t0:.0f} s for a model with hidden={mc.hidden_size}, "
-              f"layers={mc.num_hidden_layers}; host attention: {', '.join(sorted(set(host_names)))}",
+        notes=f"measured in {time.perf_counter() - t0:.0f} s ({'quick' if quick else 'full'} grid) for a model with "
+              f"hidden={mc.hidden_size}, layers={mc.num_hidden_layers}; host attention: "
+              f"{', '.join(sorted(set(host_names)))}",
         extra={"model_dtype_bytes": BYTES[dtype], "host_handoff_s": 0.0})
+    if quick:
+        return prof
     # Last: it times NEO's real runner against predictions from the tables above.
     pipe = pipeline_overhead(mc, prof, dtype, dev, host_kv[0])
     return dataclasses.replace(prof, extra={**prof.extra, "host_handoff_s": pipe})

@@ -33,13 +33,17 @@ def load_profile(spec: str | os.PathLike) -> HardwareProfile:
 
 
 def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> None:
-    """Writes to a temporary file beside `path` and renames it: a reader never sees half a profile."""
+    save_json(profile.to_dict(), path)
+
+
+def save_json(data: dict, path: str | os.PathLike) -> None:
+    """Writes to a temporary file beside `path` and renames it: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(profile.to_dict(), f, indent=1)
+            json.dump(data, f, indent=1)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -49,3 +49,18 @@ def choose_policies(config: EngineConfig, model_path: Path, mc: ModelConfig,
               f"decode {plan.decode.policy} ({plan.decode.seconds:.3f} s)")
     log.info(reason)
     return plan.prefill.policy, plan.decode.policy, reason
+
+
+def auto_candidates(config: EngineConfig, mc: ModelConfig) -> tuple[tuple[str, ...], str]:
+    """The policies auto builds executors for, to choose among per step: one per KV tier's way of running
+    linear layers. gpu_only when the weights fit in device memory, else gpu_offload (they cannot share
+    the model's placement, and offload only pays when gpu_only cannot run); cpu_only and partition
+    over the host tier (partition only where the weights fit)."""
+    shape = ModelShape.from_config(mc, config.dtype)
+    fits = shape.weight_bytes < 0.9 * device_memory(config)
+    if fits:
+        return ("gpu_only", "cpu_only", "partition"), ("gpu_only, since the weights fit in device memory; "
+                                                        "cpu_only and partition over the host tier")
+    # partition needs every layer on the device too.
+    return ("gpu_offload", "cpu_only"), ("gpu_offload, since the weights do not fit in device memory; "
+                                         "cpu_only over the host tier")

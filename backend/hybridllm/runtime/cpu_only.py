@@ -15,7 +15,7 @@ import torch
 from ..attention.host import HostAttention
 from ..models.llama import LlamaModel
 from ..scheduler import StepInput
-from .executor import Parts, StepResult, sampled_ids
+from .executor import Parts, StepResult, sampled_ids, set_torch_threads
 from .host_linear import HostLinearModel, HostLinearOptions
 from .model_runner import prepare_step
 
@@ -36,8 +36,7 @@ class CpuOnlyRunner:
 
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> StepResult:
-        if torch.get_num_threads() != self.torch_threads:
-            torch.set_num_threads(self.torch_threads)       # process-wide; see __init__
+        set_torch_threads(self.torch_threads)           # process-wide; see __init__
         st = prepare_step(seqs, self.block_size, self.model, HOST, with_rope=False)
         cos, sin = self.linear.rope_tables(st.positions)                         # [T, D] each
         h = self.model.embed(st.input_ids).float()                               # [T, hidden]

@@ -61,3 +61,11 @@ class Parts:
     device_attention: DeviceAttention | None
     host_attention: HostAttention | None    # owns the host tier
     tracer: Tracer | NullTracer
+    torch_threads: int                      # torch's threads at start-up, for executors whose linear work is torch
+
+
+def set_torch_threads(n: int | None) -> None:
+    """Torch's intra-op threads are process-wide: under auto, cpu_only (1 thread, so torch's idle workers
+    leave OpenVINO's cores alone) and torch executors on the CPU (all cores) can alternate step by step."""
+    if n and torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -22,12 +22,13 @@ from ..config import EngineConfig
 from ..dtypes import kv_precision, torch_dtype
 from ..kv import KVCacheManager, KVCacheTier, KVLayout, Tier
 from ..models.config import ModelConfig
-from ..models.default import cache_dir
 from ..models.llama import LlamaModel
 from ..policy import HardwareProfile, ModelShape
 from ..policy.neo import NeoCostTables
 from ..policy.registry import POLICIES
-from .auto import choose_policies
+from ..policy.step_planner import StepPlanner, useful_policies
+from ..utils import cache_root
+from .auto import auto_candidates, choose_policies, device_memory
 from .executor import Executor, Parts
 from .memory import num_device_blocks
 from .trace import NullTracer, Tracer
@@ -40,17 +41,23 @@ _TIERS = {"device": (Tier.DEVICE,), "host": (Tier.HOST,), "both": (Tier.DEVICE, 
 @dataclass
 class Runtime:
     executors: dict[str, Executor]   # by policy name
-    prefill_policy: str
+    prefill_policy: str              # "auto": chosen per step by `planner`
     decode_policy: str
     kv: KVCacheManager
     model: LlamaModel
     device: torch.device
     reason: str = ""                 # why these policies (logged at start-up)
     neo_costs: NeoCostTables | None = None   # NEO's load-aware choice, when a hardware profile is given
+    planner: StepPlanner | None = None       # auto with a profile: the per-step choice among `executors`
 
     def tier_of(self, policy: str) -> Tier:
         """The tier a policy's requests keep their KV on (NEO's first tier is where prefills start)."""
         return _TIERS[POLICIES[policy].kv_tier][0]
+
+    @property
+    def scheduler(self) -> str:
+        """"plain" or "neo", as the policy table says."""
+        return "plain" if self.planner is not None else POLICIES[self.prefill_policy].scheduler
 
     @property
     def policy(self) -> str:
@@ -65,13 +72,26 @@ def compute_device(config: EngineConfig) -> torch.device:
 
 def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profile: HardwareProfile | None = None,
                   tracer: Tracer | None = None) -> Runtime:
-    """profile: the hardware profile config.hardware_profile names (loaded by the caller), or None."""
-    if config.policy == "auto":
-        prefill, decode, reason = choose_policies(config, model_path, mc, profile)
+    """profile: the hardware profile auto plans with and NEO places by (found by the caller), or None."""
+    per_step = config.policy == "auto" and profile is not None
+    shape = ModelShape.from_config(mc, config.dtype)
+    kv_dtype = kv_precision(config.kv_cache_dtype, config.dtype)
+    if per_step:
+        cands, why = auto_candidates(config, mc)
+        max_len = int(min(mc.max_position_embeddings, config.max_model_len or mc.max_position_embeddings))
+        policies = useful_policies(StepPlanner(shape, profile, cands, kv_dtype, device_memory(config)),
+                                   config.max_num_batched_tokens, config.max_num_seqs, max_len)
+        prefill = decode = "auto"
+        reason = (f"per step on profile {profile.name} among {', '.join(policies)} (candidates {', '.join(cands)}: "
+                  f"{why}; the others win no step of the engine's range)")
+    elif config.policy == "auto":
+        prefill, decode, reason = choose_policies(config, model_path, mc, None)
+        policies = (prefill, decode)
     else:
         prefill = decode = config.policy
+        policies = (prefill,)
         reason = "forced by the policy option"
-    specs = [POLICIES[p] for p in dict.fromkeys((prefill, decode))]
+    specs = [POLICIES[p] for p in dict.fromkeys(policies)]
     if all(s.linear_on == "host" for s in specs):
         if config.device not in (None, "cpu"):
             log.info("policy %s runs on the host; device=%s is not used", prefill, config.device)
@@ -81,12 +101,16 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
     tracer = tracer or NullTracer()
     if isinstance(tracer, Tracer):
         tracer.attach(device)
-    streamed = all(s.linear_on == "streamed" for s in specs)
+    # Streamed decoder layers live in host memory; no other policy of the runtime may want them on the device.
+    streamed = any(s.linear_on == "streamed" for s in specs)
+    if streamed and any(s.linear_on == "device" for s in specs):
+        raise ValueError(f"policies {', '.join(s.name for s in specs)}: gpu_offload keeps the decoder layers in "
+                         "host memory, which a policy with device linear layers cannot run")
     model = LlamaModel.load(model_path, device, config.dtype, layer_device=HOST if streamed else None)
     tiers = {t for s in specs for t in _TIERS[s.kv_tier]}
     dev_tier = dev_attn = host_attn = None
     if Tier.DEVICE in tiers:
-        dev_tier = _device_tier(config, mc, model, device, streamed or any(s.linear_on == "streamed" for s in specs))
+        dev_tier = _device_tier(config, mc, model, device, streamed)
         dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
                                    mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
     if Tier.HOST in tiers:
@@ -94,14 +118,17 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
         reason += f"; host attention {host_attn.name} ({host_attn.reason})"
     kv = KVCacheManager({t: c for t, c in ((Tier.DEVICE, dev_tier), (Tier.HOST, host_attn and host_attn.tier))
                          if c is not None})
-    parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer)
+    parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer,
+                  torch.get_num_threads())
     executors = {s.name: _builder(s.executor)(parts) for s in specs}
-    costs = None
-    if specs[0].scheduler == "neo":
+    costs = planner = None
+    if per_step:
+        planner = StepPlanner(shape, profile, tuple(executors), kv_dtype, device_memory(config))
+    elif specs[0].scheduler == "neo":
         costs = neo_costs(config, mc, profile)
         reason += ("; load-aware host sub-batches from the profile" if costs else
                    "; no hardware profile, so every host decode joins each step")
-    return Runtime(executors, prefill, decode, kv, model, device, reason, costs)
+    return Runtime(executors, prefill, decode, kv, model, device, reason, costs, planner)
 
 
 def _builder(ref: str):
@@ -152,7 +179,7 @@ def host_attention(config: EngineConfig, mc: ModelConfig, device: torch.device) 
 
 def ov_cache_dir(config: EngineConfig) -> str:
     """Where compiled host attention graphs are cached: config.ov_cache_dir, else $HYBRIDLLM_CACHE/ov."""
-    return config.ov_cache_dir or str(cache_dir() / "ov")
+    return config.ov_cache_dir or str(cache_root() / "ov")
 
 
 def neo_costs(config: EngineConfig, mc: ModelConfig, profile: HardwareProfile | None) -> NeoCostTables | None:

@@ -8,7 +8,7 @@ import torch
 from ..attention import AttentionMetadata, build_metadata
 from ..models.llama import LlamaModel
 from ..scheduler import StepInput
-from .executor import Parts, StepResult, sampled_ids
+from .executor import Parts, StepResult, sampled_ids, set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,16 @@ def prepare_step(seqs: list[StepInput], block_size: int, model: LlamaModel, attn
 class ModelRunner:
     """Weights, attention and KV all on the compute device."""
 
-    def __init__(self, model: LlamaModel, attention, block_size: int):
+    def __init__(self, model: LlamaModel, attention, block_size: int, torch_threads: int | None = None):
         self.model = model
         self.attention = attention
         self.block_size = block_size
         self.device = model.device
+        self.torch_threads = torch_threads          # on the CPU: the threads torch's linear layers get
 
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> StepResult:
+        set_torch_threads(self.torch_threads)
         model = self.model
         st = prepare_step(seqs, self.block_size, model, self.device)
         h = model.embed(st.input_ids)                                              # [T, hidden]
@@ -58,4 +60,9 @@ class ModelRunner:
 
 
 def build(parts: Parts) -> ModelRunner:
-    return ModelRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size)
+    return ModelRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size, cpu_threads(parts))
+
+
+def cpu_threads(parts: Parts) -> int | None:
+    """The torch threads an executor whose linear layers run in torch keeps: all of them on the CPU."""
+    return parts.torch_threads if parts.device.type == "cpu" else None

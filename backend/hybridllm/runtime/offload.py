@@ -12,16 +12,17 @@ import torch
 
 from ..models.llama import LayerWeights, LlamaModel
 from ..scheduler import StepInput
-from .executor import Parts, StepResult, sampled_ids
-from .model_runner import prepare_step
+from .executor import Parts, StepResult, sampled_ids, set_torch_threads
+from .model_runner import cpu_threads, prepare_step
 
 
 class OffloadRunner:
-    def __init__(self, model: LlamaModel, attention, block_size: int):
+    def __init__(self, model: LlamaModel, attention, block_size: int, torch_threads: int | None = None):
         self.model = model                        # layers on the host, the rest on the device
         self.attention = attention                # over the device KV tier
         self.block_size = block_size
         self.device = model.device
+        self.torch_threads = torch_threads
         self.cuda = self.device.type == "cuda"
         # Staging slots, allocated once at start-up.
         self.slots = [self._empty_like(model.layers[0]) for _ in range(2)]
@@ -52,6 +53,7 @@ class OffloadRunner:
 
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> StepResult:
+        set_torch_threads(self.torch_threads)
         model = self.model
         st = prepare_step(seqs, self.block_size, model, self.device)
         n = model.cfg.num_hidden_layers
@@ -76,4 +78,4 @@ class OffloadRunner:
 
 
 def build(parts: Parts) -> OffloadRunner:
-    return OffloadRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size)
+    return OffloadRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size, cpu_threads(parts))

@@ -10,21 +10,23 @@ import torch
 
 from ..models.llama import LlamaModel
 from ..scheduler import StepInput
-from .executor import Parts, StepResult, sampled_ids
-from .model_runner import prepare_step
+from .executor import Parts, StepResult, sampled_ids, set_torch_threads
+from .model_runner import cpu_threads, prepare_step
 
 HOST = torch.device("cpu")
 
 
 class PartitionRunner:
-    def __init__(self, model: LlamaModel, host_attention):
+    def __init__(self, model: LlamaModel, host_attention, torch_threads: int | None = None):
         self.model = model                        # on the compute device
         self.attention = host_attention           # HostAttention over the host tier
         self.block_size = host_attention.layout.block_size   # the host tier's, which may differ from the device's
         self.device = model.device
+        self.torch_threads = torch_threads
 
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> StepResult:
+        set_torch_threads(self.torch_threads)
         model = self.model
         st = prepare_step(seqs, self.block_size, model, HOST)
         h = model.embed(st.input_ids)                                              # [T, hidden]
@@ -36,7 +38,7 @@ class PartitionRunner:
 
 
 def build(parts: Parts) -> PartitionRunner:
-    return PartitionRunner(parts.model, parts.host_attention)
+    return PartitionRunner(parts.model, parts.host_attention, cpu_threads(parts))
 
 
 def to_host(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:

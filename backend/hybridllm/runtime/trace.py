@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-LANES = {"device": 1, "host": 2, "device B": 3, "scheduler": 4}
+LANES = {"device": 1, "host": 2, "device B": 3, "scheduler": 4, "planner": 5}
 
 
 class Tracer:

@@ -38,6 +38,7 @@ class Request:
         self.num_sent_tokens = 0
         self.num_preemptions = 0
         self.error: str | None = None
+        self.kv_tiers = None            # (prefill tier, decode tier), set when admitted
 
     @property
     def num_prompt_tokens(self) -> int:

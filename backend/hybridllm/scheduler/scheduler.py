@@ -7,25 +7,29 @@ Each step, running requests go first (oldest first): a decode takes one token,
 an unfinished prefill takes its next chunk. Waiting requests are then admitted
 while the budget, max_num_seqs and the prefill tier allow. When a running
 request cannot get a block, the newest running request is preempted: its
-blocks are freed and it is recomputed from scratch later. When prefill and
-decode keep KV on different tiers, a request's blocks move to the decode tier
-once its prefill is done (a BlockCopy the engine performs before the step).
+blocks are freed and it is recomputed from scratch later. Each request's KV
+tiers are chosen when it is admitted: the same for all (the prefill and decode
+policies' tiers), or per request by a StepPlanner (policy="auto"). When its
+prefill and decode tiers differ, its blocks move to the decode tier once its
+prefill is done (a BlockCopy the engine performs before the step).
 """
 from __future__ import annotations
 
 from collections import deque
 
 from ..kv import KVCacheManager, Tier
+from ..policy.step_planner import StepPlanner
 from .request import Request, RequestStatus
 from .step import BlockCopy, SchedulerOutput, StepInput
 
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 tier: Tier = Tier.DEVICE, decode_tier: Tier | None = None):
+                 tier: Tier = Tier.DEVICE, decode_tier: Tier | None = None, planner: StepPlanner | None = None):
         self.kv = kv
         self.tier = tier                            # where prefills' KV goes
         self.decode_tier = decode_tier or tier      # where decodes' KV must be (moved there after prefill)
+        self.planner = planner                      # places each request instead, when given
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Request] = deque()
@@ -65,7 +69,9 @@ class Scheduler:
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, self.tier):
+            if req.kv_tiers is None:
+                req.kv_tiers = self._place(req)
+            if not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, req.kv_tiers[0]):
                 break
             self.waiting.popleft()
             self._run(req)
@@ -77,7 +83,7 @@ class Scheduler:
         """Blocks for req's next n tokens, on the tier its phase runs on (moving it there if needed)."""
         total = req.num_computed_tokens + n
         decoding = n == 1 and total == req.num_tokens and req.num_computed_tokens > 0
-        tier = self.decode_tier if decoding else self.tier
+        tier = req.kv_tiers[1] if decoding else req.kv_tiers[0]
         if self.kv.has(req.request_id) and self.kv.tier_of(req.request_id) != tier:
             moved = self.kv.migrate(req.request_id, tier, total)
             if moved is None:
@@ -92,6 +98,13 @@ class Scheduler:
         return StepInput(req.request_id, req.token_ids(start, start + n), start, self.kv.block_table(req.request_id),
                          sample=start + n == req.num_tokens, attn=attn)
 
+    def _place(self, req: Request) -> tuple[Tier, Tier]:
+        if self.planner is None:
+            return self.tier, self.decode_tier
+        p = self.planner.place(req.num_tokens, req.params.max_tokens - len(req.output_token_ids),
+                               len(self.running) + 1)
+        return Tier(p.prefill_tier), Tier(p.decode_tier)
+
     def _run(self, req: Request) -> None:
         req.status = RequestStatus.RUNNING
         self.running[req.request_id] = req
@@ -103,6 +116,7 @@ class Scheduler:
         """Frees req's blocks and puts it first in the queue, to be recomputed from scratch."""
         self.running.pop(req.request_id, None)
         self.kv.free(req.request_id)
+        req.kv_tiers = None                         # placed afresh when readmitted
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING
