@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=int, default=1, help="run this many copies of the prompt together")
     run.add_argument("--device-kv-bytes", type=int, default=None)
     run.add_argument("--host-kv-bytes", type=int, default=None)
-    run.add_argument("--hardware-profile", default=None, help="profile JSON or reference name (policy auto/partition)")
+    run.add_argument("--hardware-profile", default=None,
+                     help="profile JSON, reference name, or 'none' (auto: default this machine's cached profile, "
+                          "measured on first use; neo: load-aware placement)")
     run.add_argument("--trace", default=None, help="write a Chrome trace JSON of the steps (device and host lanes)")
     run.set_defaults(func=_cmd_run)
 

@@ -54,7 +54,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     block_size: int = DEVICE_BLOCK_SIZE     # the device tier's block size (host tiers: see DEVICE_BLOCK_SIZE)
     max_model_len: int | None = None        # None: the model's max_position_embeddings
-    hardware_profile: str | None = None
+    hardware_profile: str | None = None     # JSON path, reference name, or "none"; auto: None = cached/measured
     device: str | None = None               # None: cuda if present, else cpu
     seed: int = 0                           # seeds requests that give no seed of their own
     # Host (CPU) data plane.

@@ -1,4 +1,5 @@
 """policy="auto" out of the box and per step, on the real default model."""
+import json
 import logging
 
 import pytest
@@ -7,6 +8,7 @@ from hybridllm import LLM, SamplingParams
 from hybridllm.kv import Tier
 from hybridllm.profiling import cache
 from hybridllm.profiling.store import save_profile
+from hybridllm.runtime import Tracer
 
 from ..helpers.profiles import size_dependent
 
@@ -28,7 +30,8 @@ def test_long_and_short_prompts_take_different_executors_in_one_run(tmp_path, de
     ref = LLM(str(default_model_path), policy="gpu_only", **sizes())
     want = [o.token_ids for o in ref.generate(prompts, GREEDY, use_tqdm=False)]
     del ref
-    llm = LLM(str(default_model_path), hardware_profile=str(tmp_path / "p.json"), **sizes())
+    tracer = Tracer()
+    llm = LLM(str(default_model_path), hardware_profile=str(tmp_path / "p.json"), tracer=tracer, **sizes())
     rt = llm.engine.runtime
     assert rt.planner is not None and {"gpu_only", "cpu_only"} <= set(rt.executors), rt.reason
     engine = llm.engine
@@ -49,6 +52,12 @@ def test_long_and_short_prompts_take_different_executors_in_one_run(tmp_path, de
     assert tiers["r0"][0] == Tier.DEVICE and tiers["r0"][-1] == Tier.HOST      # moved after its prefill
     assert all(set(tiers[f"r{i}"]) == {Tier.HOST} for i in range(1, len(prompts)))
     assert engine.stats().blocks_used == {"device": 0, "host": 0}
+    # Each step's choice and its reason are in the trace, on the planner's lane.
+    tracer.save(tmp_path / "trace.json")
+    notes = [e["name"] for e in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+             if e["ph"] == "i" and e["tid"] == 5]
+    assert any("device tier" in n and "-> gpu_only" in n for n in notes)
+    assert any("host tier" in n and "-> cpu_only" in n for n in notes)
 
 
 def test_first_start_measures_and_caches_then_the_second_reads_it(tmp_path, monkeypatch, caplog,

@@ -143,6 +143,27 @@ class LlamaModel:
         return cls(cfg, layers, embed, get("model.norm.weight"), lm_head, device, tdtype)
 
     @property
+    def layers_on_host(self) -> bool:
+        """Whether the decoder layers live in host memory (all of them: on the CPU, or under gpu_offload)."""
+        return bool(self.layers) and all(t is None or t.device.type == "cpu"
+                                         for w in self.layers for t in vars(w).values())
+
+    def host_view(self) -> "LlamaModel":
+        """This model on the host, sharing every tensor already there (a CPU model is returned as is)."""
+        if self.device.type == "cpu":
+            return self
+        if not self.layers_on_host:
+            raise ValueError("host_view: the decoder layers are on the device; load a host copy instead")
+        head = self.embed_tokens.cpu() if self.lm_head is self.embed_tokens else self.lm_head.cpu()
+        embed = head if self.lm_head is self.embed_tokens else self.embed_tokens.cpu()
+        return LlamaModel(self.cfg, self.layers, embed, self.norm.cpu(), head, torch.device("cpu"), self.dtype)
+
+    def release_layers(self) -> None:
+        """Drops the decoder layers' weights once compiled graphs hold their own copy; the embedding,
+        final norm, LM head and RoPE tables stay (a step still embeds with them)."""
+        self.layers = []
+
+    @property
     def weight_bytes(self) -> int:
         return self.resident_bytes + sum(layer_bytes(w) for w in self.layers)
 

@@ -62,8 +62,11 @@ class CpuOnlyRunner:
 def build(parts: Parts) -> CpuOnlyRunner:
     t0 = time.perf_counter()
     cfg = parts.config
-    # OpenVINO reads the weights from host memory: share the runtime's model when it is on the host.
-    model = parts.model if parts.model.device.type == "cpu" else LlamaModel.load(parts.model_path, HOST, cfg.dtype)
+    # OpenVINO builds its graphs from host copies of the weights: the runtime's model when it is on the
+    # host; its decoder layers when gpu_offload keeps them there (only the embedding and head are
+    # copied); else a host copy loaded for the purpose and dropped once the graphs hold theirs.
+    shared = parts.model.device.type == "cpu" or parts.model.layers_on_host
+    model = parts.model.host_view() if shared else LlamaModel.load(parts.model_path, HOST, cfg.dtype)
     attention = parts.host_attention
     options = HostLinearOptions(weights=cfg.cpu_weights, cache_dir=cfg.ov_cache_dir)
     linear = None
@@ -74,6 +77,8 @@ def build(parts: Parts) -> CpuOnlyRunner:
             log.warning("cpu_only: the fused model is unavailable, running linear and attention apart (%s)", e)
     if linear is None:
         linear = HostLinearModel(model, options)
+    if not shared:
+        model.release_layers()
     log.info("cpu_only ready in %.1fs: attention=%s (%s), linear weights=%s", time.perf_counter() - t0,
              attention.name, "inside one whole-model graph" if linear.fused else "between the linear graphs",
              linear.options.weights)

@@ -121,6 +121,9 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
     parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer,
                   torch.get_num_threads())
     executors = {s.name: _builder(s.executor)(parts) for s in specs}
+    if all(s.linear_on == "host" for s in specs):
+        # The OpenVINO graphs hold their own copy of the decoder layers: torch's would be a second one.
+        model.release_layers()
     costs = planner = None
     if per_step:
         planner = StepPlanner(shape, profile, tuple(executors), kv_dtype, device_memory(config))
