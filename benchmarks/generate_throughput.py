@@ -79,11 +79,13 @@ def main() -> None:
         o, h = median(ours), median(theirs)
         rows.append([b, f"{o:.1f}", f"{h:.1f}", f"{o / h:.2f}x"])
     bw_end = read_bandwidth_gbs()
-    weights_gb = llm.engine.model.weight_bytes / 1e9
+    from hybridllm.policy import ModelShape
+    weights_gb = ModelShape.from_config(llm.engine.model_config).weight_bytes / 1e9
     print(f"machine: {machine()}")
     print(f"read bandwidth: {bw_start:.1f} GB/s at start, {bw_end:.1f} GB/s at end; "
           f"fp32 weights {weights_gb:.3f} GB -> batch-1 roofline ~{min(bw_start, bw_end) / weights_gb:.0f} tok/s")
-    print(f"greedy, fp32, {args.new_tokens} new tokens, median of {args.repeats}\n")
+    print(f"greedy, fp32, {args.new_tokens} new tokens, median of {args.repeats}; hybridllm: LLM(model=\"default\"), "
+          f"which ran {llm.engine.stats().steps_by_policy}\n")
     print(table(["batch", "hybridllm tok/s", "HF generate tok/s", "hybridllm / HF"], rows))
 
 
