@@ -19,7 +19,7 @@ SHORT = ["Hi", "The capital of France is", "Water boils at", "List of prime numb
 
 
 def sizes(**kw):
-    return dict(device_kv_bytes=96 << 20, host_kv_bytes=96 << 20, **kw)
+    return {"device_kv_bytes": 96 << 20, "host_kv_bytes": 96 << 20, **kw}
 
 
 def test_long_and_short_prompts_take_different_executors_in_one_run(tmp_path, default_model_path):
@@ -92,3 +92,20 @@ def test_hardware_profile_none_keeps_the_rule_without_a_profile(default_model_pa
     rt = llm.engine.runtime
     assert rt.planner is None and (rt.prefill_policy, rt.decode_policy) == ("gpu_only", "gpu_only")
     assert "no hardware profile" in rt.reason
+
+
+def test_flexinfer_long_prompt_plan_gpu_offload_prefill_cpu_only_decode(tmp_path, default_model_path):
+    # Weights that do not fit the (emulated) device: auto's device candidate is gpu_offload, beside
+    # cpu_only on the host tier. The long prompt prefills with streamed weights, then decodes on the host.
+    save_profile(size_dependent(device_memory_bytes=400 << 20), tmp_path / "p.json")
+    prompts = [LONG, SHORT[1]]
+    ref = LLM(str(default_model_path), policy="gpu_only", **sizes())
+    want = [o.token_ids for o in ref.generate(prompts, GREEDY, use_tqdm=False)]
+    del ref
+    llm = LLM(str(default_model_path), hardware_profile=str(tmp_path / "p.json"), device_memory_bytes=400 << 20,
+              **sizes(device_kv_bytes=32 << 20))
+    assert set(llm.engine.runtime.executors) == {"gpu_offload", "cpu_only"}, llm.engine.runtime.reason
+    assert [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)] == want
+    steps = llm.engine.stats().steps_by_policy
+    assert steps.get("gpu_offload", 0) > 0 and steps.get("cpu_only", 0) > 0, steps
+    assert llm.engine.stats().blocks_used == {"device": 0, "host": 0}
