@@ -1,8 +1,9 @@
 """LLMEngine: add / abort / step. Never imports Triton.
 
 One path for every policy: the scheduler (plain or NEO's, as the policy table says) returns the
-step's StepInputs; each goes to the executor of its phase (prefill chunks to the prefill policy's,
-decodes to the decode policy's; NEO's runner takes both); every executor returns a StepResult.
+step's StepInputs; the router sends each to an executor (by phase for fixed policies, by the
+StepPlanner's per-step choice under auto; NEO's runner takes both phases); every executor returns a
+StepResult, which the engine samples from in one host transfer.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from tokenizers import Tokenizer
 from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..models.default import resolve_model
-from .profiles import find_profile
-from .router import Router
 from ..runtime import StepResult, Tracer, build_runtime
 from ..sampling_params import SamplingParams
 from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, StepInput
 from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
+from .profiles import find_profile
+from .router import Router
 from .sampler import sample
 from .stop import find_stop, held_back
 
@@ -66,7 +67,7 @@ class LLMEngine:
                  rt.decode_policy, rt.reason, f"; {found}" if found else "",
                  {t.value: p.num_blocks for t, p in self.kv.tiers.items()}, self.max_model_len)
         if rt.planner is not None:
-            for line in self.router.describe(mc.max_position_embeddings):
+            for line in self.router.describe(self.max_model_len):
                 log.info("auto: %s", line)
 
     # -- requests --------------------------------------------------------------
