@@ -55,17 +55,23 @@ def per_step(args) -> None:
     from hybridllm.profiling.store import load_profile
     from hybridllm.scheduler import StepInput
 
-    path = default_model()
+    from hybridllm.dtypes import BYTES, KV_OF_MODEL
+    path = args.model or default_model()
     mc = ModelConfig.from_folder(path)
-    profile = (load_profile(args.profile) if args.profile else
-               cached_profile(mc, "float32", torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0])
-    shape, cost = ModelShape.from_config(mc, "float32"), CostModel(profile)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    profile = load_profile(args.profile) if args.profile else cached_profile(mc, args.dtype, dev)[0]
+    shape, cost = ModelShape.from_config(mc, args.dtype), CostModel(profile)
+    kv_dtype = KV_OF_MODEL[args.dtype]
     chunks, batches, ctxs = (16, 128, 512, 2048), (1, 8, 32), (128, 1024)
     measured, predicted, policies = {}, {}, []
-    kv_bytes = int(1.5 * (max(batches) * (max(ctxs) + 64) + max(chunks)) * shape.kv_bytes_per_token(4))
+    kv_bytes = int(1.5 * (max(batches) * (max(ctxs) + 64) + max(chunks)) * shape.kv_bytes_per_token(BYTES[kv_dtype]))
     for policy in args.policies.split(","):
-        llm = LLM(str(path), policy=policy, max_num_batched_tokens=4096, max_num_seqs=64,
-                  device_kv_bytes=kv_bytes, host_kv_bytes=kv_bytes, hardware_profile="none")
+        try:
+            llm = LLM(str(path), policy=policy, dtype=args.dtype, max_num_batched_tokens=4096, max_num_seqs=64,
+                      device_kv_bytes=kv_bytes, host_kv_bytes=kv_bytes, hardware_profile="none")
+        except (ValueError, RuntimeError) as e:                   # e.g. gpu_only when the weights do not fit
+            print(f"skipping {policy}: {e}", file=sys.stderr)
+            continue
         runner, kv = llm.engine.runtime.executors[policy], llm.engine.kv
         (tier,) = kv.tiers
         policies.append(policy)
@@ -83,12 +89,15 @@ def per_step(args) -> None:
                     for _ in range(3):
                         t = time.perf_counter()
                         runner.execute(seqs)
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize()
                         best = min(best, time.perf_counter() - t)
                     for rid in rids + ["p"]:
                         kv.free(rid)
                     key = (policy, n, d, c)
                     measured[key] = best
-                    predicted[key] = cost.step(policy, shape, StepShape(n, 1, float(n), d, d * (c + 1))).seconds
+                    predicted[key] = cost.step(policy, shape, StepShape(n, 1, float(n), d, d * (c + 1),
+                                                                      kv_dtype)).seconds
                     print(f"{policy} chunk={n} decodes={d} ctx={c}: {1e3 * best:.1f} ms "
                           f"(predicted {1e3 * predicted[key]:.1f})", file=sys.stderr)
         del llm, runner
@@ -123,6 +132,8 @@ def main() -> None:
     ap.add_argument("--profile-out", default=None, help="also save the measured profile here")
     ap.add_argument("--per-step", action="store_true", help="single mixed steps instead of whole phases")
     ap.add_argument("--profile", default=None, help="--per-step: a profile JSON instead of the cached one")
+    ap.add_argument("--model", default=None, help="--per-step: an HF folder instead of the default model")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="--per-step")
     args = ap.parse_args()
     if args.per_step:
         return per_step(args)

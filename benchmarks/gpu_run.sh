@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_run.sh profile  # random Llama-3-8B (bf16) + `hybridllm profile` for it
 #   bash benchmarks/gpu_run.sh online [online.py real args...]  # NEO vs gpu_only, latency/throughput PNG
 #   bash benchmarks/gpu_run.sh agree [online.py agree args...]  # NEO's step choice vs measured step times
+#   bash benchmarks/gpu_run.sh auto     # auto's profile on first use (timed) + the per-step estimator grid
 #
 # Results go to $OUT (the device tool brings that folder back).
 set -uo pipefail
@@ -29,8 +30,9 @@ test)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400 >> "$OUT/gpu.txt"
     tests=("$@")
-    [ ${#tests[@]} -gt 0 ] || tests=(tests/numerics/test_cuda.py tests/numerics/test_tiny_parity.py
-        tests/unit/test_host_attention.py tests/unit/test_kv.py tests/unit/test_neo_scheduler.py)
+    [ ${#tests[@]} -gt 0 ] || tests=(tests/cuda tests/system/test_tiny_parity.py tests/unit/test_host_attention.py
+        tests/unit/test_host_attention_paths.py tests/unit/test_kv.py tests/unit/test_neo_scheduler.py
+        tests/unit/test_step_planner.py tests/unit/test_layers.py)
     python3 -m pytest -q -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$OUT/test.log" | tail -40
     ;;
 profile)
@@ -46,8 +48,21 @@ agree)
     model
     python3 benchmarks/online.py agree --model "$MODEL" --dtype bfloat16 "$@" 2>&1 | tee "$OUT/agree.log"
     ;;
+auto)
+    model
+    export HYBRIDLLM_CACHE=${HYBRIDLLM_CACHE:-/tmp/hybridllm-cache}
+    python3 -c "
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+from hybridllm import LLM
+t = time.perf_counter(); LLM(model=sys.argv[1], dtype='bfloat16', host_kv_bytes=8 << 30)
+print(f'first start (profile measured on first use): {time.perf_counter() - t:.1f} s')
+" "$MODEL" 2>&1 | tee "$OUT/auto-start.log" | tail -25
+    python3 benchmarks/estimator_accuracy.py --per-step --model "$MODEL" --dtype bfloat16 \
+        --policies gpu_only,partition,cpu_only "$@" 2>&1 | tee "$OUT/per-step.log" | tail -30
+    ;;
 *)
-    echo "unknown stage $stage: test, profile or online" >&2
+    echo "unknown stage $stage: test, profile, online, agree or auto" >&2
     exit 2
     ;;
 esac

@@ -1,8 +1,8 @@
 """The CUDA paths: NEO's second stream and pinned hand-off, gpu_offload's copy stream, partition.
 
 Skipped where there is no CUDA GPU (CI has none); run on a GPU machine with
-`pytest tests/numerics/test_cuda.py`. Reference: HF transformers on the CPU, fp32,
-greedy tokens equal (as tests/numerics/test_tiny_parity.py).
+`pytest tests/cuda`. Reference: HF transformers on the CPU, fp32,
+greedy tokens equal (as tests/system/test_tiny_parity.py).
 """
 import pytest
 import torch
@@ -75,10 +75,10 @@ def test_neo_more_tokens_than_staging_falls_back_to_plain_copies(model):
     assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0
 
 
-@pytest.mark.parametrize("policy", ["gpu_offload"])   # policy="neo" is NEO: tested above
-def test_offload_on_cuda_matches_hf(model, policy):
+@pytest.mark.parametrize("policy", ["gpu_offload", "partition", "cpu_only"])   # "neo": tested above
+def test_each_policy_on_a_cuda_machine_matches_hf(model, policy):
     folder, want = model
-    llm = LLM(str(folder), policy=policy, max_num_batched_tokens=64)
+    llm = LLM(str(folder), policy=policy, max_num_batched_tokens=64, host_kv_bytes=64 << 20)
     assert tokens(llm) == want
     assert llm.engine.stats().steps_by_policy == {policy: llm.engine.stats().num_steps}
 
@@ -139,3 +139,17 @@ def test_trace_times_device_spans_with_cuda_events(model, tmp_path):
     assert {e["tid"] for e in spans} == {1, 2, 3}
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
     assert sum(e["dur"] for e in spans if e["tid"] == 1) > 0          # A's kernels took GPU time
+
+
+def test_auto_mixing_the_gpu_and_the_host_per_step_matches_hf(model, tmp_path):
+    # Host GEMMs cheap for few rows: decodes on the host (cpu_only, a host copy of the weights), long
+    # prefills on the GPU (gpu_only), KV moved device -> host after prefill.
+    from hybridllm.profiling.store import save_profile
+
+    from ..helpers.profiles import size_dependent
+    folder, want = model
+    save_profile(size_dependent(), tmp_path / "p.json")
+    llm = LLM(str(folder), hardware_profile=str(tmp_path / "p.json"), host_kv_bytes=64 << 20)
+    assert llm.engine.runtime.device.type == "cuda" and llm.engine.runtime.planner is not None
+    assert tokens(llm) == want
+    assert sum(llm.engine.stats().blocks_used.values()) == 0
