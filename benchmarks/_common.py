@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 
@@ -26,20 +25,27 @@ def median(xs):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from hybridllm.profiling.cache import cpu_model
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def decode_tps(llm, batch: int, new_tokens: int, prompt: str) -> float:
+    """Decode tokens/s of `batch` greedy copies of prompt (EOS ignored) through llm.engine, the prefill
+    step (and first tokens) excluded."""
+    from hybridllm import SamplingParams
+    engine = llm.engine
+    p = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    for i in range(batch):
+        engine.add_request(f"bench-{batch}-{i}-{time.perf_counter_ns()}", prompt, p)
+    engine.step()                                       # the batch's prefill and first tokens
+    t, n = time.perf_counter(), 0
+    while engine.has_unfinished_requests():
+        n += len(engine.step())
+    return n / (time.perf_counter() - t)

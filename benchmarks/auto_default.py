@@ -15,22 +15,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, median, table  # noqa: E402
+from _common import decode_tps, machine, median, table  # noqa: E402
 
 PROMPT = "Once upon a time, there was a little"
-
-
-def decode_tps(llm, batch: int, n: int) -> float:
-    from hybridllm import SamplingParams
-    engine = llm.engine
-    p = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-    for i in range(batch):
-        engine.add_request(f"b{batch}-{i}-{time.perf_counter_ns()}", PROMPT, p)
-    engine.step()                                       # the batch's prefill and first tokens
-    t, k = time.perf_counter(), 0
-    while engine.has_unfinished_requests():
-        k += len(engine.step())
-    return k / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -53,7 +40,7 @@ def main() -> None:
         runs = {"auto": [], "cpu_only": []}
         for _ in range(args.repeats):
             for name, llm in (("auto", auto), ("cpu_only", cpu)):
-                runs[name].append(decode_tps(llm, b, args.new_tokens))
+                runs[name].append(decode_tps(llm, b, args.new_tokens, PROMPT))
         a, c = median(runs["auto"]), median(runs["cpu_only"])
         rows.append([b, f"{a:.1f}", f"{c:.1f}", f"{a / c:.2f}", "ok" if a >= 0.9 * c else "MISSED"])
     # The per-step decision, warm: a dict lookup behind the bucketing.

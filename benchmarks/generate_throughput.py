@@ -18,23 +18,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, median, read_bandwidth_gbs, table  # noqa: E402
+from _common import decode_tps, machine, median, read_bandwidth_gbs, table  # noqa: E402
 
 PROMPT = "Once upon a time, there was a little"
 
 
 def bench_hybridllm(llm, batch: int, new_tokens: int) -> float:
-    from hybridllm import SamplingParams
-    engine = llm.engine
-    p = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-    for i in range(batch):
-        engine.add_request(f"bench-{batch}-{i}-{time.perf_counter_ns()}", PROMPT, p)
-    engine.step()                                       # prefill (and first token) of the whole batch
-    t = time.perf_counter()
-    n = 0
-    while engine.has_unfinished_requests():
-        n += len(engine.step())
-    return n / (time.perf_counter() - t)
+    return decode_tps(llm, batch, new_tokens, PROMPT)
 
 
 def bench_hf(model, tok, batch: int, new_tokens: int) -> float:
