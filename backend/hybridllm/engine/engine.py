@@ -131,10 +131,11 @@ class LLMEngine:
         """Runs one batch; returns an output for every request that got a token or ended."""
         plan = self.scheduler.schedule()
         self._num_preemptions += len(plan.preempted)
-        if plan.note:
-            log.debug("step %d: %s", self._num_steps, plan.note)
+        if plan.host_choice is not None and (self.tracer is not None or log.isEnabledFor(logging.DEBUG)):
+            note = plan.host_choice.describe()      # formatted only when someone reads it
+            log.debug("step %d: %s", self._num_steps, note)
             if self.tracer is not None:
-                self.tracer.instant("scheduler", plan.note, step=self._num_steps)
+                self.tracer.instant("scheduler", note, step=self._num_steps)
         if plan.empty:
             return []
         for c in plan.copies:   # requests changing tier: their K/V must arrive before the step reads it

@@ -1,13 +1,12 @@
 """Which hardware profile an engine plans with: the one named, this machine's cached one, or none."""
 from __future__ import annotations
 
-import torch
-
 from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..policy import HardwareProfile
 from ..profiling.cache import cached_profile
 from ..profiling.store import load_profile
+from ..runtime.factory import compute_device
 
 
 def find_profile(config: EngineConfig, mc: ModelConfig) -> tuple[HardwareProfile | None, str]:
@@ -21,5 +20,4 @@ def find_profile(config: EngineConfig, mc: ModelConfig) -> tuple[HardwareProfile
         return load_profile(spec), f"profile {spec}"
     if config.policy != "auto":
         return None, ""
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return cached_profile(mc, config.dtype, device)
+    return cached_profile(mc, config.dtype, compute_device(config))

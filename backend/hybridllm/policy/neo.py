@@ -32,6 +32,10 @@ class HostBatchChoice:
     device_only_s: float   # predicted step time with B empty
     reason: str
 
+    def describe(self) -> str:
+        return (f"host sub-batch {len(self.chosen)}: {self.reason} (predicted {self.pipelined_s * 1e3:.2f} ms "
+                f"pipelined, {self.device_only_s * 1e3:.2f} ms device-only)")
+
 
 class NeoCostTables:
     """The handful of per-step predictions the decision needs, composed from CostModel's blocks.

@@ -33,12 +33,17 @@ def device_memory(config: EngineConfig) -> int:
     return CPU_DEFAULT_DEVICE_KV_BYTES * 64   # a CPU "device" is host memory: no real cap
 
 
+def weights_fit(config: EngineConfig, mc: ModelConfig) -> bool:
+    """Whether the weights fit in device memory with a tenth to spare (else gpu_offload streams them)."""
+    return ModelShape.from_config(mc, config.dtype).weight_bytes < 0.9 * device_memory(config)
+
+
 def choose_policies(config: EngineConfig, model_path: Path, mc: ModelConfig,
                     profile: HardwareProfile | None) -> tuple[str, str, str]:
     """(prefill policy, decode policy, why) for policy="auto"."""
     shape = ModelShape.from_config(mc, config.dtype, name=Path(model_path).name)
     if profile is None:
-        fits = shape.weight_bytes < 0.9 * device_memory(config)
+        fits = weights_fit(config, mc)
         p = "gpu_only" if fits else "gpu_offload"
         return p, p, ("no hardware profile (run `hybridllm profile`, then pass hardware_profile=...): "
                       f"{p}, since the weights {'fit' if fits else 'do not fit'} in device memory")
@@ -56,9 +61,7 @@ def auto_candidates(config: EngineConfig, mc: ModelConfig) -> tuple[tuple[str, .
     linear layers. gpu_only when the weights fit in device memory, else gpu_offload (they cannot share
     the model's placement, and offload only pays when gpu_only cannot run); cpu_only and partition
     over the host tier (partition only where the weights fit)."""
-    shape = ModelShape.from_config(mc, config.dtype)
-    fits = shape.weight_bytes < 0.9 * device_memory(config)
-    if fits:
+    if weights_fit(config, mc):
         return ("gpu_only", "cpu_only", "partition"), ("gpu_only, since the weights fit in device memory; "
                                                         "cpu_only and partition over the host tier")
     # partition needs every layer on the device too.

@@ -65,7 +65,7 @@ def build(parts: Parts) -> CpuOnlyRunner:
     # OpenVINO builds its graphs from host copies of the weights: the runtime's model when it is on the
     # host; its decoder layers when gpu_offload keeps them there (only the embedding and head are
     # copied); else a host copy loaded for the purpose and dropped once the graphs hold theirs.
-    shared = parts.model.device.type == "cpu" or parts.model.layers_on_host
+    shared = parts.model.layers_on_host
     model = parts.model.host_view() if shared else LlamaModel.load(parts.model_path, HOST, cfg.dtype)
     attention = parts.host_attention
     options = HostLinearOptions(weights=cfg.cpu_weights, cache_dir=cfg.ov_cache_dir)

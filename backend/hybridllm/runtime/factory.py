@@ -92,7 +92,8 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
         policies = (prefill,)
         reason = "forced by the policy option"
     specs = [POLICIES[p] for p in dict.fromkeys(policies)]
-    if all(s.linear_on == "host" for s in specs):
+    host_only = all(s.linear_on == "host" for s in specs)
+    if host_only:
         if config.device not in (None, "cpu"):
             log.info("policy %s runs on the host; device=%s is not used", prefill, config.device)
         device = HOST
@@ -110,7 +111,7 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
     tiers = {t for s in specs for t in _TIERS[s.kv_tier]}
     dev_tier = dev_attn = host_attn = None
     if Tier.DEVICE in tiers:
-        dev_tier = _device_tier(config, mc, model, device, streamed)
+        dev_tier = _device_tier(config, mc, kv_dtype, model, device, streamed)
         dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
                                    mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
     if Tier.HOST in tiers:
@@ -121,14 +122,14 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
     parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer,
                   torch.get_num_threads())
     executors = {s.name: _builder(s.executor)(parts) for s in specs}
-    if all(s.linear_on == "host" for s in specs):
+    if host_only:
         # The OpenVINO graphs hold their own copy of the decoder layers: torch's would be a second one.
         model.release_layers()
     costs = planner = None
     if per_step:
         planner = StepPlanner(shape, profile, tuple(executors), kv_dtype, device_memory(config))
     elif specs[0].scheduler == "neo":
-        costs = neo_costs(config, mc, profile)
+        costs = NeoCostTables(shape, profile, kv_dtype) if profile is not None else None
         reason += ("; load-aware host sub-batches from the profile" if costs else
                    "; no hardware profile, so every host decode joins each step")
     return Runtime(executors, prefill, decode, kv, model, device, reason, costs, planner)
@@ -140,9 +141,8 @@ def _builder(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _device_tier(config: EngineConfig, mc: ModelConfig, model: LlamaModel, device: torch.device,
+def _device_tier(config: EngineConfig, mc: ModelConfig, precision: str, model: LlamaModel, device: torch.device,
                  offload: bool) -> KVCacheTier:
-    precision = kv_precision(config.kv_cache_dtype, config.dtype)
     if precision == "u8":
         raise ValueError("kv_cache_dtype 'u8' needs a host KV tier only (policy cpu_only or partition); "
                          "the device tier holds f32/f16/bf16")
@@ -184,9 +184,3 @@ def ov_cache_dir(config: EngineConfig) -> str:
     """Where compiled host attention graphs are cached: config.ov_cache_dir, else $HYBRIDLLM_CACHE/ov."""
     return config.ov_cache_dir or str(cache_root() / "ov")
 
-
-def neo_costs(config: EngineConfig, mc: ModelConfig, profile: HardwareProfile | None) -> NeoCostTables | None:
-    if profile is None:
-        return None
-    return NeoCostTables(ModelShape.from_config(mc, config.dtype), profile,
-                         kv_precision(config.kv_cache_dtype, config.dtype))

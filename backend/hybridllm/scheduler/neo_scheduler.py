@@ -114,7 +114,7 @@ class NeoScheduler(Scheduler):
                 self.skipped.pop(c.request_id, None)
             elif c.request_id in self.running:
                 self.skipped[c.request_id] = self.skipped.get(c.request_id, 0) + 1
-        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies), self._note())
+        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies), self.last_choice)
 
     def _choose(self, a: list[StepInput], cands: list[HostCandidate]) -> set[str]:
         if not cands:
@@ -175,13 +175,6 @@ class NeoScheduler(Scheduler):
     def _remove_and_preempt(self, victim: Request, preempted: list[str]) -> None:
         self._preempt(victim)
         preempted.append(victim.request_id)
-
-    def _note(self) -> str:
-        c = self.last_choice
-        if c is None:
-            return "no host decodes waiting"
-        return (f"host sub-batch {len(c.chosen)}: {c.reason} (predicted {c.pipelined_s * 1e3:.2f} ms pipelined, "
-                f"{c.device_only_s * 1e3:.2f} ms device-only)")
 
     def finish(self, req: Request, status) -> None:
         self.skipped.pop(req.request_id, None)

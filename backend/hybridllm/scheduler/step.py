@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..kv import Tier
+from ..policy.neo import HostBatchChoice
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class SchedulerOutput:
     scheduled: tuple[StepInput, ...]
     preempted: tuple[str, ...]
     copies: tuple[BlockCopy, ...] = ()
-    note: str = ""                  # the scheduler's decision this step, for the debug log and the trace
+    host_choice: HostBatchChoice | None = None   # NEO's host sub-batch decision, for the debug log and trace
 
     @property
     def empty(self) -> bool:
