@@ -15,8 +15,9 @@ def _cmd_run(args) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()),
                             ignore_eos=args.ignore_eos)
-    options = {k: v for k, v in (("device_kv_bytes", args.device_kv_bytes), ("host_kv_bytes", args.host_kv_bytes),
-                                 ("hardware_profile", args.hardware_profile)) if v is not None}
+    options = {k: v for k, v in (("device_kv_bytes", args.device_kv_bytes), ("host_kv_bytes", args.host_kv_bytes))
+               if v is not None}
+    options.update(_host_options(args))
     tracer = None
     if args.trace:
         from .runtime import Tracer
@@ -60,7 +61,7 @@ def _cmd_serve(args) -> int:
     config = EngineConfig(model=args.model, policy=args.policy, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                           device_kv_bytes=args.device_kv_bytes, host_kv_bytes=args.host_kv_bytes,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          max_model_len=args.max_model_len)
+                          max_model_len=args.max_model_len, **_host_options(args))
     return serve(config, ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream), host=args.host,
                  http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                  workdir=args.workdir, ready_timeout=args.ready_timeout, log_file=args.log_file)
@@ -82,6 +83,29 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--ignore-eos", action="store_true")
 
 
+_HOST_OPTIONS = ("hardware_profile", "cpu_weights", "cpu_fused", "host_attention", "host_threads",
+                 "cpu_torch_threads", "ov_cache_dir")
+
+
+def _add_host_options(p: argparse.ArgumentParser) -> None:
+    """The planner's profile and the host data plane's engine options; unset ones keep EngineConfig's defaults."""
+    from .config import CPU_WEIGHTS, HOST_ATTENTION_PATHS
+    p.add_argument("--hardware-profile", default=None,
+                   help="profile JSON, reference name, or 'none' (auto: default this machine's cached profile, "
+                        "measured on first use; neo: load-aware placement)")
+    p.add_argument("--cpu-weights", default=None, choices=CPU_WEIGHTS, help="cpu_only's linear weights")
+    p.add_argument("--cpu-fused", default=None, action=argparse.BooleanOptionalAction,
+                   help="cpu_only as one whole-model OpenVINO graph (default on)")
+    p.add_argument("--host-attention", default=None, choices=HOST_ATTENTION_PATHS, help="host attention path")
+    p.add_argument("--host-threads", type=int, default=None, help="OpenVINO threads for host attention")
+    p.add_argument("--cpu-torch-threads", type=int, default=None, help="torch threads under cpu_only (1)")
+    p.add_argument("--ov-cache-dir", default=None, help="where compiled OpenVINO graphs are cached")
+
+
+def _host_options(args) -> dict:
+    return {k: getattr(args, k) for k in _HOST_OPTIONS if getattr(args, k) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hybridllm", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log engine decisions")
@@ -96,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=int, default=1, help="run this many copies of the prompt together")
     run.add_argument("--device-kv-bytes", type=int, default=None)
     run.add_argument("--host-kv-bytes", type=int, default=None)
-    run.add_argument("--hardware-profile", default=None,
-                     help="profile JSON, reference name, or 'none' (auto: default this machine's cached profile, "
-                          "measured on first use; neo: load-aware placement)")
+    _add_host_options(run)
     run.add_argument("--trace", default=None, help="write a Chrome trace JSON of the steps (device and host lanes)")
     run.set_defaults(func=_cmd_run)
 
@@ -118,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-num-seqs", type=int, default=64)
     srv.add_argument("--max-num-batched-tokens", type=int, default=2048)
     srv.add_argument("--max-model-len", type=int, default=None)
+    _add_host_options(srv)
     srv.add_argument("--max-tokens-non-stream", type=int, default=4096, help="max_tokens cap for stream=false")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     srv.add_argument("--http-port", type=int, default=8000)
