@@ -1,7 +1,9 @@
 """GGUF file -> Hugging Face folder (config.json, model.safetensors in float32, tokenizer files).
 
 Supported architectures: `llama` (also Mistral GGUFs, which llama.cpp writes as llama) and `qwen2`.
-Tensors are dequantized with `gguf.quants.dequantize`, one at a time.
+Tensors are dequantized with `gguf.quants.dequantize`, one at a time, into model.safetensors.
+The codes of Q4_0/Q4_1/Q8_0 matrices are also kept as they are (converters/gguf_quant.py), so the
+CPU data plane can run them quantized.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from ._common import UnsupportedModelError
+from .gguf_quant import kept, write_quantized
 from .gguf_tokenizer import build_tokenizer
 from .safetensors_io import TensorEntry, write_safetensors
 
@@ -176,10 +179,12 @@ def _hf_config(meta: GGUFMeta, arch: str, tensors: dict, vocab_size: int, specia
     return cfg
 
 
-def _plan_tensors(reader: GGUFReader, arch: str, cfg: dict) -> list[TensorEntry]:
-    """Map every GGUF tensor to an HF name and a lazy float32 writer; fill biases HF expects."""
+def _plan_tensors(reader: GGUFReader, arch: str, cfg: dict) -> tuple[list[TensorEntry], list]:
+    """Map every GGUF tensor to an HF name and a lazy float32 writer; fill biases HF expects.
+    Also -> (hf_name, tensor, row_fix) for each matrix whose quantized codes are kept."""
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     entries: dict[str, TensorEntry] = {}
+    quantized = []
 
     def add(name: str, shape: tuple[int, ...], make) -> None:
         entries[name] = TensorEntry(name, "F32", shape, lambda f: f.write(np.ascontiguousarray(make(), np.float32).data))
@@ -202,6 +207,8 @@ def _plan_tensors(reader: GGUFReader, arch: str, cfg: dict) -> list[TensorEntry]
             heads = n_kv
         # Default args bind this loop's tensor; the lambda runs later, during the write.
         add(hf, shape, lambda t=t, heads=heads: unpermute_rope(_dequantize(t), heads) if heads else _dequantize(t))
+        if kept(t):
+            quantized.append((hf, t, (lambda a, heads=heads: unpermute_rope(a, heads)) if heads else None))
 
     hd = cfg["head_dim"]
     proj_rows = {"q_proj": n_head * hd, "k_proj": n_kv * hd, "v_proj": n_kv * hd, "o_proj": cfg["hidden_size"]}
@@ -218,7 +225,7 @@ def _plan_tensors(reader: GGUFReader, arch: str, cfg: dict) -> list[TensorEntry]
     for name in ("model.embed_tokens.weight", "model.norm.weight"):
         if name not in entries:
             raise UnsupportedModelError(f"GGUF lacks {name} ({'token_embd' if 'embed' in name else 'output_norm'})")
-    return list(entries.values())
+    return list(entries.values()), quantized
 
 
 def convert_gguf(src: Path, out: Path, *, progress: bool = True) -> None:
@@ -236,8 +243,9 @@ def convert_gguf(src: Path, out: Path, *, progress: bool = True) -> None:
     vocab_size = int(tensors["token_embd.weight"].shape[1])  # ggml shape is [hidden, vocab]
     tok = build_tokenizer(meta, context_length=int(meta.get(f"{arch}.context_length", 2048)))
     cfg = _hf_config(meta, arch, tensors, vocab_size, tok.special_ids)
-    entries = _plan_tensors(reader, arch, cfg)
+    entries, quantized = _plan_tensors(reader, arch, cfg)
     write_safetensors(out / "model.safetensors", entries, progress=progress, desc=f"convert {src.name}")
+    write_quantized(out, quantized, src.name, progress)
     _write_json(out / "config.json", cfg)
     _write_json(out / "generation_config.json", dict(tok.special_ids))
     tok.tokenizer.save(str(out / "tokenizer.json"))

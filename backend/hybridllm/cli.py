@@ -83,17 +83,18 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--ignore-eos", action="store_true")
 
 
-_HOST_OPTIONS = ("hardware_profile", "cpu_weights", "cpu_fused", "host_attention", "host_threads",
+_HOST_OPTIONS = ("hardware_profile", "weight_dtype", "cpu_fused", "host_attention", "host_threads",
                  "cpu_torch_threads", "ov_cache_dir")
 
 
 def _add_host_options(p: argparse.ArgumentParser) -> None:
     """The planner's profile and the host data plane's engine options; unset ones keep EngineConfig's defaults."""
-    from .config import CPU_WEIGHTS, HOST_ATTENTION_PATHS
+    from .config import HOST_ATTENTION_PATHS, WEIGHT_DTYPES
     p.add_argument("--hardware-profile", default=None,
                    help="profile JSON, reference name, or 'none' (auto: default this machine's cached profile, "
                         "measured on first use; neo: load-aware placement)")
-    p.add_argument("--cpu-weights", default=None, choices=CPU_WEIGHTS, help="cpu_only's linear weights")
+    p.add_argument("--weight-dtype", default=None, choices=WEIGHT_DTYPES,
+                   help="the CPU data plane's weights (auto: a GGUF's own codes, else bf16 where the CPU has it, else f32)")
     p.add_argument("--cpu-fused", default=None, action=argparse.BooleanOptionalAction,
                    help="cpu_only as one whole-model OpenVINO graph (default on)")
     p.add_argument("--host-attention", default=None, choices=HOST_ATTENTION_PATHS, help="host attention path")

@@ -1,6 +1,6 @@
 """EngineConfig: every engine option, checked once.
 
-A few options may take their default from an environment variable (HYBRIDLLM_CPU_WEIGHTS,
+A few options may take their default from an environment variable (HYBRIDLLM_WEIGHT_DTYPE,
 HYBRIDLLM_CPU_FUSED, HYBRIDLLM_HOST_ATTENTION, HYBRIDLLM_HOST_THREADS, HYBRIDLLM_CPU_TORCH_THREADS,
 HYBRIDLLM_OV_CACHE_DIR), read when the config is made; the field is what counts.
 """
@@ -15,7 +15,7 @@ from .policy.registry import POLICY_NAMES
 POLICIES = ("auto",) + POLICY_NAMES
 DTYPES = MODEL_DTYPES
 KV_CACHE_DTYPES = ("auto",) + KV_PRECISIONS
-CPU_WEIGHTS = ("exact", "int8")
+WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # see runtime/host_precision.py
 HOST_ATTENTION_PATHS = ("auto", "ov_paged", "ov_sdpa", "torch")
 DEVICE_BLOCK_SIZE = 16      # the device tier's; host tiers take the block size their attention backend reports
 
@@ -58,7 +58,9 @@ class EngineConfig:
     device: str | None = None               # None: cuda if present, else cpu
     seed: int = 0                           # seeds requests that give no seed of their own
     # Host (CPU) data plane.
-    cpu_weights: str = _env("HYBRIDLLM_CPU_WEIGHTS", default="exact")       # cpu_only linear weights: exact | int8
+    # The CPU data plane's weights (cpu_only's OpenVINO graphs): auto keeps a GGUF's codes, else bf16 where the
+    # CPU has it, else f32. The torch layers (GPU policies) follow `dtype`.
+    weight_dtype: str = _env("HYBRIDLLM_WEIGHT_DTYPE", default="auto")
     cpu_fused: bool = _env("HYBRIDLLM_CPU_FUSED", bool, True)   # cpu_only: the whole model as one OpenVINO graph
     host_attention: str = _env("HYBRIDLLM_HOST_ATTENTION", default="auto")  # auto | ov_paged | ov_sdpa | torch
     host_threads: int | None = _env("HYBRIDLLM_HOST_THREADS", int)  # None: all cores; all but one beside a GPU
@@ -67,7 +69,7 @@ class EngineConfig:
 
     def __post_init__(self):
         for name, allowed in (("policy", POLICIES), ("dtype", DTYPES), ("kv_cache_dtype", KV_CACHE_DTYPES),
-                              ("cpu_weights", CPU_WEIGHTS), ("host_attention", HOST_ATTENTION_PATHS)):
+                              ("weight_dtype", WEIGHT_DTYPES), ("host_attention", HOST_ATTENTION_PATHS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cpu_torch_threads"):

@@ -46,7 +46,7 @@ def test_config_keeps_the_design_contract():
 def test_parameters_round_trip():
     cfg = EngineConfig(model="/m", policy="gpu_only", dtype="bfloat16", kv_cache_dtype="f16",
                        device_kv_bytes=123 << 20, host_kv_bytes=0, max_num_seqs=3, max_num_batched_tokens=99,
-                       max_model_len=300, hardware_profile="/p.json", seed=7, cpu_weights="int8", cpu_fused=False,
+                       max_model_len=300, hardware_profile="/p.json", seed=7, weight_dtype="int8", cpu_fused=False,
                        host_attention="ov_sdpa", host_threads=3, cpu_torch_threads=2, ov_cache_dir="/ov")
     limits = ServingLimits(max_tokens_non_stream=10)
     params = {k: {"string_value": v} for k, v in to_parameters(cfg, limits).items()}

@@ -27,11 +27,11 @@ def test_long_and_short_prompts_take_different_executors_in_one_run(tmp_path, de
     # moves to the host tier for decode; the short ones prefill and decode on the host (cpu_only).
     save_profile(size_dependent(), tmp_path / "p.json")
     prompts = [LONG] + SHORT
-    ref = LLM(str(default_model_path), policy="gpu_only", **sizes())
+    ref = LLM(str(default_model_path), weight_dtype="float32", policy="gpu_only", **sizes())
     want = [o.token_ids for o in ref.generate(prompts, GREEDY, use_tqdm=False)]
     del ref
     tracer = Tracer()
-    llm = LLM(str(default_model_path), hardware_profile=str(tmp_path / "p.json"), tracer=tracer, **sizes())
+    llm = LLM(str(default_model_path), weight_dtype="float32", hardware_profile=str(tmp_path / "p.json"), tracer=tracer, **sizes())
     rt = llm.engine.runtime
     assert rt.planner is not None and {"gpu_only", "cpu_only"} <= set(rt.executors), rt.reason
     engine = llm.engine
@@ -72,7 +72,7 @@ def test_first_start_measures_and_caches_then_the_second_reads_it(tmp_path, monk
 
     monkeypatch.setattr(cache, "measure", spy)
     with caplog.at_level(logging.INFO, logger="hybridllm"):
-        first = LLM(str(default_model_path), host_kv_bytes=64 << 20)
+        first = LLM(str(default_model_path), weight_dtype="float32", host_kv_bytes=64 << 20)
     assert len(calls) == 1 and calls[0]["quick"]
     assert first.engine.runtime.planner is not None
     assert any("measured now and cached in" in r.getMessage() for r in caplog.records)
@@ -81,14 +81,14 @@ def test_first_start_measures_and_caches_then_the_second_reads_it(tmp_path, monk
     del first
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="hybridllm"):
-        second = LLM(str(default_model_path), host_kv_bytes=64 << 20)
+        second = LLM(str(default_model_path), weight_dtype="float32", host_kv_bytes=64 << 20)
     assert len(calls) == 1
     assert any("cached profile" in r.getMessage() for r in caplog.records)
     assert [o.token_ids for o in second.generate(SHORT, GREEDY, use_tqdm=False)] == [o.token_ids for o in out]
 
 
 def test_hardware_profile_none_keeps_the_rule_without_a_profile(default_model_path):
-    llm = LLM(str(default_model_path), hardware_profile="none", device_kv_bytes=64 << 20)
+    llm = LLM(str(default_model_path), weight_dtype="float32", hardware_profile="none", device_kv_bytes=64 << 20)
     rt = llm.engine.runtime
     assert rt.planner is None and (rt.prefill_policy, rt.decode_policy) == ("gpu_only", "gpu_only")
     assert "no hardware profile" in rt.reason
@@ -99,10 +99,10 @@ def test_flexinfer_long_prompt_plan_gpu_offload_prefill_cpu_only_decode(tmp_path
     # cpu_only on the host tier. The long prompt prefills with streamed weights, then decodes on the host.
     save_profile(size_dependent(device_memory_bytes=400 << 20), tmp_path / "p.json")
     prompts = [LONG, SHORT[1]]
-    ref = LLM(str(default_model_path), policy="gpu_only", **sizes())
+    ref = LLM(str(default_model_path), weight_dtype="float32", policy="gpu_only", **sizes())
     want = [o.token_ids for o in ref.generate(prompts, GREEDY, use_tqdm=False)]
     del ref
-    llm = LLM(str(default_model_path), hardware_profile=str(tmp_path / "p.json"), device_memory_bytes=400 << 20,
+    llm = LLM(str(default_model_path), weight_dtype="float32", hardware_profile=str(tmp_path / "p.json"), device_memory_bytes=400 << 20,
               **sizes(device_kv_bytes=32 << 20))
     assert set(llm.engine.runtime.executors) == {"gpu_offload", "cpu_only"}, llm.engine.runtime.reason
     assert [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)] == want

@@ -1,4 +1,4 @@
-"""policy="cpu_only" on the real default model: OpenVINO linear graphs + host attention.
+"""policy="cpu_only", weight_dtype="float32" on the real default model: OpenVINO linear graphs + host attention.
 
 With f32 KV and exact weights, greedy tokens must equal the default (torch) path's
 token for token; batched, chunked and preempted runs too. The KV blocks all go
@@ -32,7 +32,7 @@ def reference_tokens():
 
 @pytest.fixture(scope="module")
 def cpu_llm():
-    return LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 28)
+    return LLM(model="default", policy="cpu_only", weight_dtype="float32", kv_cache_dtype="f32", host_kv_bytes=1 << 28)
 
 
 def test_runs_on_the_host_with_the_paged_op_fused(cpu_llm):
@@ -55,7 +55,7 @@ def test_greedy_batched_equals_default_path(cpu_llm, reference_tokens):
 def test_chunked_prefill_and_preemption_equal_default_path(reference_tokens):
     # 48-token budget: prompts arrive in chunks beside running decodes (mixed steps);
     # 10 blocks of 32 tokens: requests get preempted and recomputed.
-    llm = LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", max_num_batched_tokens=48,
+    llm = LLM(model="default", policy="cpu_only", weight_dtype="float32", kv_cache_dtype="f32", max_num_batched_tokens=48,
               max_num_seqs=6, host_kv_bytes=10 * 30 * 2 * 3 * 32 * 64 * 4)
     engine = llm.engine
     assert engine.kv.pool(Tier.HOST).num_blocks == 10
@@ -70,7 +70,7 @@ def test_chunked_prefill_and_preemption_equal_default_path(reference_tokens):
                                                 ({"host_attention": "ov_sdpa"}, "ov_sdpa"),
                                                 ({"host_attention": "torch"}, "torch")])
 def test_split_graphs_with_each_attention_path_equal_default_path(options, attention, reference_tokens):
-    llm = LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 26, **options)
+    llm = LLM(model="default", policy="cpu_only", weight_dtype="float32", kv_cache_dtype="f32", host_kv_bytes=1 << 26, **options)
     runner = llm.engine.runtime.executors["cpu_only"]
     assert runner.attention.name == attention and not runner.linear.fused
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
@@ -79,21 +79,9 @@ def test_split_graphs_with_each_attention_path_equal_default_path(options, atten
     assert llm.engine.kv.num_used(Tier.HOST) == 0
 
 
-def test_int8_weights_run_and_stay_close(monkeypatch, reference_tokens):
-    # The environment variable still gives the option's default.
-    monkeypatch.setenv("HYBRIDLLM_CPU_WEIGHTS", "int8")
-    llm = LLM(model="default", policy="cpu_only", host_kv_bytes=1 << 26)
-    assert llm.engine.runtime.executors["cpu_only"].linear.options.weights == "int8"
-    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
-    assert all(o.token_ids[0] == r[0] for o, r in zip(outs, reference_tokens))
-    same = sum(a == b for o, r in zip(outs, reference_tokens) for a, b in zip(o.token_ids, r))
-    assert same >= 0.5 * sum(len(r) for r in reference_tokens)
-    assert any(list(o.token_ids) != r for o, r in zip(outs, reference_tokens)), "int8 weights were not used"
-
-
 @pytest.mark.parametrize("kv_cache_dtype", ["f16", "u8"])
 def test_lower_precision_kv_stays_close(kv_cache_dtype, reference_tokens):
-    llm = LLM(model="default", policy="cpu_only", kv_cache_dtype=kv_cache_dtype, host_kv_bytes=1 << 26)
+    llm = LLM(model="default", policy="cpu_only", weight_dtype="float32", kv_cache_dtype=kv_cache_dtype, host_kv_bytes=1 << 26)
     assert llm.engine.kv.tiers[Tier.HOST].layout.precision == kv_cache_dtype
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     # Rounded K/V may flip a near-tie late in a continuation, not the first tokens.
@@ -106,7 +94,7 @@ def test_lower_precision_kv_stays_close(kv_cache_dtype, reference_tokens):
 
 def test_bad_step_raises_before_touching_the_cache_and_others_carry_on(reference_tokens):
     from hybridllm.scheduler import StepInput
-    llm = LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 24)
+    llm = LLM(model="default", policy="cpu_only", weight_dtype="float32", kv_cache_dtype="f32", host_kv_bytes=1 << 24)
     engine = llm.engine
     engine.add_request("a", PROMPTS[1], GREEDY)
     for _ in range(5):
@@ -131,7 +119,7 @@ def test_bad_step_raises_before_touching_the_cache_and_others_carry_on(reference
 
 def test_steps_with_nothing_to_sample_still_fill_the_cache(reference_tokens):
     # A 16-token budget: the long prompt's first chunks sample nothing, but must write their K/V.
-    llm = LLM(model="default", policy="cpu_only", kv_cache_dtype="f32", max_num_batched_tokens=16,
+    llm = LLM(model="default", policy="cpu_only", weight_dtype="float32", kv_cache_dtype="f32", max_num_batched_tokens=16,
               host_kv_bytes=1 << 24)
     (out,) = llm.generate([PROMPTS[7]], GREEDY, use_tqdm=False)
     assert list(out.token_ids) == reference_tokens[7]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow      # the real default model
 
 @pytest.fixture(scope="module")
 def llm():
-    return LLM(model="default")
+    return LLM(model="default", weight_dtype="float32")
 
 
 @pytest.fixture(scope="module")

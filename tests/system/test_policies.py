@@ -18,12 +18,12 @@ def tokens(llm):
 
 @pytest.fixture(scope="module")
 def reference(default_model_path):
-    return tokens(LLM(str(default_model_path), policy="gpu_only", max_num_batched_tokens=48))
+    return tokens(LLM(str(default_model_path), weight_dtype="float32", policy="gpu_only", max_num_batched_tokens=48))
 
 
 @pytest.mark.parametrize("policy", ["gpu_offload"])   # partition (NEO) is tested in test_neo.py
 def test_forced_policy_matches_gpu_only(default_model_path, reference, policy):
-    llm = LLM(str(default_model_path), policy=policy, max_num_batched_tokens=48)
+    llm = LLM(str(default_model_path), weight_dtype="float32", policy=policy, max_num_batched_tokens=48)
     assert tokens(llm) == reference
     stats = llm.engine.stats()
     assert stats.steps_by_policy == {policy: stats.num_steps}
@@ -41,7 +41,7 @@ def slowed(reference: str, table: str, tmp_path) -> str:
 
 
 def auto_llm(path, profile: str) -> LLM:
-    return LLM(str(path), policy="auto", hardware_profile=profile, max_num_batched_tokens=48)
+    return LLM(str(path), weight_dtype="float32", policy="auto", hardware_profile=profile, max_num_batched_tokens=48)
 
 
 def test_auto_switches_device_prefill_to_host_decode(default_model_path, reference, tmp_path):
@@ -58,7 +58,7 @@ def test_auto_switches_device_prefill_to_host_decode(default_model_path, referen
 
 
 def test_auto_without_profile_runs_on_the_device_and_says_why(default_model_path):
-    llm = LLM(str(default_model_path), policy="auto", hardware_profile="none")
+    llm = LLM(str(default_model_path), weight_dtype="float32", policy="auto", hardware_profile="none")
     rt = llm.engine.runtime
     assert (rt.prefill_policy, rt.decode_policy) == ("gpu_only", "gpu_only")
     assert "no hardware profile" in rt.reason
@@ -66,9 +66,9 @@ def test_auto_without_profile_runs_on_the_device_and_says_why(default_model_path
 
 def test_policy_that_cannot_fit_is_refused_at_start_up(default_model_path):
     with pytest.raises(ValueError, match=r"no device memory left for the KV cache: the weights take \d+ bytes"):
-        LLM(str(default_model_path), policy="gpu_only", device_memory_bytes=100 * 2**20)
+        LLM(str(default_model_path), weight_dtype="float32", policy="gpu_only", device_memory_bytes=100 * 2**20)
     with pytest.raises(FileNotFoundError, match="hardware_profile: 'nope'"):
-        LLM(str(default_model_path), policy="auto", hardware_profile="nope")
+        LLM(str(default_model_path), weight_dtype="float32", policy="auto", hardware_profile="nope")
 
 
 def test_model_shape_counts_the_weights_the_model_loads(default_model_path):

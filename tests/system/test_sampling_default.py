@@ -10,7 +10,7 @@ PROMPT = "Write a short poem about the sea:"
 
 @pytest.fixture(scope="module")
 def llm():
-    return LLM(model="default")
+    return LLM(model="default", weight_dtype="float32")
 
 
 def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(llm):

@@ -8,10 +8,10 @@ from hybridllm.config import EngineConfig
 @pytest.mark.parametrize("command", [["run", "hi"], ["serve"]])
 def test_flags_become_engine_options(command):
     args = build_parser().parse_args(command + [
-        "--cpu-weights", "int8", "--no-cpu-fused", "--host-attention", "ov_sdpa", "--host-threads", "3",
+        "--weight-dtype", "int8", "--no-cpu-fused", "--host-attention", "ov_sdpa", "--host-threads", "3",
         "--cpu-torch-threads", "2", "--ov-cache-dir", "/tmp/ov", "--hardware-profile", "none"])
     opts = _host_options(args)
-    assert opts == {"cpu_weights": "int8", "cpu_fused": False, "host_attention": "ov_sdpa", "host_threads": 3,
+    assert opts == {"weight_dtype": "int8", "cpu_fused": False, "host_attention": "ov_sdpa", "host_threads": 3,
                     "cpu_torch_threads": 2, "ov_cache_dir": "/tmp/ov", "hardware_profile": "none"}
     cfg = EngineConfig(**opts)
     assert (cfg.cpu_fused, cfg.host_threads) == (False, 3)

@@ -34,7 +34,7 @@ class Stand:
     def __init__(self, name="measured"):
         self.calls, self.name = 0, name
 
-    def __call__(self, mc, dtype, device, progress=True, quick=False):
+    def __call__(self, mc, dtype, device, progress=True, quick=False, host_linear=None):
         assert quick, "first use must ask for the quick grid"
         self.calls += 1
         return synthetic(name=self.name)
@@ -109,7 +109,7 @@ def test_two_concurrent_first_starts_measure_once(home):
         from hybridllm.profiling import cache
         from tests.helpers.profiles import synthetic
 
-        def slow(mc, dtype, device, progress=True, quick=False):
+        def slow(mc, dtype, device, progress=True, quick=False, host_linear=None):
             with open({str(home / 'marks')!r}, 'a') as f:
                 f.write('m')
             time.sleep(2)

@@ -38,7 +38,7 @@ class LLMEngine:
         self.model_path = resolve_model(config.model)
         self.model_config = mc = ModelConfig.from_folder(self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
-        profile, found = find_profile(config, mc)
+        profile, found = find_profile(config, mc, self.model_path)
         self.runtime = rt = build_runtime(config, self.model_path, mc, profile, tracer)
         self.model = rt.model
         self.device = rt.device

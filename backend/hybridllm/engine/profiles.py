@@ -1,15 +1,18 @@
 """Which hardware profile an engine plans with: the one named, this machine's cached one, or none."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..policy import HardwareProfile
 from ..profiling.cache import cached_profile
 from ..profiling.store import load_profile
 from ..runtime.factory import compute_device
+from ..runtime.host_precision import host_precision
 
 
-def find_profile(config: EngineConfig, mc: ModelConfig) -> tuple[HardwareProfile | None, str]:
+def find_profile(config: EngineConfig, mc: ModelConfig, model_path: Path) -> tuple[HardwareProfile | None, str]:
     """(profile, how it was found). hardware_profile: a JSON path or reference name is loaded; "none"
     means no profile (auto's fixed rule); unset, policy auto uses this machine's cached profile and
     measures one on first use. Forced policies plan nothing, except NEO when it is given a profile."""
@@ -20,4 +23,5 @@ def find_profile(config: EngineConfig, mc: ModelConfig) -> tuple[HardwareProfile
         return load_profile(spec), f"profile {spec}"
     if config.policy != "auto":
         return None, ""
-    return cached_profile(mc, config.dtype, compute_device(config))
+    return cached_profile(mc, config.dtype, compute_device(config),
+                          host_linear=host_precision(config.weight_dtype, model_path))

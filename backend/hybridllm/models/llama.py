@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from ..dtypes import MODEL_DTYPES, torch_dtype
+from ..converters.gguf_quant import QUANT_FILE
 from .config import ModelConfig
 from .rope import RotaryEmbedding
 
@@ -95,7 +96,8 @@ class LlamaModel:
             raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
         tdtype = torch_dtype(dtype)
         device = torch.device(device)
-        files = sorted(folder.glob("*.safetensors"))
+        # quantized.safetensors holds a GGUF's integer codes for the CPU data plane (models/quantized.py).
+        files = sorted(f for f in folder.glob("*.safetensors") if f.name != QUANT_FILE)
         if not files:
             raise FileNotFoundError(f"model folder {folder}: no *.safetensors weights found")
         # safe_open memory-maps the file; only the tensors we touch are read.

@@ -22,12 +22,13 @@ import torch
 
 from ..models.config import ModelConfig
 from ..policy import HardwareProfile, ModelShape
+from ..runtime.host_precision import EXACT, HostPrecision
 from ..utils import cache_root, file_lock
 from .measure import measure
 from .store import save_json
 
 log = logging.getLogger("hybridllm")
-FORMAT = 1      # bump when the profile's tables change meaning, so older files are re-measured
+FORMAT = 2      # bump when the profile's tables change meaning, so older files are re-measured
 
 
 def cpu_model() -> str:
@@ -41,14 +42,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def fingerprint(mc: ModelConfig, dtype: str, device: torch.device) -> dict:
+def fingerprint(mc: ModelConfig, dtype: str, device: torch.device, host_linear: HostPrecision = EXACT) -> dict:
     gpu = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         gpu = {"name": props.name, "memory": int(props.total_memory)}
     shape = ModelShape.from_config(mc, dtype)
     return {"format": FORMAT, "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu,
-            "torch": torch.__version__, "openvino": ov.get_version(), "dtype": dtype,
+            "torch": torch.__version__, "openvino": ov.get_version(), "dtype": dtype, "host_linear": host_linear.label,
             "model": {k: v for k, v in vars(shape).items() if k != "name"}}
 
 
@@ -73,10 +74,11 @@ def _read(path: Path, fp: dict) -> HardwareProfile | None:
 
 
 def cached_profile(mc: ModelConfig, dtype: str, device: torch.device, progress: bool = True,
-                   measure_fn: Callable[..., HardwareProfile] | None = None) -> tuple[HardwareProfile, str]:
+                   measure_fn: Callable[..., HardwareProfile] | None = None,
+                   host_linear: HostPrecision = EXACT) -> tuple[HardwareProfile, str]:
     """(profile, how it was found): this machine's cached profile, or a fresh quick measurement
-    (measure_fn: what measures; profiling.measure by default)."""
-    fp = fingerprint(mc, dtype, device)
+    (measure_fn: what measures; profiling.measure by default; host_linear: cpu_only's precision)."""
+    fp = fingerprint(mc, dtype, device, host_linear)
     path = profile_path(fp)
     prof = _read(path, fp)                          # fast path: no lock, files only ever appear whole
     if prof is not None:
@@ -87,6 +89,6 @@ def cached_profile(mc: ModelConfig, dtype: str, device: torch.device, progress: 
         if prof is not None:
             return prof, f"cached profile {path} (measured by another process)"
         log.warning("no hardware profile for this machine yet: measuring one (once; cached in %s)", path)
-        prof = (measure_fn or measure)(mc, dtype, str(device), progress=progress, quick=True)
+        prof = (measure_fn or measure)(mc, dtype, str(device), progress=progress, quick=True, host_linear=host_linear)
         save_json({"fingerprint": fp, "profile": prof.to_dict()}, path)
         return prof, f"measured now and cached in {path}"

@@ -28,6 +28,8 @@ from ..dtypes import BYTES, KV_OF_MODEL, torch_dtype
 from ..models.llama import rms_norm
 from ..models.rope import RotaryEmbedding
 from ..ov_common import compile_config, core
+from ..runtime.host_precision import EXACT, HostPrecision
+from ..runtime.ov_weights import sample_linear
 from ..policy import HardwareProfile, ModelShape, Table2D
 from ..utils import ceil_div, mem_total
 from .measure_neo import pipeline_overhead
@@ -97,17 +99,18 @@ def gemm_table(shape: ModelShape, device: torch.device, dtype: torch.dtype, name
     return _gemm_grid(shape, name, bar, prepare, grid)
 
 
-def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar, grid: Grid = FULL) -> Table2D:
-    """OpenVINO FullyConnected in f32 on the host, which cpu_only's linear layers run."""
+def ov_gemm_table(shape: ModelShape, name: str, bar: _Bar, grid: Grid = FULL,
+                  precision: HostPrecision = EXACT) -> Table2D:
+    """OpenVINO FullyConnected on the host at cpu_only's weights and arithmetic (precision)."""
 
-    config = compile_config("f32")
+    config = compile_config(precision.compute, DYNAMIC_QUANTIZATION_GROUP_SIZE=str(precision.dynamic_quant))
+    rng = np.random.default_rng(0)
 
     def prepare(n, k):
         # Capped: a graph of thousands of tiny matmuls (small models) takes minutes to compile.
         copies = max(1, min(64, COLD_BYTES // (n * k * 4)))
         x = ops.parameter([-1, k], ov.Type.f32, name="x")
-        outs = [ops.matmul(x, ops.constant(np.random.randn(n, k).astype(np.float32)), False, True)
-                for _ in range(copies)]                          # `copies` weights: cold reads, one call
+        outs = [sample_linear(x, precision, n, k, rng) for _ in range(copies)]   # `copies` weights: cold reads
         req = core().compile_model(ov.Model(outs, [x], "gemm"), "CPU", config).create_infer_request()
 
         def time_tokens(t):
@@ -195,8 +198,10 @@ def _meminfo_total() -> int:
 
 
 def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, progress: bool = True,
-            name: str | None = None, host_kv: tuple[str, ...] | None = None, quick: bool = False) -> HardwareProfile:
+            name: str | None = None, host_kv: tuple[str, ...] | None = None, quick: bool = False,
+            host_linear: HostPrecision = EXACT) -> HardwareProfile:
     """host_kv: the host KV precisions to time (default: the model dtype's, plus f16 for float32 models).
+    host_linear: cpu_only's weights and arithmetic, which the host GEMMs are timed at.
     quick: the profile-on-first-use grid (QUICK), the model dtype's host KV only, and no NEO probe
     (auto never plans NEO): well under 90 s for the default model on 2 cores."""
     grid = QUICK if quick else FULL
@@ -233,7 +238,7 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
     copies = copy_bandwidths(dev)
     dev_gemm = gemm_table(shape, dev, tdtype, "device_gemm", bar, grid)
     # cpu_only's linear layers are OpenVINO f32 graphs; for other dtypes this times torch linear instead.
-    host_gemm = (ov_gemm_table(shape, "host_gemm", bar, grid) if dtype == "float32"
+    host_gemm = (ov_gemm_table(shape, "host_gemm", bar, grid, host_linear) if dtype == "float32"
                  else gemm_table(shape, host, tdtype, "host_gemm", bar, grid))
     dev_dec, dev_pre = attention_tables(mc, device_backend, dev, BYTES[dtype], "device_attention", bar, grid)
     host_dec, host_pre, host_names = {}, {}, []
@@ -254,7 +259,7 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
         device_is_host=dev.type == "cpu",
         notes=f"measured in {time.perf_counter() - t0:.0f} s ({'quick' if quick else 'full'} grid) for a model with "
               f"hidden={mc.hidden_size}, layers={mc.num_hidden_layers}; host attention: "
-              f"{', '.join(sorted(set(host_names)))}",
+              f"{', '.join(sorted(set(host_names)))}; host linear {host_linear.label}",
         extra={"model_dtype_bytes": BYTES[dtype], "host_handoff_s": 0.0})
     if quick:
         return prof

@@ -14,6 +14,7 @@ import torch
 
 from ..attention.host import HostAttention
 from ..models.llama import LlamaModel
+from ..models.quantized import QuantizedCheckpoint
 from ..scheduler import StepInput
 from .executor import Parts, StepResult, sampled_ids, set_torch_threads
 from .host_linear import HostLinearModel, HostLinearOptions
@@ -68,18 +69,20 @@ def build(parts: Parts) -> CpuOnlyRunner:
     shared = parts.model.layers_on_host
     model = parts.model.host_view() if shared else LlamaModel.load(parts.model_path, HOST, cfg.dtype)
     attention = parts.host_attention
-    options = HostLinearOptions(weights=cfg.cpu_weights, cache_dir=cfg.ov_cache_dir)
+    precision = parts.host_precision
+    options = HostLinearOptions(precision=precision, cache_dir=cfg.ov_cache_dir)
+    kept = QuantizedCheckpoint.open(parts.model_path) if precision.source else None
     linear = None
     if attention.name == "ov_paged" and cfg.cpu_fused:
         try:
-            linear = HostLinearModel(model, options, fuse_with=attention)
+            linear = HostLinearModel(model, options, fuse_with=attention, kept=kept)
         except Exception as e:  # noqa: BLE001 - the split graphs run with any attention path
             log.warning("cpu_only: the fused model is unavailable, running linear and attention apart (%s)", e)
     if linear is None:
-        linear = HostLinearModel(model, options)
+        linear = HostLinearModel(model, options, kept=kept)
     if not shared:
         model.release_layers()
-    log.info("cpu_only ready in %.1fs: attention=%s (%s), linear weights=%s", time.perf_counter() - t0,
+    log.info("cpu_only ready in %.1fs: attention=%s (%s), weights %s (%s)", time.perf_counter() - t0,
              attention.name, "inside one whole-model graph" if linear.fused else "between the linear graphs",
-             linear.options.weights)
+             precision.label, precision.reason)
     return CpuOnlyRunner(model, linear, attention, cfg.cpu_torch_threads)

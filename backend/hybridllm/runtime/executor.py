@@ -18,6 +18,7 @@ from ..kv import KVCacheTier
 from ..models.config import ModelConfig
 from ..models.llama import LlamaModel
 from ..scheduler import StepInput
+from .host_precision import HostPrecision
 from .trace import NullTracer, Tracer
 
 
@@ -62,6 +63,7 @@ class Parts:
     host_attention: HostAttention | None    # owns the host tier
     tracer: Tracer | NullTracer
     torch_threads: int                      # torch's threads at start-up, for executors whose linear work is torch
+    host_precision: HostPrecision           # the OpenVINO linear graphs' weights and arithmetic (cpu_only)
 
 
 def set_torch_threads(n: int | None) -> None:

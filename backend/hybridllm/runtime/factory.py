@@ -30,6 +30,7 @@ from ..policy.step_planner import StepPlanner, useful_policies
 from ..utils import cache_root
 from .auto import auto_candidates, choose_policies, device_memory
 from .executor import Executor, Parts
+from .host_precision import HostPrecision, host_precision
 from .memory import num_device_blocks
 from .trace import NullTracer, Tracer
 
@@ -114,13 +115,14 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
         dev_tier = _device_tier(config, mc, kv_dtype, model, device, streamed)
         dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
                                    mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
+    precision = host_precision(config.weight_dtype, model_path)
     if Tier.HOST in tiers:
-        host_attn = host_attention(config, mc, device)
+        host_attn = host_attention(config, mc, device, host_kv_precision(config, precision, host_only))
         reason += f"; host attention {host_attn.name} ({host_attn.reason})"
     kv = KVCacheManager({t: c for t, c in ((Tier.DEVICE, dev_tier), (Tier.HOST, host_attn and host_attn.tier))
                          if c is not None})
     parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer,
-                  torch.get_num_threads())
+                  torch.get_num_threads(), precision)
     executors = {s.name: _builder(s.executor)(parts) for s in specs}
     if host_only:
         # The OpenVINO graphs hold their own copy of the decoder layers: torch's would be a second one.
@@ -164,8 +166,19 @@ def host_threads(requested: int | None, device: torch.device) -> int | None:
     return None
 
 
-def host_attention(config: EngineConfig, mc: ModelConfig, device: torch.device) -> HostAttention:
-    """HostAttention over a fresh host tier of config.host_kv_bytes, in the chosen backend's layout.
+def host_kv_precision(config: EngineConfig, precision: HostPrecision, host_only: bool) -> str:
+    """The host tier's KV precision. kv_cache_dtype=auto follows the model's dtype, except on a host-only
+    runtime computing in bf16, where f32 KV would cost a conversion in every attention call (a batch-1
+    step took 1.7x longer than with bf16 KV)."""
+    if config.kv_cache_dtype == "auto" and host_only and precision.compute == "bf16":
+        return "bf16"
+    return kv_precision(config.kv_cache_dtype, config.dtype)
+
+
+def host_attention(config: EngineConfig, mc: ModelConfig, device: torch.device,
+                   precision: str | None = None) -> HostAttention:
+    """HostAttention over a fresh host tier of config.host_kv_bytes, in the chosen backend's layout
+    (precision: the KV's; None: what kv_cache_dtype asks for).
 
     The backend (OpenVINO PagedAttention, else the public-opset graph, else torch; see
     attention/host.py) decides the block size: 32 tokens for the op on the CPU, so host
@@ -174,7 +187,7 @@ def host_attention(config: EngineConfig, mc: ModelConfig, device: torch.device) 
     """
     spec = HostAttentionSpec(
         num_layers=mc.num_hidden_layers, num_heads=mc.num_attention_heads, num_kv_heads=mc.num_key_value_heads,
-        head_dim=mc.head_dim, kv_precision=kv_precision(config.kv_cache_dtype, config.dtype),
+        head_dim=mc.head_dim, kv_precision=precision or kv_precision(config.kv_cache_dtype, config.dtype),
         sliding_window=mc.sliding_window, block_size=config.block_size, cache_dir=ov_cache_dir(config),
         num_threads=host_threads(config.host_threads, device), path=config.host_attention)
     return HostAttention.create(spec, num_bytes=config.host_kv_bytes, pin_memory=device.type == "cuda")

@@ -12,10 +12,9 @@ with dynamic token counts; each graph has its own infer request, so its
 outputs stay valid until that graph runs again (the next step) and are handed
 on without copies.
 
-Weights: "exact" keeps the model's dtype (f32 stays f32; f16/bf16 weights are
-decompressed inside the FullyConnected kernel) and computes in f32. "int8"
-quantises each output channel to u8 with a scale and zero point (about 4x less
-to read than f32, not exact).
+Weights and arithmetic follow a HostPrecision (runtime/host_precision.py): f32, bf16 or f16
+weights, or integer codes (a GGUF's own where kept, runtime/ov_weights.py) that FullyConnected
+decompresses in the kernel; compute in f32, or bf16 where the CPU has it.
 """
 from __future__ import annotations
 
@@ -27,21 +26,18 @@ import openvino.opset13 as ops
 import torch
 
 from ..attention.host_ov_paged import _STEP_INPUTS, cache_layout, cache_tensors, paged_attention, step_params
-from ..config import CPU_WEIGHTS
 from ..models.llama import LlamaModel
+from ..models.quantized import QuantizedCheckpoint, concat_rows
 from ..ov_common import compile_config, core, param, stable_names
-
+from .host_precision import EXACT, HostPrecision
+from .ov_weights import float_weight, linear
 
 
 @dataclass(frozen=True)
 class HostLinearOptions:
-    weights: str = "exact"              # "exact" | "int8"
+    precision: HostPrecision = EXACT
     cache_dir: str | None = None        # OpenVINO CACHE_DIR (holds a copy of the weights); None: off
     num_threads: int | None = None
-
-    def __post_init__(self):
-        if self.weights not in CPU_WEIGHTS:
-            raise ValueError(f"cpu_weights: {self.weights!r} is not one of {', '.join(CPU_WEIGHTS)}")
 
 
 def _i64(values):
@@ -53,34 +49,35 @@ def _f32(value):
 
 
 class _GraphBuilder:
-    def __init__(self, model: LlamaModel, weights: str):
-        self.m, self.cfg, self.weights = model, model.cfg, weights
+    def __init__(self, model: LlamaModel, precision: HostPrecision, kept: QuantizedCheckpoint | None):
+        self.m, self.cfg, self.prec = model, model.cfg, precision
+        self.kept = kept if precision.source else None
+        self.kept_types = set((precision.source or "").split("+"))
 
     def const(self, t: torch.Tensor):
-        """A weight or norm vector as an f32-valued node (the dtype conversion happens in the kernel)."""
-        t = t.detach().cpu()
-        if t.dtype == torch.float32:
-            return ops.constant(t.contiguous().numpy())
-        if t.dtype == torch.bfloat16:
-            raw = ov.Tensor(t.contiguous().view(torch.int16).numpy().view(np.uint16), list(t.shape), ov.Type.bf16)
-            return ops.convert(ops.constant(raw), ov.Type.f32)
-        return ops.convert(ops.constant(t.contiguous().numpy()), ov.Type.f32)
+        """A norm vector or bias as an f32-valued node (exact)."""
+        return float_weight(t)
 
-    def linear(self, x, w: torch.Tensor, bias: torch.Tensor | None = None):
-        """x [T, in] @ w[out, in]^T (+ bias)."""
-        if self.weights == "int8":
-            wf = w.detach().float()
-            lo, hi = wf.min(1, keepdim=True).values, wf.max(1, keepdim=True).values
-            scale = ((hi - lo) / 255).clamp_min(1e-12)                     # [out, 1]
-            zp = torch.round(-lo / scale).clamp(0, 255)
-            qw = torch.round(wf / scale + zp).clamp(0, 255).to(torch.uint8)
-            # The decompression pattern (u8 -> f32, - zp, * scale) that FullyConnected fuses.
-            wn = ops.convert(ops.constant(qw.numpy()), ov.Type.f32)
-            wn = ops.subtract(wn, ops.convert(ops.constant(zp.to(torch.uint8).numpy()), ov.Type.f32))
-            wn = ops.multiply(wn, ops.constant(scale.numpy()))
+    def _kept(self, names: list[str]):
+        parts = [self.kept.get(n) for n in names] if self.kept is not None else [None] * len(names)
+        return [p if p is not None and p.source in self.kept_types else None for p in parts]
+
+    def linear(self, x, w: torch.Tensor, names: list[str], bias: torch.Tensor | None = None):
+        """x [T, in] @ w[out, in]^T (+ bias); names: the checkpoint's weights stacked in w's rows."""
+        kept = self._kept(names)
+        fused = concat_rows(kept) if all(p is not None for p in kept) else None
+        if fused is not None or not any(kept):
+            y = linear(x, self.prec, w, fused)
         else:
-            wn = self.const(w)
-        y = ops.matmul(x, wn, False, True)
+            # The parts differ in form: one FullyConnected each, outputs side by side.
+            sizes = [p.shape[0] if p is not None else None for p in kept]
+            rest = (w.shape[0] - sum(s or 0 for s in sizes)) // sizes.count(None)
+            ys, row = [], 0
+            for p, size in zip(kept, sizes):
+                size = size or rest
+                ys.append(linear(x, self.prec, w[row:row + size], p))
+                row += size
+            y = ops.concat(ys, -1)
         return y if bias is None else ops.add(y, self.const(bias))
 
     def rms_norm(self, x, w: torch.Tensor):
@@ -100,7 +97,9 @@ class _GraphBuilder:
     def qkv(self, i: int, h, cos, sin):
         """-> q [T, H, D], k [T, KVH, D] with RoPE, v [T, KVH, D]."""
         cfg, w = self.cfg, self.m.layers[i]
-        qkv = self.linear(self.rms_norm(h, w.input_norm), w.qkv, w.qkv_bias)
+        a = f"model.layers.{i}.self_attn."
+        qkv = self.linear(self.rms_norm(h, w.input_norm), w.qkv, [a + "q_proj.weight", a + "k_proj.weight",
+                                                                  a + "v_proj.weight"], w.qkv_bias)
         q, k, v = ops.variadic_split(qkv, _i64(1), _i64([self.m.q_size, self.m.kv_size, self.m.kv_size])).outputs()
         q = self.rope(q, cfg.num_attention_heads, cos, sin)
         k = self.rope(k, cfg.num_key_value_heads, cos, sin)
@@ -109,10 +108,12 @@ class _GraphBuilder:
 
     def finish(self, i: int, h, attn):
         """h [T, hidden], attn [T, H*D] -> the layer's output [T, hidden]."""
-        w = self.m.layers[i]
-        h = ops.add(h, self.linear(attn, w.o_proj))
-        gate, up = ops.split(self.linear(self.rms_norm(h, w.post_norm), w.gate_up), _i64(1), 2).outputs()
-        return ops.add(h, self.linear(ops.multiply(ops.swish(gate), up), w.down))
+        w, p = self.m.layers[i], f"model.layers.{i}."
+        h = ops.add(h, self.linear(attn, w.o_proj, [p + "self_attn.o_proj.weight"]))
+        gate_up = self.linear(self.rms_norm(h, w.post_norm), w.gate_up, [p + "mlp.gate_proj.weight",
+                                                                          p + "mlp.up_proj.weight"])
+        gate, up = ops.split(gate_up, _i64(1), 2).outputs()
+        return ops.add(h, self.linear(ops.multiply(ops.swish(gate), up), w.down, [p + "mlp.down_proj.weight"]))
 
     def inputs(self):
         cfg = self.cfg
@@ -129,7 +130,9 @@ class _GraphBuilder:
         return stable_names(ov.Model([self.finish(i, h, attn)], [h, attn], f"post{i}"), f"post{i}")
 
     def logits(self, h):
-        return self.linear(self.rms_norm(h, self.m.norm), self.m.lm_head)        # [S, vocab]
+        tied = self.m.lm_head is self.m.embed_tokens
+        name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        return self.linear(self.rms_norm(h, self.m.norm), self.m.lm_head, [name])        # [S, vocab]
 
     def head(self) -> ov.Model:
         h = param([-1, self.cfg.hidden_size], ov.Type.f32, "h")
@@ -173,7 +176,7 @@ class _Graph:
 
 
 class HostLinearModel:
-    """LlamaModel's linear parts compiled for the CPU, in f32.
+    """LlamaModel's linear parts compiled for the CPU at a HostPrecision.
 
     Split mode (any host attention): attn_inputs / attn_finish around a HostAttention call,
     then logits().
@@ -183,12 +186,16 @@ class HostLinearModel:
     step with a graph per layer.
     """
 
-    def __init__(self, model: LlamaModel, options: HostLinearOptions = HostLinearOptions(), fuse_with=None):
+    def __init__(self, model: LlamaModel, options: HostLinearOptions = HostLinearOptions(), fuse_with=None,
+                 kept: QuantizedCheckpoint | None = None):
+        """kept: the model folder's GGUF codes, used where options.precision says so."""
         self.model, self.cfg, self.options = model, model.cfg, options
-        # Exact f32 arithmetic; DYNAMIC_QUANTIZATION_GROUP_SIZE=0 keeps activations f32 in front of
-        # compressed weights (the plugin's default quantises them to int8).
-        config = compile_config("f32", options.cache_dir, options.num_threads, DYNAMIC_QUANTIZATION_GROUP_SIZE="0")
-        b = _GraphBuilder(model, options.weights)
+        prec = options.precision
+        # DYNAMIC_QUANTIZATION_GROUP_SIZE=0 keeps activations f32 in front of compressed weights (the
+        # plugin's default quantises them to int8); integer weights ask for it.
+        config = compile_config(prec.compute, options.cache_dir, options.num_threads,
+                                DYNAMIC_QUANTIZATION_GROUP_SIZE=str(prec.dynamic_quant))
+        b = _GraphBuilder(model, prec, kept)
         c = core()
         n = self.cfg.num_hidden_layers
         self.pre, self.post, self.head, self.whole = [], [], None, None
@@ -205,9 +212,10 @@ class HostLinearModel:
 
     def _bind_fused(self, b: _GraphBuilder, c: ov.Core, config: dict, attention) -> None:
         spec = attention.spec
-        if attention.name != "ov_paged" or spec.kv_precision == "bf16":
+        bf16_kv = spec.kv_precision == "bf16" and self.options.precision.compute != "bf16"
+        if attention.name != "ov_paged" or bf16_kv:
             # bf16 KV needs a bf16 kernel, which would also round the linear layers.
-            raise ValueError(f"the fused model needs ov_paged attention with f32/f16/u8 KV, not "
+            raise ValueError(f"the fused model needs ov_paged attention with f32/f16/u8 KV (or bf16 compute), not "
                              f"{attention.name} with {spec.kv_precision}")
         compiled = c.compile_model(b.whole(spec), "CPU", dict(config, KV_CACHE_PRECISION=spec.kv_precision))
         self.whole = _Graph(compiled)
