@@ -83,7 +83,7 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--ignore-eos", action="store_true")
 
 
-_HOST_OPTIONS = ("hardware_profile", "weight_dtype", "cpu_fused", "host_attention", "host_threads",
+_HOST_OPTIONS = ("hardware_profile", "weight_dtype", "dynamic_quant_group_size", "cpu_fused", "host_attention", "host_threads",
                  "cpu_torch_threads", "ov_cache_dir")
 
 
@@ -95,6 +95,9 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
                         "measured on first use; neo: load-aware placement)")
     p.add_argument("--weight-dtype", default=None, choices=WEIGHT_DTYPES,
                    help="the CPU data plane's weights (auto: a GGUF's own codes, else bf16 where the CPU has it, else f32)")
+    p.add_argument("--dynamic-quant-group-size", type=int, default=None,
+                   help="int8 activations in front of integer weights per this many columns (0: f32; "
+                        "default 32 for int8, 0 for int4)")
     p.add_argument("--cpu-fused", default=None, action=argparse.BooleanOptionalAction,
                    help="cpu_only as one whole-model OpenVINO graph (default on)")
     p.add_argument("--host-attention", default=None, choices=HOST_ATTENTION_PATHS, help="host attention path")

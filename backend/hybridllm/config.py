@@ -61,6 +61,8 @@ class EngineConfig:
     # The CPU data plane's weights (cpu_only's OpenVINO graphs): auto keeps a GGUF's codes, else bf16 where the
     # CPU has it, else f32. The torch layers (GPU policies) follow `dtype`.
     weight_dtype: str = _env("HYBRIDLLM_WEIGHT_DTYPE", default="auto")
+    # int8 activations in front of integer weights, per this many columns; 0: f32; None: 32 for int8, 0 for int4
+    dynamic_quant_group_size: int | None = None
     cpu_fused: bool = _env("HYBRIDLLM_CPU_FUSED", bool, True)   # cpu_only: the whole model as one OpenVINO graph
     host_attention: str = _env("HYBRIDLLM_HOST_ATTENTION", default="auto")  # auto | ov_paged | ov_sdpa | torch
     host_threads: int | None = _env("HYBRIDLLM_HOST_THREADS", int)  # None: all cores; all but one beside a GPU
@@ -82,6 +84,9 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+        dq = self.dynamic_quant_group_size
+        if dq is not None and (not isinstance(dq, int) or isinstance(dq, bool) or dq < 0):
+            raise ValueError(f"dynamic_quant_group_size must be None or an integer >= 0, got {dq!r}")
         if not isinstance(self.host_kv_bytes, int) or isinstance(self.host_kv_bytes, bool) or self.host_kv_bytes < 0:
             raise ValueError(f"host_kv_bytes must be an integer >= 0, got {self.host_kv_bytes!r}")
         if not isinstance(self.cpu_fused, bool):

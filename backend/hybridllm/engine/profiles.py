@@ -24,4 +24,5 @@ def find_profile(config: EngineConfig, mc: ModelConfig, model_path: Path) -> tup
     if config.policy != "auto":
         return None, ""
     return cached_profile(mc, config.dtype, compute_device(config),
-                          host_linear=host_precision(config.weight_dtype, model_path))
+                          host_linear=host_precision(config.weight_dtype, model_path,
+                                                     config.dynamic_quant_group_size))

@@ -8,10 +8,14 @@ capabilities, once, at start-up:
 - bfloat16 / float16: 16-bit weights, computed in that type where the CPU has it (the kernels
   accumulate in f32), else decompressed to f32 inside the FullyConnected kernel;
 - int8 / int4: integer codes with per-channel (int8) or per-32-column (int4) scales. A GGUF's own
-  codes are used where they have these bits, so a Q4_1 file under int4 stays exactly its weights;
-  other matrices are rounded here (under auto, every kept code is used at its own bits). Activations
-  are quantized to int8 per group on the fly (DYNAMIC_QUANTIZATION_GROUP_SIZE), so the GEMMs run in
-  int8 (VNNI); the plugin leaves f32 activations in front of Q4_1's fractional zero points.
+  codes are used where they have these bits (int4 also keeps a Q8_0 head: 4-bit heads lost most
+  greedy agreement), so a Q4_1 file stays exactly its weights; other matrices are rounded here.
+
+dynamic_quant_group_size: OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE, the group over which activations
+in front of integer weights are quantized to int8 on the fly, so the GEMMs run in int8 (VNNI), as
+OpenVINO GenAI and llama.cpp do. None: 32 for int8 (its weights are rounded anyway), 0 (off: f32
+activations, exact) for int4, whose GGUF codes then reproduce the f32 model's greedy tokens
+(8 of 8 prompts, against 4 of 8 with int8 activations; benchmarks/RESULTS.md has speed and perplexity).
 """
 from __future__ import annotations
 
@@ -46,9 +50,10 @@ class HostPrecision:
         return f"{self.weights}{'+' + self.source if self.source else ''}/{self.compute}"
 
 
-def resolve(requested: str, source_types: dict[str, str] | None, caps: frozenset[str]) -> HostPrecision:
+def resolve(requested: str, source_types: dict[str, str] | None, caps: frozenset[str],
+            dynamic_quant: int | None = None) -> HostPrecision:
     """requested: a WEIGHT_DTYPES value; source_types: {tensor: GGUF type} of the kept codes (None:
-    a float checkpoint); caps: the CPU plugin's OPTIMIZATION_CAPABILITIES."""
+    a float checkpoint); caps: the CPU plugin's OPTIMIZATION_CAPABILITIES; dynamic_quant: see above."""
     if requested not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype: {requested!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     kinds = sorted(set((source_types or {}).values()))
@@ -64,9 +69,9 @@ def resolve(requested: str, source_types: dict[str, str] | None, caps: frozenset
     else:
         why = f"weight_dtype={requested}"
     bits = {"int8": 8, "int4": 4}.get(requested)
-    # auto keeps every kept code at its own bits (a Q8_0 head stays 8-bit); an explicit int4/int8 uses
-    # the codes of exactly those bits and rounds the rest, so int8 means 8-bit weights throughout.
-    used = [k for k in kinds if bits and (auto or (4 if k.startswith("Q4") else 8) == bits)]
+    # int4 (and auto) keep every kept code at its own bits (a Q8_0 head stays 8-bit); int8 uses the
+    # 8-bit codes and rounds the rest, so int8 means 8-bit weights throughout.
+    used = [k for k in kinds if bits and (bits == 4 or not k.startswith("Q4"))]
     source = "+".join(used) or None
     if requested == "bfloat16":
         compute = "bf16" if "BF16" in caps else "f32"
@@ -76,10 +81,15 @@ def resolve(requested: str, source_types: dict[str, str] | None, caps: frozenset
         compute = "f32"
     if compute == "f32" and requested in ("bfloat16", "float16"):
         why += f" (this CPU has no native {requested}: weights decompressed to f32 in the kernel)"
-    dynamic = DYNAMIC_QUANT_GROUP if bits else 0
+    if dynamic_quant is None:
+        dynamic = DYNAMIC_QUANT_GROUP if bits == 8 else 0
+    elif not isinstance(dynamic_quant, int) or isinstance(dynamic_quant, bool) or dynamic_quant < 0:
+        raise ValueError(f"dynamic_quant_group_size must be an integer >= 0, got {dynamic_quant!r}")
+    else:
+        dynamic = dynamic_quant if bits else 0
     if bits:
-        why += (f"; GGUF codes used for {source}" if source else "") + f"; activations quantized per {dynamic} " \
-               "on the fly" + (" (not in front of Q4_1's fractional zero points)" if "Q4_1" in used else "")
+        why += (f"; GGUF codes used for {source}" if source else "") + \
+               (f"; activations quantized to int8 per {dynamic} on the fly" if dynamic else "; f32 activations")
     return HostPrecision(requested, compute, dynamic, source, why)
 
 
@@ -92,8 +102,8 @@ def cpu_capabilities() -> frozenset[str]:
     return frozenset(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def host_precision(weight_dtype: str, model_path) -> HostPrecision:
+def host_precision(weight_dtype: str, model_path, dynamic_quant: int | None = None) -> HostPrecision:
     """resolve() for a model folder on this CPU."""
     from ..models.quantized import QuantizedCheckpoint
     ckpt = QuantizedCheckpoint.open(model_path)
-    return resolve(weight_dtype, ckpt.types if ckpt else None, cpu_capabilities())
+    return resolve(weight_dtype, ckpt.types if ckpt else None, cpu_capabilities(), dynamic_quant)

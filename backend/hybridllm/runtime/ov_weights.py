@@ -75,7 +75,7 @@ def linear(x, prec: HostPrecision, w: torch.Tensor, kept: QuantWeight | None = N
     # + sum over each group of x times the group's minimum: [T, groups] @ [rows, groups]^T
     sums = ops.reduce_sum(ops.reshape(x, np.array([0, -1, q.group_size], np.int64), True), np.array([-1], np.int64),
                           False)
-    mins = ops.convert(ops.constant(np.ascontiguousarray(q.min)), ov.Type.f32)
+    mins = ops.constant(np.ascontiguousarray(q.min, dtype=np.float32))
     return ops.add(y, ops.matmul(sums, mins, False, True))
 
 
@@ -85,5 +85,5 @@ def sample_linear(x, prec: HostPrecision, n: int, k: int, rng: np.random.Generat
     kept = None
     if prec.bits == 4 and prec.source and "Q4_1" in prec.source and k % 32 == 0:
         q = rounded(w, 4)                                    # Q4_1's form: unsigned codes, scale, minimum
-        kept = QuantWeight(4, q.codes, q.scale, None, q.group_size, "Q4_1", min=-q.scale)
+        kept = QuantWeight(4, q.codes, q.scale, q.zero, q.group_size, "Q4_1", min=q.scale.astype(np.float32) / 4)
     return linear(x, prec, w, kept)

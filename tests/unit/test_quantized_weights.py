@@ -1,0 +1,98 @@
+"""GGUF codes kept as OpenVINO compressed weights, and our own rounding: the weight OpenVINO computes
+with must equal gguf's dequantized tensor (f32 arithmetic on f16 scales: to 1e-6 of the weight)."""
+from types import SimpleNamespace
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize as gguf_quantize
+
+from hybridllm.converters.gguf_quant import block_codes
+from hybridllm.models.quantized import QuantWeight, concat_rows, from_gguf_codes, quantize
+from hybridllm.ov_common import compile_config, core
+from hybridllm.runtime.host_precision import EXACT, WEIGHT_DTYPES, resolve
+from hybridllm.runtime.ov_weights import linear
+
+
+def ov_matrix(prec, w: torch.Tensor, kept: QuantWeight | None = None) -> np.ndarray:
+    """The [rows, cols] weight OpenVINO's FullyConnected uses: x = I through the compiled graph."""
+    rows, cols = w.shape
+    x = ops.parameter([-1, cols], ov.Type.f32, name="x")
+    compiled = core().compile_model(ov.Model([linear(x, prec, w, kept)], [x]), "CPU",
+                                    compile_config("f32", DYNAMIC_QUANTIZATION_GROUP_SIZE="0"))
+    return compiled(np.eye(cols, dtype=np.float32))[0].T
+
+
+def reader_tensor(w: np.ndarray, qtype) -> SimpleNamespace:
+    """What gguf's GGUFReader hands the converter: ggml shape (reversed) and the raw block bytes."""
+    return SimpleNamespace(tensor_type=qtype, shape=list(reversed(w.shape)), data=gguf_quantize(w, qtype))
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0])
+def test_openvino_weight_equals_gguf_dequantized(qtype):
+    rng = np.random.default_rng(int(qtype))
+    w = (rng.standard_normal((48, 128)) * 0.05 + rng.standard_normal((48, 1)) * 0.02).astype(np.float32)
+    w[3, :32] = 0.25            # a constant block: Q4_1's scale is 0 there
+    ref = dequantize(gguf_quantize(w, qtype), qtype).reshape(w.shape)
+    q = kept(w, qtype)
+    np.testing.assert_allclose(q.dequantize(), ref, rtol=1e-6, atol=1e-7)
+    prec = resolve("int4" if qtype != Q.Q8_0 else "int8", {"w": qtype.name}, frozenset(), 0)
+    got = ov_matrix(prec, torch.from_numpy(ref), q)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert np.abs(ref - w).max() > 1e-4          # the test weights really are quantized
+
+
+def kept(w: np.ndarray, qtype) -> QuantWeight:
+    a = block_codes(reader_tensor(w, qtype))
+    return from_gguf_codes(qtype.name, a["qweight"], a["scales"], a.get("mins"))
+
+
+def test_rows_stack_like_the_fused_projections():
+    rng = np.random.default_rng(1)
+    qs = [kept(rng.standard_normal((r, 64)).astype(np.float32), Q.Q4_1) for r in (32, 16, 16)]
+    stacked = concat_rows(qs)
+    np.testing.assert_array_equal(stacked.dequantize(), np.concatenate([q.dequantize() for q in qs]))
+    assert concat_rows([qs[0], kept(rng.standard_normal((16, 64)).astype(np.float32), Q.Q8_0)]) is None
+
+
+@pytest.mark.parametrize("bits,group", [(8, None), (4, 32)])
+def test_our_rounding_is_within_half_a_step(bits, group):
+    rng = np.random.default_rng(bits)
+    w = rng.standard_normal((24, 96)).astype(np.float32)
+    q = quantize(w, bits, group)
+    step = np.repeat(q.scale.astype(np.float32), q.group_size, axis=1)
+    assert np.all(np.abs(q.dequantize() - w) <= step * 0.5 + 1e-6)
+    prec = resolve(f"int{bits}", None, frozenset(), 0)
+    np.testing.assert_allclose(ov_matrix(prec, torch.from_numpy(q.dequantize()), q), q.dequantize(), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_float_weights_are_the_rounded_values(dtype):
+    w = torch.randn(16, 64)
+    prec = resolve(dtype, None, frozenset(), None)
+    want = w.to(getattr(torch, dtype)).float().numpy()
+    np.testing.assert_allclose(ov_matrix(prec, w), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ov_matrix(EXACT, w), w.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_resolution_follows_source_and_cpu():
+    gguf = {"a": "Q4_1", "head": "Q8_0"}
+    auto = resolve("auto", gguf, frozenset({"BF16"}))
+    assert (auto.weights, auto.source, auto.dynamic_quant, auto.compute) == ("int4", "Q4_1+Q8_0", 0, "f32")
+    int8 = resolve("int8", gguf, frozenset())
+    assert (int8.source, int8.dynamic_quant) == ("Q8_0", 32)            # Q4 codes are rounded to 8 bits
+    assert resolve("auto", None, frozenset({"BF16"})).label == "bfloat16/bf16"
+    assert resolve("auto", None, frozenset()).label == "float32/f32"
+    assert resolve("bfloat16", None, frozenset()).compute == "f32"       # no native bf16: decompressed
+    assert resolve("float16", None, frozenset({"FP16"})).compute == "f16"
+    assert resolve("int4", gguf, frozenset(), 32).dynamic_quant == 32
+    assert resolve("float32", gguf, frozenset(), 32).dynamic_quant == 0  # float weights: nothing to quantize
+    assert set(WEIGHT_DTYPES) == {"auto", "float32", "bfloat16", "float16", "int8", "int4"}
+    with pytest.raises(ValueError, match="weight_dtype: 'int3'"):
+        resolve("int3", None, frozenset())
+    with pytest.raises(ValueError, match="dynamic_quant_group_size"):
+        resolve("int8", None, frozenset(), -1)
