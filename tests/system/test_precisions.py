@@ -46,3 +46,24 @@ def test_greedy_agreement_with_hf_fp32(weight_dtype, default_model_path, hf_toke
     print(f"{weight_dtype} ({precision.label}): {same}/8 prompts equal in all {N} tokens, {first}/8 first tokens")
     assert same >= min_all and first >= min_first, (weight_dtype, same, first)
     assert sum(llm.engine.stats().blocks_used.values()) == 0
+
+
+def test_real_gguf_codes_are_the_converted_weights(default_model_path):
+    """The default GGUF's kept Q4_1/Q8_0 codes, as OpenVINO computes with them, equal the f32 tensors
+    the converter dequantized with gguf (model.safetensors)."""
+    import numpy as np
+    from safetensors import safe_open
+
+    from hybridllm.models.quantized import QuantizedCheckpoint
+    from hybridllm.runtime.host_precision import resolve
+
+    from ..unit.test_quantized_weights import ov_matrix
+    ckpt = QuantizedCheckpoint.open(default_model_path)
+    assert ckpt is not None and set(ckpt.types.values()) == {"Q4_1", "Q8_0"}, ckpt.describe()
+    prec = resolve("int4", ckpt.types, frozenset(), 0)
+    with safe_open(str(default_model_path / "model.safetensors"), framework="numpy") as f:
+        for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.7.mlp.down_proj.weight",
+                     "model.embed_tokens.weight"):
+            ref = f.get_tensor(name)
+            got = ov_matrix(prec, torch.from_numpy(ref), ckpt.get(name))
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -18,11 +18,12 @@ from hybridllm.runtime.ov_weights import linear
 
 
 def ov_matrix(prec, w: torch.Tensor, kept: QuantWeight | None = None) -> np.ndarray:
-    """The [rows, cols] weight OpenVINO's FullyConnected uses: x = I through the compiled graph."""
+    """The [rows, cols] weight OpenVINO's FullyConnected uses: x = I through the compiled graph (the identity
+    survives int8 activation quantization exactly, so this also reads weights built for it)."""
     rows, cols = w.shape
     x = ops.parameter([-1, cols], ov.Type.f32, name="x")
     compiled = core().compile_model(ov.Model([linear(x, prec, w, kept)], [x]), "CPU",
-                                    compile_config("f32", DYNAMIC_QUANTIZATION_GROUP_SIZE="0"))
+                                    compile_config("f32", DYNAMIC_QUANTIZATION_GROUP_SIZE=str(prec.dynamic_quant)))
     return compiled(np.eye(cols, dtype=np.float32))[0].T
 
 
@@ -31,15 +32,18 @@ def reader_tensor(w: np.ndarray, qtype) -> SimpleNamespace:
     return SimpleNamespace(tensor_type=qtype, shape=list(reversed(w.shape)), data=gguf_quantize(w, qtype))
 
 
+@pytest.mark.parametrize("dynamic_quant", [0, 32])
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0])
-def test_openvino_weight_equals_gguf_dequantized(qtype):
+def test_openvino_weight_equals_gguf_dequantized(qtype, dynamic_quant):
+    # dynamic_quant 0: Q4_1's remainder folds into f32 zero points; 32: integer zero points plus the
+    # remainder over group sums (the form int8 activations need).
     rng = np.random.default_rng(int(qtype))
     w = (rng.standard_normal((48, 128)) * 0.05 + rng.standard_normal((48, 1)) * 0.02).astype(np.float32)
     w[3, :32] = 0.25            # a constant block: Q4_1's scale is 0 there
     ref = dequantize(gguf_quantize(w, qtype), qtype).reshape(w.shape)
     q = kept(w, qtype)
     np.testing.assert_allclose(q.dequantize(), ref, rtol=1e-6, atol=1e-7)
-    prec = resolve("int4" if qtype != Q.Q8_0 else "int8", {"w": qtype.name}, frozenset(), 0)
+    prec = resolve("int4" if qtype != Q.Q8_0 else "int8", {"w": qtype.name}, frozenset(), dynamic_quant)
     got = ov_matrix(prec, torch.from_numpy(ref), q)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert np.abs(ref - w).max() > 1e-4          # the test weights really are quantized
