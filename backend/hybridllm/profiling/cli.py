@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import WEIGHT_DTYPES
+
 
 def add_subcommands(sub) -> None:
     prof = sub.add_parser("profile", help="measure this machine's hardware profile (JSON)")
     prof.add_argument("--model", default="default", help='"default", an HF folder or a .gguf file (layer shapes)')
     prof.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     prof.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    prof.add_argument("--weight-dtype", default="auto", choices=WEIGHT_DTYPES,
+                      help="cpu_only's weights, which the host GEMMs are timed at (as the engine resolves it)")
     prof.add_argument("--out", default="profile.json")
     prof.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     prof.set_defaults(func=_cmd_profile)
@@ -28,6 +32,7 @@ def add_subcommands(sub) -> None:
 
 
 def _model_config(model: str):
+    """-> (ModelConfig, name, the model folder or None for a bare config.json)."""
     import json
     from pathlib import Path
 
@@ -35,16 +40,18 @@ def _model_config(model: str):
     from ..models.default import resolve_model
     p = Path(model)
     if p.is_file() and p.suffix == ".json":
-        return ModelConfig.from_dict(json.loads(p.read_text())), p.stem
+        return ModelConfig.from_dict(json.loads(p.read_text())), p.stem, None
     path = resolve_model(model)
-    return ModelConfig.from_folder(path), path.name
+    return ModelConfig.from_folder(path), path.name, path
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
+    from ..runtime.host_precision import host_precision
     from .measure import measure
     from .store import save_profile
-    mc, _ = _model_config(args.model)
-    prof = measure(mc, args.dtype, args.device, progress=not args.quiet)
+    mc, _, path = _model_config(args.model)
+    prof = measure(mc, args.dtype, args.device, progress=not args.quiet,
+                   host_linear=host_precision(args.weight_dtype, path))
     save_profile(prof, args.out)
     print(f"wrote {args.out}: {prof.device_name}; host read {prof.host_memory_bandwidth / 1e9:.1f} GB/s, "
           f"h2d {prof.h2d_pinned / 1e9:.1f} GB/s ({prof.notes})")
@@ -56,7 +63,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from ..policy import BatchShape, ModelShape, Planner, format_plan
     from .measure import measure
     from .store import load_profile
-    mc, name = _model_config(args.model)
+    mc, name, _ = _model_config(args.model)
     profile = load_profile(args.profile) if args.profile else measure(mc, args.dtype, progress=True)
     kv = args.kv_dtype or KV_OF_MODEL[args.dtype]
     shape = ModelShape.from_config(mc, args.dtype, name=name)

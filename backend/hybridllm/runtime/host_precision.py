@@ -22,7 +22,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")
+from ..config import WEIGHT_DTYPES
+
 DYNAMIC_QUANT_GROUP = 32
 
 
@@ -104,7 +105,7 @@ def cpu_capabilities() -> frozenset[str]:
 
 
 def host_precision(weight_dtype: str, model_path, dynamic_quant: int | None = None) -> HostPrecision:
-    """resolve() for a model folder on this CPU."""
+    """resolve() for a model folder (None: a float checkpoint) on this CPU."""
     from ..models.quantized import QuantizedCheckpoint
-    ckpt = QuantizedCheckpoint.open(model_path)
+    ckpt = QuantizedCheckpoint.open(model_path) if model_path is not None else None
     return resolve(weight_dtype, ckpt.types if ckpt else None, cpu_capabilities(), dynamic_quant)
