@@ -1,7 +1,24 @@
-"""SamplingParams: per-request decoding options (vLLM's names and defaults)."""
+"""SamplingParams: per-request decoding options (vLLM's names, defaults and semantics).
+
+Penalties (engine/logits_processors.py) change the logits every row is picked from, greedy included:
+- repetition_penalty (HF/vLLM): a token seen in the prompt or the output has a positive logit divided
+  by it, a negative one multiplied; 1 is off;
+- frequency_penalty / presence_penalty (OpenAI): minus f * (times in the output) and minus p * (in the
+  output at all); 0 is off;
+- min_tokens: EOS and stop_token_ids cannot be picked, and stop strings are not looked for, until this
+  many tokens are out.
+logprobs: None, or how many top tokens to report per position besides the chosen one (0: the chosen
+token's only); logprobs are of the model's distribution before penalties and temperature.
+stop_token_ids: tokens that end the request (kept in token_ids, not in the text), even with ignore_eos.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -13,6 +30,14 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    min_tokens: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
+
+    MAX_LOGPROBS = 20           # OpenAI's cap on top_logprobs
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -34,6 +59,30 @@ class SamplingParams:
             raise ValueError(f"stop must be a string or a list of non-empty strings, got {self.stop!r}")
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        if isinstance(self.stop_token_ids, list):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if not isinstance(self.stop_token_ids, tuple) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be a list of token ids >= 0, got {self.stop_token_ids!r}")
+        if not isinstance(self.min_tokens, int) or isinstance(self.min_tokens, bool) or self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not _number(v) or not -2.0 <= v <= 2.0:
+                raise ValueError(f"{name} must be a number in [-2, 2], got {v!r}")
+        if not _number(self.repetition_penalty) or not 0 < self.repetition_penalty <= 10:
+            raise ValueError(f"repetition_penalty must be a number in (0, 10], got {self.repetition_penalty!r}")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
+                                          or not 0 <= self.logprobs <= self.MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be None or an integer in [0, {self.MAX_LOGPROBS}], got {self.logprobs!r}")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the logits change before picking (so an executor's precomputed argmax cannot be used)."""
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.min_tokens > 0)
 
     @property
     def greedy(self) -> bool:

@@ -37,8 +37,8 @@ def test_top_p_keeps_smallest_set_reaching_p(top_p, kept):
 def test_greedy_rows_ignore_generators_and_seeded_rows_repeat():
     logits = torch.randn(3, 50)
     params = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, seed=7), SamplingParams(top_k=1)]
-    a = sample(logits, params, [None, torch.Generator().manual_seed(7), None])
-    b = sample(logits, params, [None, torch.Generator().manual_seed(7), None])
+    a, _ = sample(logits, params, [None, torch.Generator().manual_seed(7), None])
+    b, _ = sample(logits, params, [None, torch.Generator().manual_seed(7), None])
     assert a == b
     assert a[0] == a[2] == int(logits[0].argmax()) or a[2] == int(logits[2].argmax())
     assert a[0] == int(logits[0].argmax()) and a[2] == int(logits[2].argmax())
@@ -47,7 +47,7 @@ def test_greedy_rows_ignore_generators_and_seeded_rows_repeat():
 def test_sampling_follows_the_distribution():
     g = torch.Generator().manual_seed(0)
     p = SamplingParams(temperature=1.0)
-    draws = [sample(LOGITS[None], [p], [g])[0] for _ in range(4000)]
+    draws = [sample(LOGITS[None], [p], [g])[0][0] for _ in range(4000)]
     freq = torch.bincount(torch.tensor(draws), minlength=4).float() / len(draws)
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.25, 0.125, 0.125]), atol=0.03, rtol=0)
 

@@ -25,7 +25,7 @@ from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
 from .profiles import find_profile
 from .router import Router
-from .sampler import sample
+from .sampler import RowHistory, TokenLogprob, sample
 from .stop import find_stop, held_back
 
 log = logging.getLogger("hybridllm")
@@ -58,6 +58,7 @@ class LLMEngine:
         # A lone request must always fit in the pool, or it could never be rescheduled.
         self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf, fits)
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
+        self._eos_list = sorted(self.eos_token_ids)      # what min_tokens masks
         self._num_steps = 0
         self._steps_by_policy: dict[str, int] = {}
         self._num_preemptions = 0
@@ -149,8 +150,11 @@ class LLMEngine:
         # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
         reqs = [requests[rid] for rid in result.sampled]
         outs = [self._fail(requests[rid], err) for rid, err in result.failed.items()]
-        tokens = sample(result.logits, [r.params for r in reqs], [r.generator for r in reqs], result.greedy)
-        return outs + [self._append(req, tok) for req, tok in zip(reqs, tokens) if req.request_id not in result.failed]
+        history = [RowHistory(r.prompt_token_ids, r.output_token_ids) if r.params.penalized else None for r in reqs]
+        tokens, logprobs = sample(result.logits, [r.params for r in reqs], [r.generator for r in reqs],
+                                  result.greedy, history, self._eos_list)
+        return outs + [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)
+                       if req.request_id not in result.failed]
 
     def _execute(self, seqs: tuple[StepInput, ...]) -> StepResult:
         """Each sequence goes to the executor the router picks for it; one StepResult for the step."""
@@ -170,16 +174,19 @@ class LLMEngine:
         self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
         return self._output(req)
 
-    def _append(self, req: Request, token: int) -> RequestOutput:
+    def _append(self, req: Request, token: int, logprob: TokenLogprob | None = None) -> RequestOutput:
         req.output_token_ids.append(token)
         p = req.params
+        if logprob is not None:
+            req.logprobs.append(logprob)
+            req.cumulative_logprob += logprob.logprob
         status = None
-        if token in self.eos_token_ids and not p.ignore_eos:
+        if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
             status = RequestStatus.FINISHED_STOPPED
         else:
             before = len(req.text)
             req.text += req.detokenizer.push(token)
-            if p.stop:
+            if p.stop and len(req.output_token_ids) >= p.min_tokens:
                 cut = find_stop(req.text, before, p.stop)
                 if cut != -1:
                     req.text = req.text[:cut]
@@ -198,13 +205,19 @@ class LLMEngine:
             end -= held_back(req.text, req.params.stop)
         delta = req.text[req.num_sent_chars:end]
         req.num_sent_chars = max(req.num_sent_chars, end)
-        new_ids = tuple(req.output_token_ids[req.num_sent_tokens:])
+        start = req.num_sent_tokens
+        new_ids = tuple(req.output_token_ids[start:])
         req.num_sent_tokens = len(req.output_token_ids)
+        lp = {}
+        if req.params.logprobs is not None:
+            lp = dict(delta_logprobs=tuple(req.logprobs[start:]), cumulative_logprob=req.cumulative_logprob)
+            if done:
+                lp["logprobs"] = tuple(req.logprobs)
         if not done:
             return RequestOutput(req.request_id, delta, new_ids, req.num_prompt_tokens, len(req.output_token_ids),
-                                 None)
+                                 None, **lp)
         return RequestOutput(req.request_id, delta, new_ids, req.num_prompt_tokens, len(req.output_token_ids),
-                             req.finish_reason, req.error, req.prompt, req.text, tuple(req.output_token_ids))
+                             req.finish_reason, req.error, req.prompt, req.text, tuple(req.output_token_ids), **lp)
 
     def _take_seed(self) -> int:
         self._next_seed += 1

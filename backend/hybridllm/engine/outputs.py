@@ -21,6 +21,11 @@ class RequestOutput:
     prompt: str | None = None       # final output only, as given
     text: str | None = None         # final output only: all output text (stop strings cut off)
     token_ids: tuple[int, ...] | None = None    # final output only: all output tokens
+    # With SamplingParams.logprobs set: the delta tokens' TokenLogprob (engine/sampler.py), the sum of
+    # every output token's logprob so far, and on the final output all of them.
+    delta_logprobs: tuple = ()
+    cumulative_logprob: float | None = None
+    logprobs: tuple | None = None
 
     @property
     def finished(self) -> bool:

@@ -39,6 +39,8 @@ class Request:
         self.num_preemptions = 0
         self.error: str | None = None
         self.kv_tiers = None            # (prefill tier, decode tier), set when admitted
+        self.logprobs: list = []        # engine.sampler.TokenLogprob per output token, when params.logprobs is set
+        self.cumulative_logprob = 0.0
 
     @property
     def num_prompt_tokens(self) -> int:
