@@ -54,7 +54,10 @@ def test_openai_frontend_defaults_are_accepted():
 
 @pytest.mark.parametrize("params, fragment", [
     ({"n": 2}, "sampling_parameters.n: 2 is not supported; only 1"),
-    ({"frequency_penalty": 0.5}, "sampling_parameters.frequency_penalty"),
+    ({"frequency_penalty": 2.5}, "frequency_penalty must be a number in [-2, 2], got 2.5"),
+    ({"min_tokens": 9, "max_tokens": 5}, "min_tokens (9) must be at most max_tokens (5)"),
+    ({"logprobs": 21}, "logprobs must be None or an integer in [0, 20]"),
+    ({"top_logprobs": 2}, "sampling_parameters.top_logprobs: 2 is not supported"),
     ({"temperature": float("nan")}, "temperature: must be a finite number"),
     ({"max_tokens": 2.5}, "max_tokens must be an integer >= 1"),
     ({"stop": [1]}, "stop must be a string or a list of non-empty strings"),
@@ -64,6 +67,26 @@ def test_bad_sampling_values(params, fragment):
     with pytest.raises(RequestError) as e:
         parse_request(_get(text_input="hi", sampling_parameters=params), LIMITS)
     assert fragment in str(e.value)
+
+
+def test_the_keys_clients_send_are_implemented():
+    # genai-perf's vLLM converter sends min_tokens as a string in its deterministic mode.
+    r = parse_request(_get(text_input="hi", sampling_parameters={
+        "min_tokens": "4", "max_tokens": "8", "presence_penalty": "0.5", "frequency_penalty": 0.25,
+        "repetition_penalty": "1.2", "logprobs": "2", "stop_token_ids": [7, 9], "seed": "3"}), LIMITS)
+    p = r.params
+    assert (p.min_tokens, p.presence_penalty, p.frequency_penalty, p.repetition_penalty, p.logprobs,
+            p.stop_token_ids, p.seed) == (4, 0.5, 0.25, 1.2, 2, (7, 9), 3)
+    asked = parse_request(_get(text_input="hi", return_logprobs=True), LIMITS)
+    assert asked.params.logprobs == 0 and parse_request(_get(text_input="hi"), LIMITS).params.logprobs is None
+
+
+def test_logprob_outputs():
+    from hybridllm.engine.sampler import TokenLogprob
+    out = output_arrays("a", (5,), None, 2, [TokenLogprob(5, -0.5, ((5, -0.5), (6, -1.5)))], -0.5)
+    assert json.loads(out["logprobs"][0]) == [{"token_id": 5, "logprob": -0.5, "top_logprobs": [[5, -0.5], [6, -1.5]]}]
+    assert out["cumulative_logprob"].dtype == np.float32 and out["cumulative_logprob"][0] == -0.5
+    assert "logprobs" not in output_arrays("a", (5,), None, 2)
 
 
 def test_stream_lifts_the_non_stream_cap():

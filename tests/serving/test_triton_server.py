@@ -81,6 +81,27 @@ def test_input_ids_instead_of_text(triton, reference, default_model_path):
     assert out["num_input_tokens"] == reference.num_prompt_tokens
 
 
+@pytest.mark.slow
+def test_sampling_keys_as_strings_and_logprob_outputs(triton, default_model_path):
+    # String values, as genai-perf's vLLM converter and vllm_backend's client send them.
+    keys = {"max_tokens": "10", "temperature": "0", "min_tokens": "6", "repetition_penalty": "1.3",
+            "presence_penalty": "0.4", "logprobs": "2", "stop_token_ids": [2]}
+    status, body = http_post(triton, f"/v2/models/{DEFAULT}/generate",
+                             {"text_input": PROMPT, "exclude_input_in_output": True, "return_logprobs": True,
+                              "return_cumulative_logprob": True, "sampling_parameters": json.dumps(keys)})
+    assert status == 200, body
+    out = json.loads(body)
+    want = LLM(str(default_model_path), device_kv_bytes=64 << 20).generate(
+        [PROMPT], SamplingParams(max_tokens=10, temperature=0.0, min_tokens=6, repetition_penalty=1.3,
+                                 presence_penalty=0.4, logprobs=2, stop_token_ids=[2]), use_tqdm=False)[0]
+    assert _ids(out["output_ids"]) == list(want.token_ids) and out["text_output"] == want.text
+    rows = json.loads(out["logprobs"])
+    assert [r["token_id"] for r in rows] == list(want.token_ids)
+    assert all(len(r["top_logprobs"]) == 2 for r in rows)
+    assert [round(r["logprob"], 4) for r in rows] == [round(lp.logprob, 4) for lp in want.logprobs]
+    assert abs(out["cumulative_logprob"] - want.cumulative_logprob) < 1e-3
+
+
 def test_32_concurrent_streams_none_lost_each_one_final(triton):
     steps_before = _metric_or_0(triton, "hybridllm_steps_total", model=TINY)  # no series before the 1st step
     want = {i: 20 + i for i in range(32)}

@@ -33,6 +33,9 @@ INPUTS = (
     ("return_finish_reason", "TYPE_BOOL", "[ 1 ]", True),
     ("return_num_input_tokens", "TYPE_BOOL", "[ 1 ]", True),
     ("return_num_output_tokens", "TYPE_BOOL", "[ 1 ]", True),
+    # Asking for either turns on SamplingParams.logprobs (0: the chosen tokens) when the request did not.
+    ("return_logprobs", "TYPE_BOOL", "[ 1 ]", True),
+    ("return_cumulative_logprob", "TYPE_BOOL", "[ 1 ]", True),
 )
 OUTPUTS = (
     ("text_output", "TYPE_STRING", "[ -1 ]"),
@@ -40,6 +43,8 @@ OUTPUTS = (
     ("finish_reason", "TYPE_STRING", "[ -1 ]"),
     ("num_input_tokens", "TYPE_INT32", "[ 1 ]"),
     ("num_output_tokens", "TYPE_INT32", "[ 1 ]"),
+    ("logprobs", "TYPE_STRING", "[ -1 ]"),              # JSON: [{token_id, logprob, top_logprobs}] per token
+    ("cumulative_logprob", "TYPE_FP32", "[ 1 ]"),
 )
 
 

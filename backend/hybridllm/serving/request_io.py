@@ -6,6 +6,7 @@ sampling parameter) and the limit it broke; the adapter turns it into INVALID_AR
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, fields
@@ -15,13 +16,10 @@ import numpy as np
 
 from ..sampling_params import SamplingParams
 
-# vLLM keys that clients such as Triton's OpenAI frontend always send. We accept them only at the
-# value that changes nothing, so such clients work and nobody silently gets what they did not ask.
-NEUTRAL_KEYS = {
-    "n": (1,), "best_of": (1, None), "frequency_penalty": (0,), "presence_penalty": (0,),
-    "repetition_penalty": (1,), "min_tokens": (0,), "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0), "logit_bias": (None, {}),
-}
+# vLLM keys that clients such as Triton's OpenAI frontend send and we do not implement. We accept them
+# only at the value that changes nothing, so such clients work and nobody silently gets what they did
+# not ask. (min_tokens, the penalties, logprobs and stop_token_ids are SamplingParams fields.)
+NEUTRAL_KEYS = {"n": (1,), "best_of": (1, None), "top_logprobs": (None, 0), "logit_bias": (None, {})}
 _FIELDS = {f.name: str(f.type) for f in fields(SamplingParams)}
 
 
@@ -114,6 +112,8 @@ def parse_sampling(raw: str | bytes | dict | None, field: str = "sampling_parame
             shown = " or ".join(json.dumps(a) for a in allowed)
             raise RequestError(f"{field}.{key}", f"{obj[key]!r} is not supported; only {shown}")
     kwargs = {k: _coerce(k, v) for k, v in obj.items() if k in _FIELDS}
+    if kwargs.get("logprobs") is False:             # vLLM clients' "off"
+        kwargs["logprobs"] = None
     if isinstance(kwargs.get("temperature"), float) and not math.isfinite(kwargs["temperature"]):
         raise RequestError(f"{field}.temperature", f"must be a finite number >= 0, got {kwargs['temperature']}")
     try:
@@ -159,6 +159,8 @@ def parse_request(get: Callable[[str], object], limits: Limits, parameters: str 
         # triton_* keys are the frontends' own (e.g. triton_enable_empty_final_response).
         extra = {k: v for k, v in extra.items() if not k.startswith("triton_")}
         params = parse_sampling(extra or None, field="parameters")
+    if (_bool(get, "return_logprobs") or _bool(get, "return_cumulative_logprob")) and params.logprobs is None:
+        params = dataclasses.replace(params, logprobs=0)          # the chosen tokens' logprobs
     if not stream and params.max_tokens > limits.max_tokens_non_stream:
         raise RequestError(
             "sampling_parameters.max_tokens",
@@ -167,10 +169,18 @@ def parse_request(get: Callable[[str], object], limits: Limits, parameters: str 
     return GenerateRequest(prompt, ids, params, stream, prepend)
 
 
-def output_arrays(text: str, token_ids, finish_reason: str | None, num_input_tokens: int) -> dict[str, np.ndarray]:
-    """One response's outputs, named and typed as the Triton I/O contract (vllm_backend's names)."""
+def output_arrays(text: str, token_ids, finish_reason: str | None, num_input_tokens: int,
+                  logprobs=None, cumulative_logprob: float | None = None) -> dict[str, np.ndarray]:
+    """One response's outputs, named and typed as the Triton I/O contract (vllm_backend's names).
+    logprobs (engine TokenLogprob per token of this response) and cumulative_logprob: when asked for."""
     ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)   # [n]
-    return {
+    extra = {}
+    if logprobs is not None:
+        rows = [{"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": [[t, v] for t, v in lp.top]}
+                for lp in logprobs]
+        extra["logprobs"] = np.array([json.dumps(rows).encode()], dtype=np.object_)        # [1] JSON
+        extra["cumulative_logprob"] = np.array([cumulative_logprob], dtype=np.float32)     # [1]
+    return extra | {
         "text_output": np.array([text.encode("utf-8")], dtype=np.object_),   # [1]
         "output_ids": ids,
         "finish_reason": np.array([(finish_reason or "").encode()], dtype=np.object_),  # "" until the end

@@ -56,11 +56,14 @@ class TritonSink:
 
     def output(self, out) -> None:
         n_in = out.num_prompt_tokens
+        asked = self._req.params.logprobs is not None
         if self._req.stream:
-            arrays = output_arrays(out.delta_text, out.delta_token_ids, out.finish_reason, n_in)
+            arrays = output_arrays(out.delta_text, out.delta_token_ids, out.finish_reason, n_in,
+                                   out.delta_logprobs if asked else None, out.cumulative_logprob)
         elif out.finished:
             text = (self._prompt_text if self._req.prepend_input else "") + out.text
-            arrays = output_arrays(text, out.token_ids, out.finish_reason, n_in)
+            arrays = output_arrays(text, out.token_ids, out.finish_reason, n_in, out.logprobs if asked else None,
+                                   out.cumulative_logprob)
         else:
             return  # stream=false: one response, at the end
         pb = self._pb
