@@ -73,8 +73,11 @@ def serve_peers(hf_folder: str, gguf: str, ir_root: str, precisions: str) -> Non
             ir = Path(ir_root) / f"ov-{fmt}"
             if not (ir / "openvino_model.xml").is_file():
                 try:
+                    # int4: groups of 32 (optimum's 128 does not divide SmolLM2's 576 columns), as the GGUF's
+                    group = ["--group-size", "32"] if fmt == "int4" else []
                     subprocess.run([str(Path(sys.executable).parent / "optimum-cli"), "export", "openvino", "--model",
-                                    hf_folder, "--task", "text-generation-with-past", "--weight-format", fmt, str(ir)],
+                                    hf_folder, "--task", "text-generation-with-past", "--weight-format", fmt, *group,
+                                    str(ir)],
                                    check=True, stdout=sys.stderr, env=dict(os.environ, HF_HUB_OFFLINE="1"))
                 except subprocess.CalledProcessError as e:
                     print(f"optimum-cli export --weight-format {fmt} failed ({e}); no GenAI {precision} row",

@@ -64,7 +64,18 @@ def _cmd_serve(args) -> int:
                           max_model_len=args.max_model_len, **_host_options(args))
     return serve(config, ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream), host=args.host,
                  http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                 workdir=args.workdir, ready_timeout=args.ready_timeout, log_file=args.log_file)
+                 workdir=args.workdir, ready_timeout=args.ready_timeout, log_file=args.log_file,
+                 openai_port=args.openai_port)
+
+
+def _cmd_openai(args) -> int:
+    from .models.default import resolve_model
+    from .serving.openai_frontend import run_frontend
+    folder = resolve_model(args.model) if args.model else None
+    print(f"hybridllm: OpenAI API on http://{args.host}:{args.port}/v1 -> Triton gRPC {args.triton_url}", flush=True)
+    run_frontend(args.triton_url, folder, host=args.host, port=args.port,
+                 served_model_name=args.served_model_name).run()
+    return 0
 
 
 def _cmd_generate(args) -> int:
@@ -150,10 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--http-port", type=int, default=8000)
     srv.add_argument("--grpc-port", type=int, default=8001)
     srv.add_argument("--metrics-port", type=int, default=8002)
+    srv.add_argument("--openai-port", type=int, default=9000, help="the OpenAI-compatible API (0: off)")
     srv.add_argument("--workdir", default=None, help="where the repository is built (default: the cache)")
     srv.add_argument("--log-file", default=None, help="tritonserver log (default: this terminal)")
     srv.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the model to load")
     srv.set_defaults(func=_cmd_serve)
+
+    oai = sub.add_parser("openai", help="the OpenAI-compatible API in front of a running Triton (gRPC)")
+    oai.add_argument("--triton-url", default="127.0.0.1:8001", help="gRPC address of the Triton server")
+    oai.add_argument("--model", default="default",
+                     help="the served model's folder, .gguf or 'default': its chat template and tokenizer")
+    oai.add_argument("--served-model-name", default="hybrid_llm", help="the model id clients send")
+    oai.add_argument("--host", default="127.0.0.1")
+    oai.add_argument("--port", type=int, default=9000)
+    oai.set_defaults(func=_cmd_openai)
 
     gen = sub.add_parser("generate", help="ask a running server (gRPC) and print tokens as they arrive")
     gen.add_argument("prompt")

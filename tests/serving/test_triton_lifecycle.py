@@ -90,11 +90,11 @@ def _hybridllm(*args: str, **kwargs) -> subprocess.Popen:
 
 def test_cli_serve_then_generate_then_ctrl_c(tmp_path, tiny_model_dir):
     shm_before = {p.name for p in Path("/dev/shm").glob("hybridllm_*")}
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, oai = free_ports(4)
     serve = _hybridllm("serve", "--model", str(tiny_model_dir), "--device-kv-bytes", str(4 << 20),
                        "--host-kv-bytes", str(1 << 20), "--http-port", str(http), "--grpc-port", str(grpc),
-                       "--metrics-port", str(metrics), "--workdir", str(tmp_path), "--log-file",
-                       str(tmp_path / "log.txt"))
+                       "--metrics-port", str(metrics), "--openai-port", str(oai), "--workdir", str(tmp_path),
+                       "--log-file", str(tmp_path / "log.txt"))
     lines = []
     try:
         deadline = time.monotonic() + 240
@@ -114,6 +114,13 @@ def test_cli_serve_then_generate_then_ctrl_c(tmp_path, tiny_model_dir):
         bad = _hybridllm("generate", "--url", f"127.0.0.1:{grpc}", "x" * 600)  # longer than the context
         out, _ = bad.communicate(timeout=120)
         assert bad.returncode == 1 and "server error" in out and "at most 511" in out, out
+        # The OpenAI frontend came up with the server, in front of the same model.
+        import httpx
+        assert f"http://127.0.0.1:{oai}/v1" in banner, banner
+        assert httpx.get(f"http://127.0.0.1:{oai}/health", timeout=30).status_code == 200
+        r = httpx.post(f"http://127.0.0.1:{oai}/v1/completions", timeout=120,
+                       json={"model": "hybrid_llm", "prompt": "hello", "max_tokens": 5, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5, r.text
     finally:
         serve.send_signal(signal.SIGINT)  # what Ctrl-C does
         rest, _ = serve.communicate(timeout=60)

@@ -14,7 +14,7 @@ from hybridllm.converters.gguf_quant import block_codes
 from hybridllm.models.quantized import QuantWeight, concat_rows, from_gguf_codes, quantize
 from hybridllm.ov_common import compile_config, core
 from hybridllm.runtime.host_precision import EXACT, WEIGHT_DTYPES, resolve
-from hybridllm.runtime.ov_weights import linear
+from hybridllm.runtime.ov_weights import finish, linear
 
 
 def ov_matrix(prec, w: torch.Tensor, kept: QuantWeight | None = None) -> np.ndarray:
@@ -22,7 +22,7 @@ def ov_matrix(prec, w: torch.Tensor, kept: QuantWeight | None = None) -> np.ndar
     survives int8 activation quantization exactly, so this also reads weights built for it)."""
     rows, cols = w.shape
     x = ops.parameter([-1, cols], ov.Type.f32, name="x")
-    compiled = core().compile_model(ov.Model([linear(x, prec, w, kept)], [x]), "CPU",
+    compiled = core().compile_model(finish(ov.Model([linear(x, prec, w, kept)], [x]), prec), "CPU",
                                     compile_config("f32", DYNAMIC_QUANTIZATION_GROUP_SIZE=str(prec.dynamic_quant)))
     return compiled(np.eye(cols, dtype=np.float32))[0].T
 

@@ -30,7 +30,7 @@ from ..models.llama import LlamaModel
 from ..models.quantized import QuantizedCheckpoint, concat_rows
 from ..ov_common import compile_config, core, param, stable_names
 from .host_precision import EXACT, HostPrecision
-from .ov_weights import float_weight, linear
+from .ov_weights import finish as finish_graph, float_weight, linear
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class _GraphBuilder:
         self.m, self.cfg, self.prec = model, model.cfg, precision
         self.kept = kept if precision.source else None
         self.kept_types = set((precision.source or "").split("+"))
+
+    def done(self, model: ov.Model, prefix: str) -> ov.Model:
+        return finish_graph(stable_names(model, prefix), self.prec)
 
     def const(self, t: torch.Tensor):
         """A norm vector or bias as an f32-valued node (exact)."""
@@ -122,12 +125,12 @@ class _GraphBuilder:
 
     def pre(self, i: int) -> ov.Model:
         h, cos, sin = self.inputs()
-        return stable_names(ov.Model(list(self.qkv(i, h, cos, sin)), [h, cos, sin], f"pre{i}"), f"pre{i}")
+        return self.done(ov.Model(list(self.qkv(i, h, cos, sin)), [h, cos, sin], f"pre{i}"), f"pre{i}")
 
     def post(self, i: int) -> ov.Model:
         h = param([-1, self.cfg.hidden_size], ov.Type.f32, "h")
         attn = param([-1, self.m.q_size], ov.Type.f32, "attn")
-        return stable_names(ov.Model([self.finish(i, h, attn)], [h, attn], f"post{i}"), f"post{i}")
+        return self.done(ov.Model([self.finish(i, h, attn)], [h, attn], f"post{i}"), f"post{i}")
 
     def logits(self, h):
         tied = self.m.lm_head is self.m.embed_tokens
@@ -136,7 +139,7 @@ class _GraphBuilder:
 
     def head(self) -> ov.Model:
         h = param([-1, self.cfg.hidden_size], ov.Type.f32, "h")
-        return stable_names(ov.Model([self.logits(h)], [h], "head"), "head")
+        return self.done(ov.Model([self.logits(h)], [h], "head"), "head")
 
     def whole(self, spec) -> ov.Model:
         """Every layer with the PagedAttention op inside, then the head on the sampled rows:
@@ -155,7 +158,7 @@ class _GraphBuilder:
         logits = self.logits(ops.gather(x, rows, _i64(0)))
         top = ops.topk(logits, _i64(1), -1, "max", "none", ov.Type.i64)                   # [S, 1]
         argmax = ops.squeeze(top.output(1), _i64([1]))
-        return stable_names(ov.Model([logits, argmax], [h, cos, sin, rows, *shared.values(), *caches], "whole"),
+        return self.done(ov.Model([logits, argmax], [h, cos, sin, rows, *shared.values(), *caches], "whole"),
                             "whole")
 
 

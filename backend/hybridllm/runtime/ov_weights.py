@@ -33,9 +33,10 @@ def _owned(raw: np.ndarray, shape: list[int], etype: ov.Type):
 
 
 def float_weight(t: torch.Tensor, dtype: str = "float32"):
-    """t [rows, cols] stored as `dtype` (float32 | bfloat16 | float16) -> an f32-valued node."""
+    """t [rows, cols] stored as `dtype` (float32 | bfloat16 | float16) -> an f32-valued node.
+    float16: an f32 constant that finish() stores as f16."""
     t = t.detach().cpu()
-    if dtype == "float32" and t.dtype == torch.float32:
+    if dtype in ("float32", "float16") and t.dtype == torch.float32:
         return ops.constant(t.contiguous().numpy())
     if dtype == "float32" and t.dtype != torch.float32:
         dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[t.dtype]     # exact: keep the source's
@@ -43,6 +44,16 @@ def float_weight(t: torch.Tensor, dtype: str = "float32"):
         raw = t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
         return ops.convert(_owned(raw, list(t.shape), ov.Type.bf16), ov.Type.f32)
     return ops.convert(ops.constant(t.to(torch.float16).contiguous().numpy()), ov.Type.f32)
+
+
+def finish(model: ov.Model, prec: HostPrecision) -> ov.Model:
+    """The last pass over a built graph. float16: OpenVINO's own fp16 compression, whose Converts carry
+    the decompression mark the CPU plugin keeps inside FullyConnected (f16 weights read, f32 math). A
+    Convert we build ourselves is folded into an f32 constant at compile time (batch 1: 71 -> 84 tok/s)."""
+    if prec.weights == "float16":
+        from openvino._offline_transformations import compress_model_transformation
+        compress_model_transformation(model)
+    return model
 
 
 def compressed_weight(q: QuantWeight, fold_min: bool = False):

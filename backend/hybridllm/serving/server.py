@@ -171,8 +171,9 @@ def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
 
 def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, workdir: Path | None = None, ready_timeout: float = 600.0,
-          log_file: Path | None = None, out=None) -> int:
-    """`hybridllm serve`: build the repository, run tritonserver in the foreground until Ctrl-C/SIGTERM."""
+          log_file: Path | None = None, out=None, openai_port: int = 9000) -> int:
+    """`hybridllm serve`: build the repository, run tritonserver in the foreground until Ctrl-C/SIGTERM,
+    with the OpenAI-compatible frontend on openai_port (0: none) in a thread of this process."""
     import dataclasses
 
     from ..models.default import cache_dir, resolve_model
@@ -192,13 +193,24 @@ def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grp
         raise KeyboardInterrupt
     # Both stop us, also where SIGINT was ignored when we started (e.g. `cmd &` in a script).
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    frontend = thread = None
     try:
         server.start()
         server.wait_ready(ready_timeout)
+        openai_line = ""
+        if openai_port:
+            import threading
+
+            from .openai_frontend import run_frontend
+            frontend = run_frontend(server.grpc_url, model_path, host=host, port=openai_port)
+            thread = threading.Thread(target=frontend.run, name="openai-frontend", daemon=True)
+            thread.start()
+            openai_line = (f"  OpenAI   http://{server.local_host}:{openai_port}/v1   "
+                           f"(chat, completions, models; GET /health)\n")
         print(f"hybridllm: serving {MODEL_NAME!r} ({model_path}, policy {config.policy})\n"
               f"  HTTP     http://{server.http_url}   POST /v2/models/{MODEL_NAME}/generate_stream\n"
               f"  gRPC     {server.grpc_url}   hybridllm generate --url {server.grpc_url} --stream \"Hello\"\n"
-              f"  metrics  {server.metrics_url}\n"
+              f"  metrics  {server.metrics_url}\n{openai_line}"
               f"Ctrl-C stops the server (tritonserver pid {server.pid}).", file=out, flush=True)
         code = server.proc.wait()
         print(f"hybridllm: tritonserver exited with code {code}", file=out, flush=True)
@@ -210,6 +222,9 @@ def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grp
         print(f"hybridllm serve: error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
+        if frontend is not None:
+            frontend.should_exit = True
+            thread.join(timeout=10)
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,0 +1,234 @@
+"""An OpenAI-compatible HTTP frontend in front of Triton (`hybridllm serve --openai-port`, `hybridllm openai`).
+
+FastAPI on uvicorn: the ASGI stack the openai client ecosystem (vLLM's server, Triton's own OpenAI
+frontend) is built and tested on, and its request objects tell us when a client has gone. Every call
+becomes one request on Triton's gRPC stream (tritonclient's asyncio client), always streamed token by
+token from Triton, so a client that disconnects, streaming or not, cancels its Triton request and
+the engine frees its KV blocks. It works in front of any Triton serving our model, Docker included.
+
+Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (both with stream=true as
+SSE ending in `data: [DONE]`), GET /health (200 when Triton says the model is ready, else 503).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .openai_protocol import APIError, Call, chunk, completion, logprobs_object, new_id, parse_call, usage
+from .repository import MODEL_NAME
+
+log = logging.getLogger("hybridllm")
+
+
+class TritonBridge:
+    """One asyncio gRPC client to Triton; generate() yields Triton's per-token responses."""
+
+    def __init__(self, url: str, model: str = MODEL_NAME):
+        self.url, self.model = url, model
+        self._client = None
+
+    @property
+    def client(self):
+        # Made on first use, inside the server's event loop: a grpc.aio channel belongs to the loop it
+        # was created in.
+        if self._client is None:
+            import tritonclient.grpc.aio as grpcclient
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def ready(self) -> bool:
+        try:
+            return await self.client.is_model_ready(self.model)
+        except Exception:  # noqa: BLE001 - no server, or it is shutting down
+            return False
+
+    def _inputs(self, call: Call):
+        import tritonclient.grpc as grpcclient
+
+        def tensor(name, arr, dtype):
+            t = grpcclient.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            return t
+        if isinstance(call.prompt, str):
+            inputs = [tensor("text_input", np.array([call.prompt.encode()], dtype=np.object_), "BYTES")]
+        else:
+            inputs = [tensor("input_ids", np.asarray(call.prompt, dtype=np.int32), "INT32")]
+        inputs += [tensor("stream", np.array([True]), "BOOL"),
+                   tensor("sampling_parameters", np.array([json.dumps(call.sampling).encode()], dtype=np.object_),
+                          "BYTES")]
+        return inputs
+
+    async def generate(self, call: Call, is_disconnected):
+        """Yields dicts {text, token_ids, finish_reason, num_input_tokens, logprobs}; raises APIError.
+        is_disconnected: async () -> bool, polled between responses; a gone client cancels the request."""
+        inputs = self._inputs(call)
+
+        async def requests():
+            yield {"model_name": self.model, "inputs": inputs, "enable_empty_final_response": True}
+        stream = self.client.stream_infer(requests())
+        done = False
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    done = True
+                    raise _triton_error(error.message())
+                final = result.get_response().parameters["triton_final_response"].bool_param
+                out = _decode(result)
+                if out["text"] or out["token_ids"] or out["finish_reason"]:
+                    yield out
+                if final:
+                    done = True
+                    return
+                if await is_disconnected():
+                    log.info("openai frontend: client gone, cancelling its request")
+                    return
+        finally:
+            if not done:
+                stream.cancel()                     # Triton cancels the request; the engine frees its blocks
+
+
+def _decode(result) -> dict:
+    def one(name):
+        arr = result.as_numpy(name)
+        return None if arr is None else arr.reshape(-1)
+    text, ids, reason, n_in, lp = (one(n) for n in ("text_output", "output_ids", "finish_reason",
+                                                    "num_input_tokens", "logprobs"))
+    return {"text": text[0].decode("utf-8") if text is not None and text.size else "",
+            "token_ids": [int(t) for t in ids] if ids is not None else [],
+            "finish_reason": (reason[0].decode() or None) if reason is not None and reason.size else None,
+            "num_input_tokens": int(n_in[0]) if n_in is not None and n_in.size else 0,
+            "logprobs": json.loads(lp[0]) if lp is not None and lp.size else []}
+
+
+def _triton_error(message: str) -> APIError:
+    # Our backend's bad-input messages start with the input they name (serving/request_io.py).
+    if message.startswith(("text_input", "input_ids", "sampling_parameters", "parameters")):
+        return APIError(400, message)
+    if "not ready" in message or "unavailable" in message.lower() or "failed to connect" in message.lower():
+        return APIError(503, f"the model is not ready: {message}", kind="server_error")
+    return APIError(500, message, kind="server_error")
+
+
+def build_app(triton_url: str, model_folder: str | Path | None, served_model_name: str = MODEL_NAME,
+              triton_model: str = MODEL_NAME):
+    """The FastAPI app. model_folder: where the chat template and tokenizer come from (None: none,
+    so /v1/chat/completions answers 400 and logprobs show token ids)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from .chat_template import ChatTemplate, NoChatTemplate
+
+    app = FastAPI(title="hybridllm OpenAI-compatible API")
+    bridge = TritonBridge(triton_url, triton_model)
+    template, template_error, tokenizer = None, "no model folder was given to the frontend", None
+    if model_folder is not None:
+        try:
+            template = ChatTemplate.from_folder(model_folder)
+        except NoChatTemplate as e:
+            template_error = str(e)
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_file(str(Path(model_folder) / "tokenizer.json"))
+    created = int(time.time())
+
+    def token_text(t: int) -> str:
+        return tokenizer.decode([t], skip_special_tokens=False) if tokenizer is not None else f"<{t}>"
+
+    def render_chat(messages, add_generation_prompt):
+        if template is None:
+            raise APIError(400, f"messages: {template_error}", "messages")
+        try:
+            return template.render(messages, add_generation_prompt)
+        except ValueError as e:
+            raise APIError(400, str(e), "messages") from None
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.get("/health")
+    async def health():
+        if await bridge.ready():
+            return {"status": "ok"}
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": created,
+                                            "owned_by": "hybridllm"}]}
+
+    async def run(request: Request, kind: str):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise APIError(400, "the request body is not JSON") from None
+        if isinstance(body, dict) and body.get("model") not in (None, served_model_name):
+            raise APIError(404, f"model: {body.get('model')!r} does not exist; this server serves "
+                                f"{served_model_name!r} (GET /v1/models)", "model", "not_found_error")
+        call = parse_call(body, kind, render_chat)
+        if not await bridge.ready():
+            raise APIError(503, "the model is not ready yet", kind="server_error")
+        rid = new_id(kind)
+        pieces = bridge.generate(call, request.is_disconnected)
+        if call.stream:
+            # The first response before the 200: a request Triton refuses gets its error status.
+            first = await anext(pieces, None)
+            return StreamingResponse(_sse(call, rid, first, pieces, served_model_name, token_text),
+                                     media_type="text/event-stream")
+        text, n_in, n_out, reason, rows = "", 0, 0, None, []
+        async for p in pieces:
+            text += p["text"]
+            n_in = p["num_input_tokens"] or n_in
+            n_out += len(p["token_ids"])
+            reason = p["finish_reason"] or reason
+            rows += p["logprobs"]
+        lp = logprobs_object(kind, rows, token_text, len(call.echo)) if call.logprobs is not None else None
+        return completion(call, rid, served_model_name, text, reason, n_in, n_out, lp).model_dump(exclude_none=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await run(request, "completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await run(request, "chat")
+
+    return app
+
+
+async def _sse(call: Call, rid: str, first_piece, pieces, model: str, token_text):
+    def event(obj) -> str:
+        return f"data: {json.dumps(obj.model_dump() if hasattr(obj, 'model_dump') else obj)}\n\n"
+    n_in = n_out = 0
+    first, offset = True, 0
+    async def all_pieces():
+        if first_piece is not None:
+            yield first_piece
+            async for p in pieces:
+                yield p
+    try:
+        async for p in all_pieces():
+            n_in = p["num_input_tokens"] or n_in
+            n_out += len(p["token_ids"])
+            lp = None
+            if call.logprobs is not None and p["logprobs"]:
+                lp = logprobs_object(call.kind, p["logprobs"], token_text, offset).model_dump()
+            offset += len(p["text"])
+            yield event(chunk(call, rid, model, p["text"], p["finish_reason"], lp, first))
+            first = False
+        if call.include_usage:
+            yield event(chunk(call, rid, model, None, None, usage_=usage(n_in, n_out)))
+    except APIError as e:                   # an error mid-stream: an error event, then the end
+        yield event(e.body())
+    yield "data: [DONE]\n\n"
+
+
+def run_frontend(triton_url: str, model_folder, *, host: str = "127.0.0.1", port: int = 9000,
+                 served_model_name: str = MODEL_NAME):
+    """A uvicorn Server (not started): server.run() blocks; server.should_exit = True stops it."""
+    import uvicorn
+    app = build_app(triton_url, model_folder, served_model_name)
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
