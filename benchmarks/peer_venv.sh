@@ -16,15 +16,17 @@ python3 -m venv "$VENV"
 # torch first, pinned to the CPU wheel: any other torch request pulls a CUDA build of several GB.
 "$VENV/bin/pip" install -q torch==2.13.0
 # openvino matches ours (the PagedAttention op is private API, and the rows compare one plugin).
-"$VENV/bin/pip" install -q openvino==2026.4.1 openvino-genai==2026.4.1.0 openvino-tokenizers==2026.4.1.0 \
-    optimum-intel==2.2.0
+# torch==2.13.0 again here: optimum-intel requires torchvision, and without it pip takes the newest
+# torchvision, which pins torch==2.14.1 and so swaps our CPU torch for the CUDA build.
+"$VENV/bin/pip" install -q torch==2.13.0 openvino==2026.4.1 openvino-genai==2026.4.1.0 \
+    openvino-tokenizers==2026.4.1.0 optimum-intel==2.2.0
 "$VENV/bin/pip" uninstall -y -q torchvision 2>/dev/null || true
 # llama.cpp compiles for this CPU (several minutes on 2 cores).
 CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
     "$VENV/bin/pip" install -q llama-cpp-python==0.3.36
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
-for p in ("openvino", "openvino-genai", "optimum-intel", "llama_cpp_python"):
+for p in ("torch", "openvino", "openvino-genai", "optimum-intel", "llama_cpp_python"):
     print(f"{p}=={md.version(p)}")
 PY
 echo "peers ready: python benchmarks/cpu_generate.py --peer-python $VENV/bin/python"

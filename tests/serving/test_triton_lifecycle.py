@@ -115,12 +115,16 @@ def test_cli_serve_then_generate_then_ctrl_c(tmp_path, tiny_model_dir):
         out, _ = bad.communicate(timeout=120)
         assert bad.returncode == 1 and "server error" in out and "at most 511" in out, out
         # The OpenAI frontend came up with the server, in front of the same model.
-        import httpx
+        import json
+        import urllib.request
         assert f"http://127.0.0.1:{oai}/v1" in banner, banner
-        assert httpx.get(f"http://127.0.0.1:{oai}/health", timeout=30).status_code == 200
-        r = httpx.post(f"http://127.0.0.1:{oai}/v1/completions", timeout=120,
-                       json={"model": "hybrid_llm", "prompt": "hello", "max_tokens": 5, "ignore_eos": True})
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5, r.text
+        with urllib.request.urlopen(f"http://127.0.0.1:{oai}/health", timeout=30) as r:
+            assert r.status == 200
+        req = urllib.request.Request(f"http://127.0.0.1:{oai}/v1/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": "hybrid_llm", "prompt": "hello", "max_tokens": 5,
+                                                      "ignore_eos": True}).encode())
+        with urllib.request.urlopen(req, timeout=120) as r:
+            assert json.loads(r.read())["usage"]["completion_tokens"] == 5
     finally:
         serve.send_signal(signal.SIGINT)  # what Ctrl-C does
         rest, _ = serve.communicate(timeout=60)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request     # at module level: FastAPI resolves the routes' annotations here
 
 from .openai_protocol import APIError, Call, chunk, completion, logprobs_object, new_id, parse_call, usage
 from .repository import MODEL_NAME
@@ -117,7 +118,7 @@ def build_app(triton_url: str, model_folder: str | Path | None, served_model_nam
               triton_model: str = MODEL_NAME):
     """The FastAPI app. model_folder: where the chat template and tokenizer come from (None: none,
     so /v1/chat/completions answers 400 and logprobs show token ids)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
     from .chat_template import ChatTemplate, NoChatTemplate
