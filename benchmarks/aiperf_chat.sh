@@ -2,7 +2,8 @@
 # aiperf against our OpenAI-compatible frontend: `hybridllm serve` (default model, policy auto) with the
 # frontend on a free port, then `aiperf profile --endpoint-type chat --streaming` at concurrency 1 and 16
 # with aiperf's own synthetic requests (its prompts, its lengths). Prints aiperf's tables; artifacts go
-# under $OUT (default /tmp/aiperf-runs).
+# under $OUT (default /tmp/aiperf-runs). The tokenizer is our converted folder (a local path: aiperf
+# loads it without the hub; with HF_HUB_OFFLINE=1 it would look for a hub cache instead).
 #
 #   bash benchmarks/aiperf_chat.sh [AIPERF_BIN] [REQUESTS_PER_LEVEL]
 #   AIPERF_BIN defaults to /tmp/aiperf/bin/aiperf; make it with:
@@ -33,7 +34,7 @@ URL=http://127.0.0.1:${ports[3]}
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; server: $URL"
 for c in 1 16; do
     echo "== concurrency $c, $REQUESTS requests =="
-    HF_HUB_OFFLINE=1 "$AIPERF" profile --model hybrid_llm --url "$URL" --endpoint-type chat --streaming \
+    "$AIPERF" profile --model hybrid_llm --url "$URL" --endpoint-type chat --streaming \
         --tokenizer "$MODEL" --concurrency "$c" --request-count "$REQUESTS" --warmup-request-count 2 \
         --output-artifact-dir "$OUT/c$c" --no-auto-plot 2>&1 | tail -40
 done

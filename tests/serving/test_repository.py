@@ -35,7 +35,7 @@ def test_config_keeps_the_design_contract():
     contract_in = {"text_input": "TYPE_STRING", "stream": "TYPE_BOOL", "sampling_parameters": "TYPE_STRING",
                    "exclude_input_in_output": "TYPE_BOOL", "input_ids": "TYPE_INT32"}
     contract_out = {"text_output": "TYPE_STRING", "output_ids": "TYPE_INT32", "finish_reason": "TYPE_STRING",
-                    "num_input_tokens": "TYPE_INT32", "num_output_tokens": "TYPE_INT32", "logprobs": "TYPE_STRING",
+                    "num_input_tokens": "TYPE_UINT32", "num_output_tokens": "TYPE_UINT32", "logprobs": "TYPE_STRING",
                     "cumulative_logprob": "TYPE_FP32"}
     assert contract_in.items() <= {n: t for n, t, _, _ in INPUTS}.items()
     assert contract_out == {n: t for n, t, _ in OUTPUTS}

@@ -128,6 +128,6 @@ def test_output_arrays_match_the_contract():
     assert out["text_output"].dtype == np.object_ and out["text_output"][0] == "hé".encode()
     assert out["output_ids"].dtype == np.int32 and out["output_ids"].tolist() == [5, 6]
     assert out["finish_reason"][0] == b"stop"
-    assert out["num_input_tokens"].dtype == np.int32 and out["num_input_tokens"].tolist() == [3]
+    assert out["num_input_tokens"].dtype == np.uint32 and out["num_input_tokens"].tolist() == [3]
     assert out["num_output_tokens"].tolist() == [2]
     assert output_arrays("", (), None, 1)["finish_reason"][0] == b""

@@ -14,7 +14,7 @@ from hybridllm.serving.client import build_inputs
 from hybridllm.serving.metrics import FAMILIES
 
 from .conftest import DEFAULT, TINY
-from .triton_helpers import grpc_stream, http_post, metric, scrape, sse_events
+from .triton_helpers import grpc_stream, http_post, metric, raw_inputs, scrape, sse_events
 
 PROMPT = "Once upon a time, there was a little"
 GREEDY = {"max_tokens": 24, "temperature": 0.0}
@@ -100,6 +100,41 @@ def test_sampling_keys_as_strings_and_logprob_outputs(triton, default_model_path
     assert all(len(r["top_logprobs"]) == 2 for r in rows)
     assert [round(r["logprob"], 4) for r in rows] == [round(lp.logprob, 4) for lp in want.logprobs]
     assert abs(out["cumulative_logprob"] - want.cumulative_logprob) < 1e-3
+
+
+@pytest.mark.slow
+def test_the_request_tritons_openai_frontend_sends(triton):
+    # Read from triton-inference-server/server python/openai (engine/utils/triton.py, backend vllm):
+    # BYTES/BOOL tensors of shape [1], its pydantic request dumped without None as sampling_parameters
+    # (defaults included), and the two return_* switches; it reads usage from UINT32 outputs.
+    import numpy as np
+    chat_defaults = {"frequency_penalty": 0.0, "logprobs": False, "n": 1, "presence_penalty": 0.0,
+                     "temperature": 0.0, "top_p": 1.0, "max_tokens": 8}
+    prompt = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+    res = grpc_stream(triton, DEFAULT, inputs=raw_inputs({
+        "text_input": np.array([prompt.encode()], dtype=np.object_),
+        "stream": np.array([False]), "exclude_input_in_output": np.array([True]),
+        "sampling_parameters": np.array([json.dumps(chat_defaults).encode()], dtype=np.object_),
+        "return_num_input_tokens": np.array([True]), "return_num_output_tokens": np.array([True])}))
+    assert res.errors == [] and res.finals == 1 and len(res.chunks) == 1, res.errors
+    assert not res.chunks[0].text.startswith("<|im_start|>")            # the prompt is excluded
+    assert 1 <= len(res.chunks[0].token_ids) <= 8 and res.chunks[0].num_input_tokens > 5
+
+
+@pytest.mark.slow
+def test_the_request_genai_perfs_vllm_converter_sends(triton):
+    # Read from genai-perf's inputs/converters/vllm_converter.py: text_input, exclude_input_in_output
+    # [True], stream [True], and max_tokens / min_tokens as strings in deterministic-output mode.
+    import numpy as np
+    sampling = json.dumps({"max_tokens": "24", "min_tokens": "24"})
+    prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"    # ends early without min_tokens
+    res = grpc_stream(triton, DEFAULT, inputs=raw_inputs({
+        "text_input": np.array([prompt.encode()], dtype=np.object_), "exclude_input_in_output": np.array([True]),
+        "stream": np.array([True]), "sampling_parameters": np.array([sampling.encode()], dtype=np.object_)}))
+    assert res.errors == [] and res.finals == 1
+    assert len(res.token_ids) == 24 and res.chunks[-1].finish_reason == "length"
+    free = grpc_stream(triton, DEFAULT, prompt, {"max_tokens": 24, "temperature": 0.0})
+    assert len(free.token_ids) < 24 and free.chunks[-1].finish_reason == "stop"     # what min_tokens prevented
 
 
 def test_32_concurrent_streams_none_lost_each_one_final(triton):

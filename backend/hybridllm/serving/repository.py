@@ -41,8 +41,9 @@ OUTPUTS = (
     ("text_output", "TYPE_STRING", "[ -1 ]"),
     ("output_ids", "TYPE_INT32", "[ -1 ]"),
     ("finish_reason", "TYPE_STRING", "[ -1 ]"),
-    ("num_input_tokens", "TYPE_INT32", "[ 1 ]"),
-    ("num_output_tokens", "TYPE_INT32", "[ 1 ]"),
+    # UINT32 as vllm_backend's: Triton's OpenAI frontend reads usage only from UINT32 tensors.
+    ("num_input_tokens", "TYPE_UINT32", "[ 1 ]"),
+    ("num_output_tokens", "TYPE_UINT32", "[ 1 ]"),
     ("logprobs", "TYPE_STRING", "[ -1 ]"),              # JSON: [{token_id, logprob, top_logprobs}] per token
     ("cumulative_logprob", "TYPE_FP32", "[ 1 ]"),
 )

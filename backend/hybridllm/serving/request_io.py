@@ -184,6 +184,6 @@ def output_arrays(text: str, token_ids, finish_reason: str | None, num_input_tok
         "text_output": np.array([text.encode("utf-8")], dtype=np.object_),   # [1]
         "output_ids": ids,
         "finish_reason": np.array([(finish_reason or "").encode()], dtype=np.object_),  # "" until the end
-        "num_input_tokens": np.array([num_input_tokens], dtype=np.int32),
-        "num_output_tokens": np.array([ids.size], dtype=np.int32),   # tokens in this response
+        "num_input_tokens": np.array([num_input_tokens], dtype=np.uint32),
+        "num_output_tokens": np.array([ids.size], dtype=np.uint32),  # tokens in this response
     }
