@@ -127,7 +127,7 @@ def test_the_request_genai_perfs_vllm_converter_sends(triton):
     # [True], stream [True], and max_tokens / min_tokens as strings in deterministic-output mode.
     import numpy as np
     sampling = json.dumps({"max_tokens": "24", "min_tokens": "24"})
-    prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"    # ends early without min_tokens
+    prompt = "<|im_start|>user\nWhat is 2+2? Answer with a number.<|im_end|>\n<|im_start|>assistant\n"   # ~7 tokens
     res = grpc_stream(triton, DEFAULT, inputs=raw_inputs({
         "text_input": np.array([prompt.encode()], dtype=np.object_), "exclude_input_in_output": np.array([True]),
         "stream": np.array([True]), "sampling_parameters": np.array([sampling.encode()], dtype=np.object_)}))
