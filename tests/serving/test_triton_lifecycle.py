@@ -131,3 +131,18 @@ def test_cli_serve_then_generate_then_ctrl_c(tmp_path, tiny_model_dir):
     assert serve.returncode == 0, rest
     assert _group_gone(server_pid)
     assert {p.name for p in Path("/dev/shm").glob("hybridllm_*")} <= shm_before
+
+
+def test_serve_refuses_a_busy_openai_port_before_starting_anything(capsys):
+    import socket
+
+    from hybridllm.config import EngineConfig
+    from hybridllm.serving.options import ServingLimits
+    from hybridllm.serving.server import serve
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert serve(EngineConfig(model="/nowhere"), ServingLimits(), openai_port=port) == 1
+    err = capsys.readouterr().err
+    assert f"openai_port {port}" in err and "--openai-port" in err

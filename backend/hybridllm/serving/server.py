@@ -169,6 +169,16 @@ def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
         pass
 
 
+def _port_free(host: str, port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
 def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, workdir: Path | None = None, ready_timeout: float = 600.0,
           log_file: Path | None = None, out=None, openai_port: int = 9000) -> int:
@@ -180,6 +190,10 @@ def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grp
     from .repository import MODEL_NAME, write_model
 
     out = out or sys.stdout
+    if openai_port and not _port_free(host, openai_port):
+        print(f"hybridllm serve: error: openai_port {openai_port} on {host} is in use; pass --openai-port with "
+              "a free port, or 0 for no OpenAI frontend", file=sys.stderr, flush=True)
+        return 1
     # Convert the model here, with a progress bar, not silently inside the server's load.
     model_path = resolve_model(config.model)
     config = dataclasses.replace(config, model=str(model_path))
