@@ -30,7 +30,8 @@ def triton(tmp_path_factory, tiny_model_dir, default_model_path):
                                             host_kv_bytes=64 << 20))
     write_model(repo, TINY, EngineConfig(model=str(tiny_model_dir), policy="gpu_only", device_kv_bytes=16 << 20,
                                          host_kv_bytes=4 << 20),
-                ServingLimits(max_tokens_non_stream=TINY_NON_STREAM_CAP))
+                ServingLimits(max_tokens_non_stream=TINY_NON_STREAM_CAP, max_text_input_bytes=2048, max_input_ids=1024,
+                              max_sampling_parameters_bytes=1024, max_stop=4, max_stop_length=32))
     server = start_server(repo, root)
     yield server
     pid = server.pid

@@ -89,6 +89,36 @@ def test_logprob_outputs():
     assert "logprobs" not in output_arrays("a", (5,), None, 2)
 
 
+CAPS = Limits(vocab_size=100, max_tokens_non_stream=50, max_text_input_bytes=16, max_input_ids=4,
+              max_sampling_parameters_bytes=64, max_stop=2, max_stop_length=5)
+
+
+@pytest.mark.parametrize("inputs, fragment", [
+    ({"text_input": "é" * 9}, "text_input: is 18 bytes; the cap is 16 (model parameter max_text_input_bytes)"),
+    ({"input_ids": [1, 2, 3, 4, 5]}, "input_ids: has 5 ids; the cap is 4 (model parameter max_input_ids)"),
+    ({"text_input": "hi", "sampling_parameters": {"stop": ["a" * 40, "b" * 40]}},
+     "the cap is 64 (model parameter max_sampling_parameters_bytes)"),
+    ({"text_input": "hi", "sampling_parameters": {"stop": ["a", "b"], "stop_token_ids": [3]}},
+     "sampling_parameters.stop: 3 stop strings and stop_token_ids; the cap is 2 (model parameter max_stop)"),
+    ({"text_input": "hi", "sampling_parameters": {"stop": ["abcdef"]}},
+     "sampling_parameters.stop: a stop string is 6 characters; the cap is 5 (model parameter max_stop_length)"),
+    ({"text_input": "hi", "sampling_parameters": "[" * 60 + "]" * 4}, "sampling_parameters: is not JSON"),
+])
+def test_request_size_caps_name_the_cap(inputs, fragment):
+    with pytest.raises(RequestError) as e:
+        parse_request(_get(**inputs), CAPS)
+    assert fragment in str(e.value), str(e.value)
+    assert parse_request(_get(text_input="é" * 8), CAPS).prompt == "é" * 8          # at the cap: fine
+
+
+def test_a_json_bomb_within_the_byte_cap_is_refused():
+    bomb = "[" * 60000 + "]" * 60000
+    with pytest.raises(RequestError) as e:
+        parse_request(_get(text_input="hi", sampling_parameters=bomb),
+                      Limits(vocab_size=100, max_tokens_non_stream=50, max_sampling_parameters_bytes=1 << 20))
+    assert "sampling_parameters" in str(e.value)
+
+
 def test_stream_lifts_the_non_stream_cap():
     r = parse_request(_get(text_input="hi", stream=True, sampling_parameters={"max_tokens": 1000}), LIMITS)
     assert r.params.max_tokens == 1000

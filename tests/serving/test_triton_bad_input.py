@@ -50,6 +50,19 @@ CASES = {
         {"text_input": _text("hi"), "stream": np.array([False]),
          "sampling_parameters": _params({"max_tokens": 10 ** 6})},
         ["max_tokens", str(10 ** 6), f"cap of {TINY_NON_STREAM_CAP}", "max_tokens_non_stream"]),
+    # Request-size caps (the tiny model's: 2048 bytes, 1024 ids, 1024 bytes, 4 stops of <= 32 chars).
+    "text_input over its byte cap": ({"text_input": _text("z" * 3000)},
+                                     ["text_input", "3000 bytes", "cap is 2048", "max_text_input_bytes"]),
+    "input_ids over their cap": ({"input_ids": (np.arange(2000) % 250).astype(np.int32)},
+                                 ["input_ids", "2000 ids", "cap is 1024", "max_input_ids"]),
+    "sampling_parameters over the byte cap": ({"text_input": _text("hi"),
+                                               "sampling_parameters": _params({"stop": ["x" * 30] * 50})},
+                                              ["sampling_parameters", "cap is 1024", "max_sampling_parameters_bytes"]),
+    "too many stop strings": ({"text_input": _text("hi"), "sampling_parameters": _params({"stop": list("abcde")})},
+                              ["sampling_parameters.stop", "5 stop strings", "cap is 4", "max_stop"]),
+    "a JSON bomb": ({"text_input": _text("hi"), "sampling_parameters": _params("[" * 1000 + "]" * 20)},
+                    ["sampling_parameters"]),
+    "invalid UTF-8": ({"text_input": np.array([b"ok \xff\xfe"], dtype=np.object_)}, ["text_input", "not valid UTF-8"]),
     "stream with the input echoed": ({"text_input": _text("hi"), "stream": np.array([True]),
                                       "exclude_input_in_output": np.array([False])},
                                      ["exclude_input_in_output", "stream=true"]),
@@ -80,7 +93,8 @@ def _json_body(inputs: dict) -> dict:
     return body
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c != "stream with the input echoed"])
+# JSON cannot carry invalid UTF-8; the echo case is a stream-only rule.
+@pytest.mark.parametrize("case", [c for c in CASES if c not in ("stream with the input echoed", "invalid UTF-8")])
 def test_bad_input_http_is_400(triton, case):
     inputs, fragments = CASES[case]
     status, text = http_post(triton, f"/v2/models/{TINY}/generate", _json_body(inputs))

@@ -17,11 +17,19 @@ DEFAULT_MAX_TOKENS_NON_STREAM = 4096
 class ServingLimits:
     # stream=false holds the whole answer (and the client) until the end, so it gets a cap.
     max_tokens_non_stream: int = DEFAULT_MAX_TOKENS_NON_STREAM
+    # Request-size caps, checked before any parsing or tokenizing; the prompt's token count is capped
+    # by the engine's max_model_len.
+    max_text_input_bytes: int = 1 << 20
+    max_input_ids: int = 1 << 17
+    max_sampling_parameters_bytes: int = 1 << 16
+    max_stop: int = 16                  # stop strings plus stop_token_ids
+    max_stop_length: int = 256          # characters per stop string
 
     def __post_init__(self):
-        v = self.max_tokens_non_stream
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"max_tokens_non_stream must be an integer >= 1, got {v!r}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{f.name} must be an integer >= 1, got {v!r}")
 
 
 _ENGINE_FIELDS = {f.name: f for f in fields(EngineConfig)}

@@ -33,8 +33,18 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
+    """What a request is checked against: the model's vocabulary and options.ServingLimits' caps."""
     vocab_size: int
     max_tokens_non_stream: int
+    max_text_input_bytes: int = 1 << 20
+    max_input_ids: int = 1 << 17
+    max_sampling_parameters_bytes: int = 1 << 16
+    max_stop: int = 16
+    max_stop_length: int = 256
+
+
+def _over(field: str, what: str, cap: int, parameter: str) -> RequestError:
+    return RequestError(field, f"{what}; the cap is {cap} (model parameter {parameter})")
 
 
 @dataclass(frozen=True)
@@ -91,17 +101,24 @@ def _coerce(key: str, value):
     return value  # SamplingParams rejects it with a message naming the field
 
 
-def parse_sampling(raw: str | bytes | dict | None, field: str = "sampling_parameters") -> SamplingParams:
+def parse_sampling(raw: str | bytes | dict | None, field: str = "sampling_parameters",
+                   limits: Limits | None = None) -> SamplingParams:
     if raw is None:
         return SamplingParams()
     if isinstance(raw, dict):
         obj = raw
     else:
+        size = len(raw if isinstance(raw, bytes) else str(raw).encode())
+        if limits is not None and size > limits.max_sampling_parameters_bytes:
+            raise _over(field, f"is {size} bytes", limits.max_sampling_parameters_bytes,
+                        "max_sampling_parameters_bytes")
         text = _text(raw, field)
         try:
             obj = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as e:
             raise RequestError(field, f"is not JSON ({e.msg} at char {e.pos})") from None
+        except RecursionError:
+            raise RequestError(field, "is nested too deeply to be sampling parameters") from None
     if not isinstance(obj, dict):
         raise RequestError(field, f"must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(k for k in obj if k not in _FIELDS and k not in NEUTRAL_KEYS)
@@ -117,9 +134,18 @@ def parse_sampling(raw: str | bytes | dict | None, field: str = "sampling_parame
     if isinstance(kwargs.get("temperature"), float) and not math.isfinite(kwargs["temperature"]):
         raise RequestError(f"{field}.temperature", f"must be a finite number >= 0, got {kwargs['temperature']}")
     try:
-        return SamplingParams(**kwargs)
+        params = SamplingParams(**kwargs)
     except (ValueError, TypeError) as e:  # its messages name the key and the limit
         raise RequestError(field, str(e)) from None
+    if limits is not None:
+        n = len(params.stop) + len(params.stop_token_ids)
+        if n > limits.max_stop:
+            raise _over(f"{field}.stop", f"{n} stop strings and stop_token_ids", limits.max_stop, "max_stop")
+        long = [s for s in params.stop if len(s) > limits.max_stop_length]
+        if long:
+            raise _over(f"{field}.stop", f"a stop string is {len(long[0])} characters", limits.max_stop_length,
+                        "max_stop_length")
+    return params
 
 
 def parse_request(get: Callable[[str], object], limits: Limits, parameters: str | None = None) -> GenerateRequest:
@@ -132,6 +158,8 @@ def parse_request(get: Callable[[str], object], limits: Limits, parameters: str 
         raise RequestError("text_input", "give either text_input or input_ids, not both")
     if ids_arr is not None:
         flat = np.asarray(ids_arr).reshape(-1)
+        if flat.size > limits.max_input_ids:
+            raise _over("input_ids", f"has {flat.size} ids", limits.max_input_ids, "max_input_ids")
         if flat.size == 0:
             raise RequestError("input_ids", "is empty; give at least 1 token id")
         bad = flat[(flat < 0) | (flat >= limits.vocab_size)]
@@ -139,7 +167,11 @@ def parse_request(get: Callable[[str], object], limits: Limits, parameters: str 
             raise RequestError("input_ids", f"{int(bad[0])} is not a token id in [0, {limits.vocab_size})")
         ids = tuple(int(t) for t in flat)
     elif text_arr is not None:
-        prompt = _text(_scalar(lambda n: text_arr, "text_input"), "text_input")
+        raw_text = _scalar(lambda n: text_arr, "text_input")
+        size = len(raw_text) if isinstance(raw_text, bytes) else len(str(raw_text).encode())
+        if size > limits.max_text_input_bytes:
+            raise _over("text_input", f"is {size} bytes", limits.max_text_input_bytes, "max_text_input_bytes")
+        prompt = _text(raw_text, "text_input")
         if not prompt:
             raise RequestError("text_input", "is empty; give at least 1 character")
     else:
@@ -153,12 +185,15 @@ def parse_request(get: Callable[[str], object], limits: Limits, parameters: str 
 
     raw = _scalar(get, "sampling_parameters")
     if raw is not None:
-        params = parse_sampling(raw)
+        params = parse_sampling(raw, limits=limits)
     else:
+        if parameters and len(parameters.encode()) > limits.max_sampling_parameters_bytes:
+            raise _over("parameters", f"are {len(parameters.encode())} bytes", limits.max_sampling_parameters_bytes,
+                        "max_sampling_parameters_bytes")
         extra = json.loads(parameters) if parameters else {}
         # triton_* keys are the frontends' own (e.g. triton_enable_empty_final_response).
         extra = {k: v for k, v in extra.items() if not k.startswith("triton_")}
-        params = parse_sampling(extra or None, field="parameters")
+        params = parse_sampling(extra or None, field="parameters", limits=limits)
     if (_bool(get, "return_logprobs") or _bool(get, "return_cumulative_logprob")) and params.logprobs is None:
         params = dataclasses.replace(params, logprobs=0)          # the chosen tokens' logprobs
     if not stream and params.max_tokens > limits.max_tokens_non_stream:

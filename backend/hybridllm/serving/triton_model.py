@@ -6,6 +6,7 @@ request gets exactly one response with the FINAL flag: the last token, or an err
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import json
@@ -102,7 +103,7 @@ class TritonPythonModel:
         # Built on the loop's thread, so this (Triton's) thread never runs torch: see EngineLoop.
         self.loop = EngineLoop(lambda: LLMEngine(config), self.metrics).start()
         self.engine = self.loop.engine
-        self.limits = Limits(self.engine.model_config.vocab_size, limits.max_tokens_non_stream)
+        self.limits = Limits(self.engine.model_config.vocab_size, **dataclasses.asdict(limits))
         self._ids = itertools.count()
 
     def execute(self, requests):
