@@ -36,6 +36,16 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def decode_parser(doc: str):
+    """The decode benchmarks' shared flags: --batches, --new-tokens, --repeats (add your own after)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    return ap
+
+
 def decode_tps(llm, batch: int, new_tokens: int, prompt: str) -> float:
     """Decode tokens/s of `batch` greedy copies of prompt (EOS ignored) through llm.engine, the prefill
     step (and first tokens) excluded."""

@@ -9,22 +9,18 @@ measures this machine's profile unless one is cached; the start-up times are pri
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import decode_tps, machine, median, table  # noqa: E402
+from _common import decode_parser, decode_tps, machine, median, table  # noqa: E402
 
 PROMPT = "Once upon a time, there was a little"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = decode_parser(__doc__)
     args = ap.parse_args()
     from hybridllm import LLM
     t = time.perf_counter()

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, median, read_bandwidth_gbs, table  # noqa: E402
+from _common import decode_parser, machine, median, read_bandwidth_gbs, table  # noqa: E402
 
 PROMPT = "Once upon a time, there was a little"
 TORCH_THREADS = torch.get_num_threads()
@@ -186,10 +186,7 @@ def our_name(precision: str, weight_dtype: str, kv: str, dq: int | None) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = decode_parser(__doc__)
     ap.add_argument("--peer-python", default=None)
     ap.add_argument("--precisions", default=",".join(OURS), help="the precisions to run (ours and GenAI's)")
     ap.add_argument("--only-ours", action="store_true", help="skip the torch and HF rows")

@@ -10,7 +10,6 @@ these machines drift; compare the ratio column, not absolute numbers across runs
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import decode_tps, machine, median, read_bandwidth_gbs, table  # noqa: E402
+from _common import decode_parser, decode_tps, machine, median, read_bandwidth_gbs, table  # noqa: E402
 
 PROMPT = "Once upon a time, there was a little"
 
@@ -42,10 +41,7 @@ def bench_hf(model, tok, batch: int, new_tokens: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = decode_parser(__doc__)
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 

@@ -19,6 +19,7 @@ from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..models.default import resolve_model
 from ..runtime import StepResult, Tracer, build_runtime
+from ..runtime.host_precision import host_precision
 from ..sampling_params import SamplingParams
 from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, StepInput
 from .detokenizer import IncrementalDetokenizer
@@ -38,8 +39,10 @@ class LLMEngine:
         self.model_path = resolve_model(config.model)
         self.model_config = mc = ModelConfig.from_folder(self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
-        profile, found = find_profile(config, mc, self.model_path)
-        self.runtime = rt = build_runtime(config, self.model_path, mc, profile, tracer)
+        # cpu_only's precision: what the profile's host GEMMs are timed at and what the runtime builds.
+        precision = host_precision(config.weight_dtype, self.model_path, config.dynamic_quant_group_size)
+        profile, found = find_profile(config, mc, precision)
+        self.runtime = rt = build_runtime(config, self.model_path, mc, profile, tracer, precision)
         self.model = rt.model
         self.device = rt.device
         self.kv = rt.kv

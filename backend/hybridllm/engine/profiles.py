@@ -1,18 +1,16 @@
 """Which hardware profile an engine plans with: the one named, this machine's cached one, or none."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..policy import HardwareProfile
 from ..profiling.cache import cached_profile
 from ..profiling.store import load_profile
 from ..runtime.factory import compute_device
-from ..runtime.host_precision import host_precision
+from ..runtime.host_precision import HostPrecision
 
 
-def find_profile(config: EngineConfig, mc: ModelConfig, model_path: Path) -> tuple[HardwareProfile | None, str]:
+def find_profile(config: EngineConfig, mc: ModelConfig, host_linear: HostPrecision) -> tuple[HardwareProfile | None, str]:
     """(profile, how it was found). hardware_profile: a JSON path or reference name is loaded; "none"
     means no profile (auto's fixed rule); unset, policy auto uses this machine's cached profile and
     measures one on first use. Forced policies plan nothing, except NEO when it is given a profile."""
@@ -23,6 +21,4 @@ def find_profile(config: EngineConfig, mc: ModelConfig, model_path: Path) -> tup
         return load_profile(spec), f"profile {spec}"
     if config.policy != "auto":
         return None, ""
-    return cached_profile(mc, config.dtype, compute_device(config),
-                          host_linear=host_precision(config.weight_dtype, model_path,
-                                                     config.dynamic_quant_group_size))
+    return cached_profile(mc, config.dtype, compute_device(config), host_linear=host_linear)

@@ -72,8 +72,9 @@ def compute_device(config: EngineConfig) -> torch.device:
 
 
 def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profile: HardwareProfile | None = None,
-                  tracer: Tracer | None = None) -> Runtime:
-    """profile: the hardware profile auto plans with and NEO places by (found by the caller), or None."""
+                  tracer: Tracer | None = None, precision: HostPrecision | None = None) -> Runtime:
+    """profile: the hardware profile auto plans with and NEO places by (found by the caller), or None.
+    precision: cpu_only's, resolved by the caller (None: resolved here)."""
     per_step = config.policy == "auto" and profile is not None
     shape = ModelShape.from_config(mc, config.dtype)
     kv_dtype = kv_precision(config.kv_cache_dtype, config.dtype)
@@ -115,7 +116,7 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
         dev_tier = _device_tier(config, mc, kv_dtype, model, device, streamed)
         dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
                                    mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
-    precision = host_precision(config.weight_dtype, model_path, config.dynamic_quant_group_size)
+    precision = precision or host_precision(config.weight_dtype, model_path, config.dynamic_quant_group_size)
     if Tier.HOST in tiers:
         host_attn = host_attention(config, mc, device, host_kv_precision(config, precision, host_only))
         reason += f"; host attention {host_attn.name} ({host_attn.reason})"

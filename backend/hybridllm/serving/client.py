@@ -24,6 +24,7 @@ class Chunk:
     token_ids: tuple[int, ...]
     finish_reason: str | None       # set on the last chunk
     num_input_tokens: int
+    logprobs: tuple = ()            # the `logprobs` output's rows, when the request asked for them
 
 
 class GenerateError(RuntimeError):
@@ -70,10 +71,12 @@ def to_chunk(result) -> Chunk:
     ids = one("output_ids")
     reason = one("finish_reason")
     n_in = one("num_input_tokens")
+    lp = one("logprobs")
     return Chunk(text[0].decode("utf-8") if text is not None and text.size else "",
                  tuple(int(t) for t in ids) if ids is not None else (),
                  (reason[0].decode() or None) if reason is not None and reason.size else None,
-                 int(n_in[0]) if n_in is not None and n_in.size else 0)
+                 int(n_in[0]) if n_in is not None and n_in.size else 0,
+                 tuple(json.loads(lp[0])) if lp is not None and lp.size else ())
 
 
 def generate(url: str, prompt: str | list[int], params: SamplingParams | dict | None = None, *,

@@ -16,9 +16,9 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 from fastapi import Request     # at module level: FastAPI resolves the routes' annotations here
 
+from .client import build_inputs, to_chunk
 from .openai_protocol import APIError, Call, chunk, completion, logprobs_object, new_id, parse_call, usage
 from .repository import MODEL_NAME
 
@@ -47,26 +47,10 @@ class TritonBridge:
         except Exception:  # noqa: BLE001 - no server, or it is shutting down
             return False
 
-    def _inputs(self, call: Call):
-        import tritonclient.grpc as grpcclient
-
-        def tensor(name, arr, dtype):
-            t = grpcclient.InferInput(name, list(arr.shape), dtype)
-            t.set_data_from_numpy(arr)
-            return t
-        if isinstance(call.prompt, str):
-            inputs = [tensor("text_input", np.array([call.prompt.encode()], dtype=np.object_), "BYTES")]
-        else:
-            inputs = [tensor("input_ids", np.asarray(call.prompt, dtype=np.int32), "INT32")]
-        inputs += [tensor("stream", np.array([True]), "BOOL"),
-                   tensor("sampling_parameters", np.array([json.dumps(call.sampling).encode()], dtype=np.object_),
-                          "BYTES")]
-        return inputs
-
     async def generate(self, call: Call, is_disconnected):
-        """Yields dicts {text, token_ids, finish_reason, num_input_tokens, logprobs}; raises APIError.
+        """Yields client.Chunk per Triton response; raises APIError.
         is_disconnected: async () -> bool, polled between responses; a gone client cancels the request."""
-        inputs = self._inputs(call)
+        inputs = build_inputs(call.prompt, call.sampling, stream=True)
 
         async def requests():
             yield {"model_name": self.model, "inputs": inputs, "enable_empty_final_response": True}
@@ -78,8 +62,8 @@ class TritonBridge:
                     done = True
                     raise _triton_error(error.message())
                 final = result.get_response().parameters["triton_final_response"].bool_param
-                out = _decode(result)
-                if out["text"] or out["token_ids"] or out["finish_reason"]:
+                out = to_chunk(result)
+                if out.text or out.token_ids or out.finish_reason:
                     yield out
                 if final:
                     done = True
@@ -90,19 +74,6 @@ class TritonBridge:
         finally:
             if not done:
                 stream.cancel()                     # Triton cancels the request; the engine frees its blocks
-
-
-def _decode(result) -> dict:
-    def one(name):
-        arr = result.as_numpy(name)
-        return None if arr is None else arr.reshape(-1)
-    text, ids, reason, n_in, lp = (one(n) for n in ("text_output", "output_ids", "finish_reason",
-                                                    "num_input_tokens", "logprobs"))
-    return {"text": text[0].decode("utf-8") if text is not None and text.size else "",
-            "token_ids": [int(t) for t in ids] if ids is not None else [],
-            "finish_reason": (reason[0].decode() or None) if reason is not None and reason.size else None,
-            "num_input_tokens": int(n_in[0]) if n_in is not None and n_in.size else 0,
-            "logprobs": json.loads(lp[0]) if lp is not None and lp.size else []}
 
 
 def _triton_error(message: str) -> APIError:
@@ -181,11 +152,11 @@ def build_app(triton_url: str, model_folder: str | Path | None, served_model_nam
                                      media_type="text/event-stream")
         text, n_in, n_out, reason, rows = "", 0, 0, None, []
         async for p in pieces:
-            text += p["text"]
-            n_in = p["num_input_tokens"] or n_in
-            n_out += len(p["token_ids"])
-            reason = p["finish_reason"] or reason
-            rows += p["logprobs"]
+            text += p.text
+            n_in = p.num_input_tokens or n_in
+            n_out += len(p.token_ids)
+            reason = p.finish_reason or reason
+            rows += p.logprobs
         lp = logprobs_object(kind, rows, token_text, len(call.echo)) if call.logprobs is not None else None
         return completion(call, rid, served_model_name, text, reason, n_in, n_out, lp).model_dump(exclude_none=True)
 
@@ -212,13 +183,13 @@ async def _sse(call: Call, rid: str, first_piece, pieces, model: str, token_text
                 yield p
     try:
         async for p in all_pieces():
-            n_in = p["num_input_tokens"] or n_in
-            n_out += len(p["token_ids"])
+            n_in = p.num_input_tokens or n_in
+            n_out += len(p.token_ids)
             lp = None
-            if call.logprobs is not None and p["logprobs"]:
-                lp = logprobs_object(call.kind, p["logprobs"], token_text, offset).model_dump()
-            offset += len(p["text"])
-            yield event(chunk(call, rid, model, p["text"], p["finish_reason"], lp, first))
+            if call.logprobs is not None and p.logprobs:
+                lp = logprobs_object(call.kind, list(p.logprobs), token_text, offset).model_dump()
+            offset += len(p.text)
+            yield event(chunk(call, rid, model, p.text, p.finish_reason, lp, first))
             first = False
         if call.include_usage:
             yield event(chunk(call, rid, model, None, None, usage_=usage(n_in, n_out)))
