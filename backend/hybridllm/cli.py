@@ -53,6 +53,11 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+# ServingLimits' request-size caps, each a `serve` flag.
+_REQUEST_CAPS = ("max_text_input_bytes", "max_input_ids", "max_sampling_parameters_bytes", "max_stop",
+                 "max_stop_length")
+
+
 def _cmd_serve(args) -> int:
     from .config import EngineConfig
     from .serving.options import ServingLimits
@@ -62,7 +67,8 @@ def _cmd_serve(args) -> int:
                           device_kv_bytes=args.device_kv_bytes, host_kv_bytes=args.host_kv_bytes,
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_model_len=args.max_model_len, **_host_options(args))
-    return serve(config, ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream), host=args.host,
+    caps = {name: getattr(args, name) for name in _REQUEST_CAPS if getattr(args, name) is not None}
+    return serve(config, ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream, **caps), host=args.host,
                  http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                  workdir=args.workdir, ready_timeout=args.ready_timeout, log_file=args.log_file,
                  openai_port=args.openai_port)
@@ -157,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-model-len", type=int, default=None)
     _add_host_options(srv)
     srv.add_argument("--max-tokens-non-stream", type=int, default=4096, help="max_tokens cap for stream=false")
+    for name in _REQUEST_CAPS:
+        srv.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                         help="request-size cap (default: the model parameter's, docs/serving.md)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     srv.add_argument("--http-port", type=int, default=8000)
     srv.add_argument("--grpc-port", type=int, default=8001)

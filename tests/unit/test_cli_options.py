@@ -25,3 +25,11 @@ def test_a_bad_choice_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["serve", "--host-attention", "fast"])
     assert e.value.code == 2 and "--host-attention" in capsys.readouterr().err
+
+
+def test_serve_takes_the_request_size_caps():
+    from hybridllm.cli import _REQUEST_CAPS
+    from hybridllm.serving.options import ServingLimits
+    args = build_parser().parse_args(["serve", "--max-input-ids", "100", "--max-stop", "3"])
+    assert (args.max_input_ids, args.max_stop, args.max_text_input_bytes) == (100, 3, None)
+    assert set(_REQUEST_CAPS) == {f for f in ServingLimits.__dataclass_fields__} - {"max_tokens_non_stream"}
