@@ -2,7 +2,8 @@
 # What a GPU session runs on a lent machine (see benchmarks/RESULTS.md, "GPU"). Those machines
 # reach no registry, so OpenVINO travels as wheels in .whl/ (cp312 manylinux; see README, GPU).
 #
-#   bash benchmarks/gpu_run.sh test     # CUDA tests: NEO's stream + pinned hand-off, offload, partition
+#   bash benchmarks/gpu_run.sh test     # CUDA tests: graphs on/off parity, kernels, NEO's stream, offload, partition
+#   bash benchmarks/gpu_run.sh step     # decode step time (Llama-3-8B shape, bf16) vs weight+KV read at HBM speed
 #   bash benchmarks/gpu_run.sh profile  # random Llama-3-8B (bf16) + `hybridllm profile` for it
 #   bash benchmarks/gpu_run.sh online [online.py real args...]  # NEO vs gpu_only, latency/throughput PNG
 #   bash benchmarks/gpu_run.sh agree [online.py agree args...]  # NEO's step choice vs measured step times
@@ -18,6 +19,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/backend:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# hybridllm.converters lives in converters/ (pyproject's package-dir); without an install, link it in.
+[ -e backend/hybridllm/converters ] || ln -s ../../converters backend/hybridllm/converters
 stage=${1:-test}
 shift || true
 
@@ -30,10 +33,14 @@ test)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400 >> "$OUT/gpu.txt"
     tests=("$@")
-    [ ${#tests[@]} -gt 0 ] || tests=(tests/cuda tests/system/test_tiny_parity.py tests/unit/test_host_attention.py
+    [ ${#tests[@]} -gt 0 ] || tests=(tests/cuda tests/system/test_tiny_parity.py
+        tests/unit/test_host_attention.py
         tests/unit/test_host_attention_paths.py tests/unit/test_kv.py tests/unit/test_neo_scheduler.py
         tests/unit/test_step_planner.py tests/unit/test_layers.py)
     python3 -m pytest -q -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$OUT/test.log" | tail -40
+    ;;
+step)
+    python3 benchmarks/gpu_step.py --out "$OUT/step.md" "$@" 2>&1 | tee "$OUT/step.log"
     ;;
 profile)
     model
@@ -62,7 +69,7 @@ print(f'first start (profile measured on first use): {time.perf_counter() - t:.1
         --policies gpu_only,partition,cpu_only "$@" 2>&1 | tee "$OUT/per-step.log" | tail -30
     ;;
 *)
-    echo "unknown stage $stage: test, profile, online, agree or auto" >&2
+    echo "unknown stage $stage: test, step, profile, online, agree or auto" >&2
     exit 2
     ;;
 esac

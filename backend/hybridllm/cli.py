@@ -100,16 +100,21 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--ignore-eos", action="store_true")
 
 
-_HOST_OPTIONS = ("hardware_profile", "weight_dtype", "dynamic_quant_group_size", "cpu_fused", "host_attention", "host_threads",
+_HOST_OPTIONS = ("hardware_profile", "enforce_eager", "device_kernels", "weight_dtype", "dynamic_quant_group_size", "cpu_fused", "host_attention", "host_threads",
                  "cpu_torch_threads", "ov_cache_dir")
 
 
 def _add_host_options(p: argparse.ArgumentParser) -> None:
     """The planner's profile and the host data plane's engine options; unset ones keep EngineConfig's defaults."""
-    from .config import HOST_ATTENTION_PATHS, WEIGHT_DTYPES
+    from .config import DEVICE_KERNELS, HOST_ATTENTION_PATHS, WEIGHT_DTYPES
     p.add_argument("--hardware-profile", default=None,
                    help="profile JSON, reference name, or 'none' (auto: default this machine's cached profile, "
                         "measured on first use; neo: load-aware placement)")
+    p.add_argument("--enforce-eager", default=None, action=argparse.BooleanOptionalAction,
+                   help="no CUDA graphs for decode steps (default: graphs on CUDA, eager on the CPU; "
+                        "--no-enforce-eager runs the graphs' padded path on the CPU too)")
+    p.add_argument("--device-kernels", default=None, choices=DEVICE_KERNELS,
+                   help="the device decode path's attention and fused ops (auto: Triton on CUDA, else torch)")
     p.add_argument("--weight-dtype", default=None, choices=WEIGHT_DTYPES,
                    help="the CPU data plane's weights (auto: a GGUF's own codes, else bf16 where the CPU has it, else f32)")
     p.add_argument("--dynamic-quant-group-size", type=int, default=None,

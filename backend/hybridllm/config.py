@@ -17,6 +17,7 @@ DTYPES = MODEL_DTYPES
 KV_CACHE_DTYPES = ("auto",) + KV_PRECISIONS
 WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # see runtime/host_precision.py
 HOST_ATTENTION_PATHS = ("auto", "ov_paged", "ov_sdpa", "torch")
+DEVICE_KERNELS = ("auto", "triton", "torch")     # see kernels/ops.py
 DEVICE_BLOCK_SIZE = 16      # the device tier's; host tiers take the block size their attention backend reports
 
 GiB = 1 << 30
@@ -57,6 +58,10 @@ class EngineConfig:
     hardware_profile: str | None = None     # JSON path, reference name, or "none"; auto: None = cached/measured
     device: str | None = None               # None: cuda if present, else cpu
     seed: int = 0                           # seeds requests that give no seed of their own
+    # Device data plane. enforce_eager None: decode steps replay CUDA graphs on CUDA and run eagerly on the CPU;
+    # False: the graphs' bucketed, padded static-buffer path on any device (eager on the CPU); True: no graphs.
+    enforce_eager: bool | None = None
+    device_kernels: str = "auto"            # auto | triton | torch: the decode path's attention and fused ops
     # Host (CPU) data plane.
     # The CPU data plane's weights (cpu_only's OpenVINO graphs): auto keeps a GGUF's codes, else bf16 where the
     # CPU has it, else f32. The torch layers (GPU policies) follow `dtype`.
@@ -71,7 +76,8 @@ class EngineConfig:
 
     def __post_init__(self):
         for name, allowed in (("policy", POLICIES), ("dtype", DTYPES), ("kv_cache_dtype", KV_CACHE_DTYPES),
-                              ("weight_dtype", WEIGHT_DTYPES), ("host_attention", HOST_ATTENTION_PATHS)):
+                              ("weight_dtype", WEIGHT_DTYPES), ("host_attention", HOST_ATTENTION_PATHS),
+                              ("device_kernels", DEVICE_KERNELS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cpu_torch_threads"):
@@ -89,6 +95,8 @@ class EngineConfig:
             raise ValueError(f"dynamic_quant_group_size must be None or an integer >= 0, got {dq!r}")
         if not isinstance(self.host_kv_bytes, int) or isinstance(self.host_kv_bytes, bool) or self.host_kv_bytes < 0:
             raise ValueError(f"host_kv_bytes must be an integer >= 0, got {self.host_kv_bytes!r}")
+        if self.enforce_eager is not None and not isinstance(self.enforce_eager, bool):
+            raise ValueError(f"enforce_eager must be None, True or False, got {self.enforce_eager!r}")
         if not isinstance(self.cpu_fused, bool):
             raise ValueError(f"cpu_fused must be True or False, got {self.cpu_fused!r}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):

@@ -78,7 +78,9 @@ def test_neo_more_tokens_than_staging_falls_back_to_plain_copies(model):
 @pytest.mark.parametrize("policy", ["gpu_offload", "partition", "cpu_only"])   # "neo": tested above
 def test_each_policy_on_a_cuda_machine_matches_hf(model, policy):
     folder, want = model
-    llm = LLM(str(folder), policy=policy, max_num_batched_tokens=64, host_kv_bytes=64 << 20)
+    # fp32 host weights: weight_dtype=auto picks bf16 on a CPU with AMX/AVX512_BF16 (the GPU machines' Xeons).
+    llm = LLM(str(folder), policy=policy, max_num_batched_tokens=64, host_kv_bytes=64 << 20,
+              weight_dtype="float32")
     assert tokens(llm) == want
     assert llm.engine.stats().steps_by_policy == {policy: llm.engine.stats().num_steps}
 
@@ -149,7 +151,8 @@ def test_auto_mixing_the_gpu_and_the_host_per_step_matches_hf(model, tmp_path):
     from ..helpers.profiles import size_dependent
     folder, want = model
     save_profile(size_dependent(), tmp_path / "p.json")
-    llm = LLM(str(folder), hardware_profile=str(tmp_path / "p.json"), host_kv_bytes=64 << 20)
+    llm = LLM(str(folder), hardware_profile=str(tmp_path / "p.json"), host_kv_bytes=64 << 20,
+              weight_dtype="float32")
     assert llm.engine.runtime.device.type == "cuda" and llm.engine.runtime.planner is not None
     assert tokens(llm) == want
     assert sum(llm.engine.stats().blocks_used.values()) == 0

@@ -1,26 +1,31 @@
-"""DeviceAttention: paged attention in torch on the compute device (cuda or cpu).
+"""DeviceAttention: paged attention on the compute device (cuda or cpu).
 
-Decodes are batched into one SDPA call over block tables padded to the longest
-context; prefills run one SDPA call per sequence with a causal mask aligned to
-the end of its context (so chunked prefill and recompute work the same way).
+Decodes are batched into one paged-attention call (kernels/ops.py): on CUDA a Triton kernel that reads
+each sequence's block table itself, elsewhere torch SDPA over the blocks gathered into a padded tensor.
+Prefills run one SDPA call per sequence with a causal mask aligned to the end of its context (so
+chunked prefill and recompute work the same way).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..kernels import DeviceOps
 from .metadata import AttentionMetadata
 
 
 class DeviceAttention:
     def __init__(self, key_cache: list[torch.Tensor], value_cache: list[torch.Tensor],
-                 num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None):
+                 num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None,
+                 ops: DeviceOps | None = None):
         self.key_cache = key_cache        # per layer: [num_blocks, KVH, block_size, D]
         self.value_cache = value_cache
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.sliding_window = sliding_window
+        self.ops = ops or DeviceOps("torch")
+        self.scale = head_dim ** -0.5
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 md: AttentionMetadata) -> torch.Tensor:
@@ -37,13 +42,10 @@ class DeviceAttention:
         return out.view(q.shape[0], -1)
 
     def _decode(self, q, kc, vc, md: AttentionMetadata) -> torch.Tensor:
-        # q: [B, H, D]; gather each sequence's blocks into a padded [B, KVH, max_ctx, D].
-        b = q.shape[0]
-        keys = kc[md.decode_block_tables].permute(0, 2, 1, 3, 4).reshape(b, self.num_kv_heads, -1, self.head_dim)
-        vals = vc[md.decode_block_tables].permute(0, 2, 1, 3, 4).reshape(b, self.num_kv_heads, -1, self.head_dim)
-        o = F.scaled_dot_product_attention(q.unsqueeze(2), keys.to(q.dtype), vals.to(q.dtype),
-                                           attn_mask=md.decode_mask, enable_gqa=True)
-        return o.squeeze(2)                                          # [B, H, D]
+        # q: [B, H, D] -> [B, H, D]
+        o = self.ops.paged_decode(q, kc, vc, md.decode_block_tables, md.decode_context_lens, self.scale,
+                                  self.sliding_window, max_context=max(md.decode_seq_lens))
+        return o.view(q.shape)
 
     def _prefill(self, q, k, v, kc, vc, seq_len: int, block_table: torch.Tensor) -> torch.Tensor:
         # q: [L, H, D] are the last L positions of a context of seq_len tokens.

@@ -41,16 +41,10 @@ class AttentionMetadata:
         return int(self.decode_token_index.numel())
 
     @functools.cached_property
-    def decode_mask(self) -> torch.Tensor:
-        """[num_decodes, 1, 1, max_blocks * block_size] bool: the keys each decode sees. Made on first
-        use (once per step, shared by the layers), so backends that need no mask do not pay for it."""
-        key_pos = torch.arange(self.decode_block_tables.shape[1] * self.block_size)          # [max_ctx]
-        lens = torch.tensor(self.decode_seq_lens, dtype=torch.int64)[:, None]                # [num_decodes, 1]
-        mask = key_pos[None, :] < lens
-        if self.sliding_window is not None:
-            # The decode token sits at position len - 1 and sees the last `sliding_window` keys.
-            mask &= key_pos[None, :] > lens - 1 - self.sliding_window
-        return mask[:, None, None, :].to(self.decode_block_tables.device)
+    def decode_context_lens(self) -> torch.Tensor:
+        """[num_decodes] int32 on the tables' device: what a paged kernel reads beside decode_block_tables.
+        Made on first use (once per step, shared by the layers)."""
+        return torch.tensor(self.decode_seq_lens, dtype=torch.int32).to(self.decode_block_tables.device)
 
 
 def build_metadata(query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]],

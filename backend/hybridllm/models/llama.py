@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from ..dtypes import MODEL_DTYPES, torch_dtype
 from ..converters.gguf_quant import QUANT_FILE
+from ..kernels import rms_norm
 from .config import ModelConfig
 from .rope import RotaryEmbedding
 
@@ -182,8 +183,3 @@ def layer_bytes(w: LayerWeights) -> int:
     return sum(t.numel() * t.element_size() for t in vars(w).values() if t is not None)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # In float32 like HF, then back to the activation dtype.
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)

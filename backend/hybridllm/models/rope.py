@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from ..kernels import rotate_half
 from .config import ModelConfig
 
 
@@ -71,12 +72,7 @@ class RotaryEmbedding:
     def apply(q: torch.Tensor, k: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]):
         # q: [T, H, D], k: [T, KVH, D]
         cos, sin = cos_sin
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
         return self.apply(q, k, self.tables(positions))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -64,6 +64,7 @@ class Parts:
     tracer: Tracer | NullTracer
     torch_threads: int                      # torch's threads at start-up, for executors whose linear work is torch
     host_precision: HostPrecision           # the OpenVINO linear graphs' weights and arithmetic (cpu_only)
+    max_model_len: int                      # the longest context a request may reach
 
 
 def set_torch_threads(n: int | None) -> None:

@@ -20,6 +20,7 @@ from ..attention import DeviceAttention
 from ..attention.host import HostAttention, HostAttentionSpec
 from ..config import EngineConfig
 from ..dtypes import kv_precision, torch_dtype
+from ..kernels import DeviceOps, resolve_kernels
 from ..kv import KVCacheManager, KVCacheTier, KVLayout, Tier
 from ..models.config import ModelConfig
 from ..models.llama import LlamaModel
@@ -80,9 +81,8 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
     kv_dtype = kv_precision(config.kv_cache_dtype, config.dtype)
     if per_step:
         cands, why = auto_candidates(config, mc)
-        max_len = int(min(mc.max_position_embeddings, config.max_model_len or mc.max_position_embeddings))
         policies = useful_policies(StepPlanner(shape, profile, cands, kv_dtype, device_memory(config)),
-                                   config.max_num_batched_tokens, config.max_num_seqs, max_len)
+                                   config.max_num_batched_tokens, config.max_num_seqs, max_model_len(config, mc))
         prefill = decode = "auto"
         reason = (f"per step on profile {profile.name} among {', '.join(policies)} (candidates {', '.join(cands)}: "
                   f"{why}; the others win no step of the engine's range)")
@@ -114,8 +114,10 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
     dev_tier = dev_attn = host_attn = None
     if Tier.DEVICE in tiers:
         dev_tier = _device_tier(config, mc, kv_dtype, model, device, streamed)
+        ops = DeviceOps(resolve_kernels(config.device_kernels, device))
         dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
-                                   mc.num_key_value_heads, mc.head_dim, mc.sliding_window)
+                                   mc.num_key_value_heads, mc.head_dim, mc.sliding_window, ops)
+        reason += f"; device kernels {ops.impl}"
     precision = precision or host_precision(config.weight_dtype, model_path, config.dynamic_quant_group_size)
     if Tier.HOST in tiers:
         host_attn = host_attention(config, mc, device, host_kv_precision(config, precision, host_only))
@@ -123,7 +125,7 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
     kv = KVCacheManager({t: c for t, c in ((Tier.DEVICE, dev_tier), (Tier.HOST, host_attn and host_attn.tier))
                          if c is not None})
     parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer,
-                  torch.get_num_threads(), precision)
+                  torch.get_num_threads(), precision, max_model_len(config, mc))
     executors = {s.name: _builder(s.executor)(parts) for s in specs}
     if host_only:
         # The OpenVINO graphs hold their own copy of the decoder layers: torch's would be a second one.
@@ -154,7 +156,12 @@ def _device_tier(config: EngineConfig, mc: ModelConfig, precision: str, model: L
     on_device = model.weight_bytes
     if offload:     # resident weights plus two staging slots of layer weights
         on_device = model.resident_bytes + 2 * (model.weight_bytes - model.resident_bytes) // mc.num_hidden_layers
-    return KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, on_device), device)
+    return KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, on_device), device,
+                       pad_block=True)
+
+
+def max_model_len(config: EngineConfig, mc: ModelConfig) -> int:
+    return int(min(mc.max_position_embeddings, config.max_model_len or mc.max_position_embeddings))
 
 
 def host_threads(requested: int | None, device: torch.device) -> int | None:

@@ -8,6 +8,7 @@ import torch
 from ..attention import AttentionMetadata, build_metadata
 from ..models.llama import LlamaModel
 from ..scheduler import StepInput
+from . import decode_graphs
 from .executor import Parts, StepResult, sampled_ids, set_torch_threads
 
 
@@ -39,8 +40,10 @@ def prepare_step(seqs: list[StepInput], block_size: int, model: LlamaModel, attn
 class ModelRunner:
     """Weights, attention and KV all on the compute device."""
 
-    def __init__(self, model: LlamaModel, attention, block_size: int, torch_threads: int | None = None):
+    def __init__(self, model: LlamaModel, attention, block_size: int, torch_threads: int | None = None,
+                 graphs: decode_graphs.DecodeGraphs | None = None):
         self.model = model
+        self.graphs = graphs                        # pure decode steps: bucketed static buffers (CUDA graphs)
         self.attention = attention
         self.block_size = block_size
         self.device = model.device
@@ -49,6 +52,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, seqs: list[StepInput]) -> StepResult:
         set_torch_threads(self.torch_threads)
+        if self.graphs is not None and self.graphs.accepts(seqs):
+            return StepResult(self.graphs.run(seqs), sampled_ids(seqs))                # [n, vocab]
         model = self.model
         st = prepare_step(seqs, self.block_size, model, self.device)
         h = model.embed(st.input_ids)                                              # [T, hidden]
@@ -60,7 +65,11 @@ class ModelRunner:
 
 
 def build(parts: Parts) -> ModelRunner:
-    return ModelRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size, cpu_threads(parts))
+    graphs = None
+    with torch.inference_mode():
+        graphs = decode_graphs.build(parts, parts.max_model_len)
+    return ModelRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size, cpu_threads(parts),
+                       graphs)
 
 
 def cpu_threads(parts: Parts) -> int | None:
