@@ -51,8 +51,11 @@ def hbm_read_gbs(gb: float = 8.0) -> float:
     return n / best / 1e9
 
 
-def random_model(name: str, dtype: torch.dtype) -> LlamaModel:
-    hidden, layers, heads, kvh, inter, vocab, theta, max_pos, tied = SHAPES[name]
+def random_model(name: str, dtype: torch.dtype, layers: int | None = None, device: str | torch.device = "cuda"
+                 ) -> LlamaModel:
+    """Random weights of a shape (the first `layers` decoder layers), made on `device`."""
+    hidden, all_layers, heads, kvh, inter, vocab, theta, max_pos, tied = SHAPES[name]
+    layers = layers or all_layers
     d = hidden // heads
     cfg = ModelConfig(architecture="LlamaForCausalLM", hidden_size=hidden, intermediate_size=inter,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kvh, head_dim=d,
@@ -60,13 +63,13 @@ def random_model(name: str, dtype: torch.dtype) -> LlamaModel:
                       tie_word_embeddings=tied, attention_bias=False)
 
     def rnd(*shape):
-        return (torch.randn(*shape, device="cuda", dtype=torch.float32) * 0.02).to(dtype)
+        return (torch.randn(*shape, device=device, dtype=torch.float32) * 0.02).to(dtype)
 
-    ones = torch.ones(hidden, device="cuda", dtype=dtype)
+    ones = torch.ones(hidden, device=device, dtype=dtype)
     ws = [LayerWeights(ones, rnd((heads + 2 * kvh) * d, hidden), None, rnd(hidden, heads * d), ones,
                        rnd(2 * inter, hidden), rnd(hidden, inter)) for _ in range(layers)]
     embed = rnd(vocab, hidden)
-    return LlamaModel(cfg, ws, embed, ones, embed if tied else rnd(vocab, hidden), torch.device("cuda"), dtype)
+    return LlamaModel(cfg, ws, embed, ones, embed if tied else rnd(vocab, hidden), torch.device(device), dtype)
 
 
 def time_steps(runner: ModelRunner, seqs: list[StepInput], steps: int) -> float:
@@ -114,7 +117,7 @@ def main() -> int:
             t0 = time.perf_counter()
             graphs = (DecodeGraphs(model, attn[kernels], tier, max(batches), ctx + BS, capture=True)
                       if kind == "graphs" else None)
-            runners[mode] = ModelRunner(model, attn[kernels], BS, graphs=graphs)
+            runners[mode] = (ModelRunner(model, attn[kernels], BS, graphs=graphs), kernels)
             if graphs is not None:
                 print(f"{mode}: captured {len(graphs.buckets)} graphs in {time.perf_counter() - t0:.1f} s", flush=True)
         for b in batches:
@@ -122,8 +125,10 @@ def main() -> int:
             ideal = (weight_read + b * (ctx + 1) * kv_per_token) / (bw * 1e9)
             line = {"batch": b, "ideal_ms": ideal * 1e3}
             for mode in modes:
+                runner, kernels = runners[mode]
+                model.ops = attn[kernels].ops          # the model's own norms and MLP take the same ops
                 try:
-                    line[mode] = time_steps(runners[mode], seqs, args.steps) * 1e3
+                    line[mode] = time_steps(runner, seqs, args.steps) * 1e3
                 except Exception as e:              # one failing path must not hide the others' figures
                     print(f"{mode} batch {b}: {type(e).__name__}: {e}", flush=True)
                     line[mode] = float("nan")

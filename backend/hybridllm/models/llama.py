@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from ..dtypes import MODEL_DTYPES, torch_dtype
 from ..converters.gguf_quant import QUANT_FILE
-from ..kernels import rms_norm
+from ..kernels import DeviceOps, rms_norm
 from .config import ModelConfig
 from .rope import RotaryEmbedding
 
@@ -45,6 +45,9 @@ class LlamaModel:
         self.rope = RotaryEmbedding(cfg, device, dtype)
         self.q_size = cfg.num_attention_heads * cfg.head_dim
         self.kv_size = cfg.num_key_value_heads * cfg.head_dim
+        # The small ops of attn_inputs / attn_finish: torch, or the fused Triton kernels on CUDA (set by the
+        # factory once the kernels are chosen).
+        self.ops = DeviceOps("torch")
 
     # -- the pieces the runtime strings together ---------------------------------
 
@@ -62,7 +65,7 @@ class LlamaModel:
         w overrides layer i's weights (e.g. a staging copy streamed in by gpu_offload)."""
         w = w or self.layers[i]
         cfg = self.cfg
-        x = rms_norm(h, w.input_norm, cfg.rms_norm_eps)
+        x, _ = self.ops.add_rms_norm(h, None, w.input_norm, cfg.rms_norm_eps)
         qkv = F.linear(x, w.qkv, w.qkv_bias)                      # [T, (H + 2 * KVH) * D]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, cfg.num_attention_heads, cfg.head_dim)
@@ -75,10 +78,8 @@ class LlamaModel:
                     w: LayerWeights | None = None) -> torch.Tensor:
         """h: [T, hidden], attn_out: [T, H * D] -> the layer's output [T, hidden]."""
         w = w or self.layers[i]
-        h = h + F.linear(attn_out, w.o_proj)
-        x = rms_norm(h, w.post_norm, self.cfg.rms_norm_eps)
-        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)        # [T, intermediate] each
-        return h + F.linear(F.silu(gate) * up, w.down)
+        x, h = self.ops.add_rms_norm(h, F.linear(attn_out, w.o_proj), w.post_norm, self.cfg.rms_norm_eps)
+        return h + F.linear(self.ops.silu_mul(F.linear(x, w.gate_up)), w.down)   # [T, hidden]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h: [S, hidden] (last token of each sampled sequence) -> [S, vocab] in float32."""

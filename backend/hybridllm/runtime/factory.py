@@ -110,14 +110,15 @@ def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profi
         raise ValueError(f"policies {', '.join(s.name for s in specs)}: gpu_offload keeps the decoder layers in "
                          "host memory, which a policy with device linear layers cannot run")
     model = LlamaModel.load(model_path, device, config.dtype, layer_device=HOST if streamed else None)
+    # The device's small ops and decode attention: Triton kernels on CUDA (kernels/), torch elsewhere.
+    model.ops = DeviceOps(resolve_kernels(config.device_kernels, device))
+    reason += f"; device kernels {model.ops.impl}"
     tiers = {t for s in specs for t in _TIERS[s.kv_tier]}
     dev_tier = dev_attn = host_attn = None
     if Tier.DEVICE in tiers:
         dev_tier = _device_tier(config, mc, kv_dtype, model, device, streamed)
-        ops = DeviceOps(resolve_kernels(config.device_kernels, device))
         dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
-                                   mc.num_key_value_heads, mc.head_dim, mc.sliding_window, ops)
-        reason += f"; device kernels {ops.impl}"
+                                   mc.num_key_value_heads, mc.head_dim, mc.sliding_window, model.ops)
     precision = precision or host_precision(config.weight_dtype, model_path, config.dynamic_quant_group_size)
     if Tier.HOST in tiers:
         host_attn = host_attention(config, mc, device, host_kv_precision(config, precision, host_only))
