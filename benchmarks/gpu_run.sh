@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_run.sh test     # CUDA tests: graphs on/off parity, kernels, NEO's stream, offload, partition
 #   bash benchmarks/gpu_run.sh step     # decode step time (Llama-3-8B shape, bf16) vs weight+KV read at HBM speed
 #   bash benchmarks/gpu_run.sh neo      # NEO's pipelined step on 4 layers: t(A+B) against max(t(A), t(B))
+#   bash benchmarks/gpu_run.sh flex     # one layer's paged decode: Triton kernel vs compiled flex_attention
 #   bash benchmarks/gpu_run.sh profile  # random Llama-3-8B (bf16) + `hybridllm profile` for it
 #   bash benchmarks/gpu_run.sh online [online.py real args...]  # NEO vs gpu_only, latency/throughput PNG
 #   bash benchmarks/gpu_run.sh agree [online.py agree args...]  # NEO's step choice vs measured step times
@@ -43,6 +44,9 @@ test)
 step)
     python3 benchmarks/gpu_step.py --out "$OUT/step.md" "$@" 2>&1 | tee "$OUT/step.log"
     ;;
+flex)
+    python3 benchmarks/flex_paged.py --out "$OUT/flex.md" "$@" 2>&1 | tee "$OUT/flex.log"
+    ;;
 neo)
     python3 benchmarks/neo_step.py --out "$OUT/neo_step.md" "$@" 2>&1 | tee "$OUT/neo_step.log"
     ;;
@@ -73,7 +77,7 @@ print(f'first start (profile measured on first use): {time.perf_counter() - t:.1
         --policies gpu_only,partition,cpu_only "$@" 2>&1 | tee "$OUT/per-step.log" | tail -30
     ;;
 *)
-    echo "unknown stage $stage: test, step, neo, profile, online, agree or auto" >&2
+    echo "unknown stage $stage: test, step, neo, flex, profile, online, agree or auto" >&2
     exit 2
     ;;
 esac
