@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_run.sh test     # CUDA tests: graphs on/off parity, kernels, NEO's stream, offload, partition
 #   bash benchmarks/gpu_run.sh step     # decode step time (Llama-3-8B shape, bf16) vs weight+KV read at HBM speed
 #   bash benchmarks/gpu_run.sh neo      # NEO's pipelined step on 4 layers: t(A+B) against max(t(A), t(B))
+#   bash benchmarks/gpu_run.sh gemv     # batch-1 linear layers: our Triton GEMV vs cuBLAS, as read bandwidth
 #   bash benchmarks/gpu_run.sh flex     # one layer's paged decode: Triton kernel vs compiled flex_attention
 #   bash benchmarks/gpu_run.sh profile  # random Llama-3-8B (bf16) + `hybridllm profile` for it
 #   bash benchmarks/gpu_run.sh online [online.py real args...]  # NEO vs gpu_only, latency/throughput PNG
@@ -17,7 +18,8 @@ OUT=${OUT:-/tmp/hybridllm-gpu-out}
 MODEL=${MODEL:-/tmp/llama-3-8b}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    # Once per machine: later stages of the same command find it installed.
+    [ -d /tmp/site/openvino ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/backend:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -43,6 +45,9 @@ test)
     ;;
 step)
     python3 benchmarks/gpu_step.py --out "$OUT/step.md" "$@" 2>&1 | tee "$OUT/step.log"
+    ;;
+gemv)
+    python3 benchmarks/gemv.py --out "$OUT/gemv.md" "$@" 2>&1 | tee "$OUT/gemv.log"
     ;;
 flex)
     python3 benchmarks/flex_paged.py --out "$OUT/flex.md" "$@" 2>&1 | tee "$OUT/flex.log"
@@ -77,7 +82,7 @@ print(f'first start (profile measured on first use): {time.perf_counter() - t:.1
         --policies gpu_only,partition,cpu_only "$@" 2>&1 | tee "$OUT/per-step.log" | tail -30
     ;;
 *)
-    echo "unknown stage $stage: test, step, neo, flex, profile, online, agree or auto" >&2
+    echo "unknown stage $stage: test, step, neo, gemv, flex, profile, online, agree or auto" >&2
     exit 2
     ;;
 esac
