@@ -11,27 +11,18 @@ from hybridllm import LLM, SamplingParams
 from hybridllm.kv import Tier
 from hybridllm.runtime import neo_runner
 
-from ..helpers.tiny_models import hf_greedy, make_tiny
+from ..helpers.tiny_models import tiny_with_greedy
+from .common import PROMPTS, SHAPE
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 
-PROMPTS = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs " * 3,
-           "sphinx of black quartz, judge my vow! " * 2, "hi", "how vexingly quick daft zebras jump",
-           "a", "0123456789" * 5, "lorem ipsum dolor sit amet", "zz" * 20, "hello world " * 6]
 GREEDY = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
-SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-             num_key_value_heads=2)
 BLOCK = 16 * 3 * 2 * 2 * 32 * 4                      # tokens x layers x (K, V) x kv heads x head_dim x fp32
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    import transformers
-    folder = make_tiny(tmp_path_factory.mktemp("llama"), "llama", seed=3, **SHAPE)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    llm = LLM(str(folder), policy="gpu_only", device="cpu")
-    want = [hf_greedy(hf, llm.tokenizer.encode(p).ids, GREEDY.max_tokens) for p in PROMPTS]
-    return folder, want
+    return tiny_with_greedy(tmp_path_factory.mktemp("llama"), PROMPTS, GREEDY.max_tokens, seed=3, **SHAPE)
 
 
 def tokens(llm):

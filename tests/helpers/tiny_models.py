@@ -56,3 +56,12 @@ def hf_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
             out.append(tok)
             ids = torch.tensor([[tok]])
     return out
+
+
+def tiny_with_greedy(folder: Path, prompts: list[str], n: int, seed: int = 0, **overrides) -> tuple[Path, list]:
+    """A tiny Llama and HF's greedy tokens (fp32, CPU) for each prompt: the reference of the CUDA tests."""
+    import transformers
+    folder = make_tiny(folder, "llama", seed=seed, **overrides)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return folder, [hf_greedy(hf, tok.encode(p).ids, n) for p in prompts]
