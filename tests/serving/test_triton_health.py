@@ -23,7 +23,7 @@ from .triton_helpers import free_ports, grpc_stream, metric, scrape, start_serve
 
 pytestmark = pytest.mark.slow      # real tritonserver processes
 
-STALL, DEATH, PAIR = "tiny_stall", "tiny_death", "tiny_pair"
+STALL, DEATH, PAIR, VICTIM = "tiny_stall", "tiny_death", "tiny_pair", "tiny_victim"
 STALL_TIMEOUT = 3
 
 
@@ -35,6 +35,7 @@ def server(tmp_path_factory, tiny_model_dir):
     write_model(repo, STALL, engine, ServingLimits(engine_stall_timeout_s=STALL_TIMEOUT, fault_injection="engine_stall"))
     write_model(repo, DEATH, engine, ServingLimits(engine_stall_timeout_s=STALL_TIMEOUT, fault_injection="engine_death"))
     write_model(repo, PAIR, engine, instance_count=2)
+    write_model(repo, VICTIM, engine, ServingLimits(engine_stall_timeout_s=STALL_TIMEOUT))
     srv = start_server(repo, root)
     yield srv
     srv.stop()
@@ -107,6 +108,35 @@ def test_a_stuck_or_dead_engine_fails_the_readiness_probe(server, model, reason)
     finally:
         fe.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_killed_stub_process_fails_the_readiness_probe(server):
+    """A real fault, no hook: the model's stub process is SIGKILLed. tritonserver 2.51 keeps answering
+    200 on /v2/health/ready (and never restarts the stub); the heartbeat goes stale and /health says so."""
+    import os
+    import signal
+    import subprocess
+    fe, thread, url = _frontend(server, VICTIM)
+    try:
+        _wait_health(url, 200, 10)
+        pids = subprocess.run(["pgrep", "-f", "triton_python_backend_stub"], capture_output=True, text=True).stdout
+        mine = [int(p) for p in pids.split() if _stub_of(int(p), VICTIM) and os.getpgid(int(p)) == server.pid]
+        assert len(mine) == 1, mine
+        os.kill(mine[0], signal.SIGKILL)
+        body = _wait_health(url, 503, STALL_TIMEOUT + 15)
+        assert "no heartbeat" in body["reason"], body
+        assert server.is_ready()     # what Triton itself says: why the probe reads our gauges
+    finally:
+        fe.should_exit = True
+        thread.join(timeout=10)
+
+
+def _stub_of(pid: int, model: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f"/{model}/".encode() in f.read()
+    except OSError:
+        return False
 
 
 def test_instance_count_two_engines_both_serve(server, tiny_model_dir):
