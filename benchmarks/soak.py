@@ -152,6 +152,19 @@ def rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def rss_by_process(pids: list[int]) -> dict[str, float]:
+    """{'tritonserver': MiB, 'stub <instance>': MiB}: which process grew."""
+    out = {}
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = "tritonserver" if cmd[0].endswith(b"tritonserver") else f"stub (pid {pid})"
+            out[name] = round(rss_mib([pid]), 1)
+        except OSError:
+            pass
+    return out
+
+
 def capacity(url: str, concurrency: int, seconds: float) -> float:
     stop = time.monotonic() + seconds
     done = []
@@ -212,6 +225,7 @@ def main() -> int:
         pids0 = group_pids(server.pid)
         start = {"rss_mib": rss_mib(pids0), **scrape(server.metrics_url)}
         samples = [(0.0, start["rss_mib"])]
+        per_process = [(0.0, rss_by_process(pids0))]
         results, futures = [], []
         kinds, weights = list(MIX), list(MIX.values())
         t0 = time.monotonic()
@@ -225,12 +239,15 @@ def main() -> int:
                 t_next += rng.expovariate(rate)
                 if time.monotonic() >= next_sample:
                     samples.append((time.monotonic() - t0, rss_mib(group_pids(server.pid))))
+                    if len(samples) % 4 == 1:
+                        per_process.append((time.monotonic() - t0, rss_by_process(group_pids(server.pid))))
                     next_sample += 30
             results = [f.result() for f in futures]
         time.sleep(3)  # cancellations are polled every 0.1 s; metrics follow the next report
         pids1 = group_pids(server.pid)
         end = {"rss_mib": rss_mib(pids1), **scrape(server.metrics_url)}
         samples.append((time.monotonic() - t0, end["rss_mib"]))
+        per_process.append((time.monotonic() - t0, rss_by_process(pids1)))
         alive = server.proc.poll() is None
     finally:
         server.stop()
@@ -255,15 +272,18 @@ def main() -> int:
         "ttft_p50_ms": round(1000 * pct(ttft, 50), 1), "ttft_p99_ms": round(1000 * pct(ttft, 99), 1),
         "rss_mib_start": round(start["rss_mib"], 1), "rss_mib_end": round(end["rss_mib"], 1),
         "rss_mib_samples": [(round(t), round(v, 1)) for t, v in samples],
+        "rss_mib_by_process": [(round(t), v) for t, v in per_process],
         "kv_blocks_used_start": start.get("hybridllm_kv_blocks_used"),
         "kv_blocks_used_end": end.get("hybridllm_kv_blocks_used"),
         "running_end": end.get("hybridllm_num_requests_running"),
         "engine_ready_end": end.get("hybridllm_engine_ready"),
         "restarts": int(pids0 != pids1) + int(not alive), "server_pids_start": pids0, "server_pids_end": pids1,
     }
-    rows = [[k, v] for k, v in figures.items() if k not in ("errors", "rss_mib_samples", "by_kind")]
+    rows = [[k, v] for k, v in figures.items() if k not in ("errors", "rss_mib_samples", "by_kind",
+                                                             "rss_mib_by_process")]
     rows += [[f"error: {k}", n] for k, n in figures["errors"].items()]
-    rows += [["requests by kind", figures["by_kind"]], ["RSS MiB every 30 s", figures["rss_mib_samples"]]]
+    rows += [["requests by kind", figures["by_kind"]], ["RSS MiB every 30 s", figures["rss_mib_samples"]],
+             ["RSS MiB by process", figures["rss_mib_by_process"]]]
     print(table(["figure", "value"], rows))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))

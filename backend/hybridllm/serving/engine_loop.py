@@ -203,6 +203,7 @@ class EngineLoop:
     def _run(self) -> None:
         try:
             self.engine = self._make_engine()
+            self._beat = time.monotonic()   # a long build (conversion, profiling) is not a stall
         except BaseException as e:  # handed to start(), which raises it in the caller's thread
             self._start_error = e
             return
