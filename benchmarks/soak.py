@@ -153,13 +153,17 @@ def rss_mib(pids: list[int]) -> float:
 
 
 def rss_by_process(pids: list[int]) -> dict[str, float]:
-    """{'tritonserver': MiB, 'stub <instance>': MiB}: which process grew."""
+    """{'tritonserver': {rss, RssAnon, RssShmem} MiB, 'stub (pid N)': ...}: which process grew, and how."""
     out = {}
     for pid in pids:
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             name = "tritonserver" if cmd[0].endswith(b"tritonserver") else f"stub (pid {pid})"
-            out[name] = round(rss_mib([pid]), 1)
+            status = Path(f"/proc/{pid}/status").read_text()
+            # Anonymous memory (heaps) apart from shared memory (the backend's /dev/shm pool, which
+            # grows to the largest requests seen and is counted in both processes).
+            parts = {k: int(v) / 1024 for k, v in re.findall(r"(RssAnon|RssShmem):\s+(\d+) kB", status)}
+            out[name] = {"rss": round(rss_mib([pid]), 1), **{k: round(v, 1) for k, v in parts.items()}}
         except OSError:
             pass
     return out
