@@ -172,8 +172,9 @@ def test_mixed_load_reaches_both_replicas_and_every_request_ends_once(pair):
     assert not [o for o in outcomes if o.hung], "requests hung"
     assert not [o for o in outcomes if o.after_final], "responses after a FINAL"
     for o in outcomes:
-        if o.kind == "malformed":
+        if o.kind == "malformed":  # refused by the replica, naming the input (not an nginx error)
             assert o.errors and not o.finals, o
+            assert o.errors[0].startswith(("text_input", "input_ids", "sampling_parameters")), o
         elif o.kind != "cancel":
             assert o.finals == 1 and not o.errors, o
     served = [_metric(r, "hybridllm_generation_tokens_total") for r in replicas]

@@ -51,3 +51,12 @@ def test_engine_health_reads_the_gauges():
     assert "no engine health" in engine_health(_metrics(1, now), "other", now)
     two = _metrics(1, now) + _metrics(0, now, instance="m_0_1")                     # one bad instance
     assert "m_0_1" in engine_health(two, "m", now)
+
+
+def test_serve_and_openai_take_the_new_flags():
+    from hybridllm.cli import build_parser
+    args = build_parser().parse_args(["serve", "--instance-count", "2", "--engine-stall-timeout-s", "5",
+                                      "--shm-region-prefix-name", "hybridllm_r0_"])
+    assert (args.instance_count, args.engine_stall_timeout_s, args.shm_region_prefix_name) == (2, 5, "hybridllm_r0_")
+    args = build_parser().parse_args(["openai", "--triton-metrics-url", "http://127.0.0.1:8002/metrics"])
+    assert args.triton_metrics_url == "http://127.0.0.1:8002/metrics"
