@@ -68,10 +68,13 @@ def _cmd_serve(args) -> int:
                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_model_len=args.max_model_len, **_host_options(args))
     caps = {name: getattr(args, name) for name in _REQUEST_CAPS if getattr(args, name) is not None}
-    return serve(config, ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream, **caps), host=args.host,
+    limits = ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream,
+                           engine_stall_timeout_s=args.engine_stall_timeout_s, **caps)
+    return serve(config, limits, host=args.host,
                  http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                  workdir=args.workdir, ready_timeout=args.ready_timeout, log_file=args.log_file,
-                 openai_port=args.openai_port)
+                 openai_port=args.openai_port, instance_count=args.instance_count,
+                 shm_region_prefix_name=args.shm_region_prefix_name)
 
 
 def _cmd_openai(args) -> int:
@@ -80,7 +83,7 @@ def _cmd_openai(args) -> int:
     folder = resolve_model(args.model) if args.model else None
     print(f"hybridllm: OpenAI API on http://{args.host}:{args.port}/v1 -> Triton gRPC {args.triton_url}", flush=True)
     run_frontend(args.triton_url, folder, host=args.host, port=args.port,
-                 served_model_name=args.served_model_name).run()
+                 served_model_name=args.served_model_name, metrics_url=args.triton_metrics_url).run()
     return 0
 
 
@@ -171,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _REQUEST_CAPS:
         srv.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                          help="request-size cap (default: the model parameter's, docs/serving.md)")
+    srv.add_argument("--engine-stall-timeout-s", type=int, default=60,
+                     help="the engine is not ready after this long without progress (model parameter)")
+    srv.add_argument("--instance-count", type=int, default=1,
+                     help="engines in this server (instance_group count); each takes an equal share of the cores")
+    srv.add_argument("--shm-region-prefix-name", default=None,
+                     help="the Python backend's /dev/shm prefix; distinct per server on one host (default: unique)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     srv.add_argument("--http-port", type=int, default=8000)
     srv.add_argument("--grpc-port", type=int, default=8001)
@@ -186,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     oai.add_argument("--model", default="default",
                      help="the served model's folder, .gguf or 'default': its chat template and tokenizer")
     oai.add_argument("--served-model-name", default="hybrid_llm", help="the model id clients send")
+    oai.add_argument("--triton-metrics-url", default=None,
+                     help="Triton's /metrics (e.g. http://127.0.0.1:8002/metrics): /health then checks engine health")
     oai.add_argument("--host", default="127.0.0.1")
     oai.add_argument("--port", type=int, default=9000)
     oai.set_defaults(func=_cmd_openai)

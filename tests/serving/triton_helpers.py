@@ -30,8 +30,19 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def use_this_source(repo: Path) -> None:
+    """Points every model.py in the repository at the hybridllm this test imports (a worktree on
+    PYTHONPATH, say), not the venv's install, which the stubs would import otherwise."""
+    from hybridllm.serving.repository import model_py, package_root
+    for path in Path(repo).glob("*/1/model.py"):
+        text = model_py(package_root())
+        if path.read_text() != text:
+            path.write_text(text)
+
+
 def start_server(repo: Path, workdir: Path, attempts: int = 3, **kwargs) -> TritonServer:
     """Starts tritonserver on free loopback ports; retries when a port was taken in between."""
+    use_this_source(repo)
     for attempt in range(attempts):
         http, grpc, metrics = free_ports(3)
         server = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, workdir=workdir,

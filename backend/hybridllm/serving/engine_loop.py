@@ -8,6 +8,7 @@ order. No Triton import: the sink and the observer are injected.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -17,11 +18,16 @@ from typing import Callable, Protocol
 
 from ..engine import EngineStats, LLMEngine, RequestOutput
 from ..sampling_params import SamplingParams
+from .options import FAULT_PROMPT, FAULTS
 
 log = logging.getLogger("hybridllm.serving")
 
 # Why a request ended without a normal finish; the adapter maps these to Triton error codes.
 INVALID, CANCELLED, INTERNAL, UNAVAILABLE = "invalid", "cancelled", "internal", "unavailable"
+
+
+class _InjectedDeath(BaseException):
+    """Not an Exception: the loop's guard must not catch it, the thread must really end."""
 
 
 class Sink(Protocol):
@@ -34,6 +40,7 @@ class Sink(Protocol):
 
 class Observer(Protocol):
     def step_done(self, report: "StepReport") -> None: ...
+    def health(self, report: "HealthReport") -> None: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,16 @@ class StepReport:
     generation_tokens: int
     ttft_s: tuple[float, ...]           # one per request that got its first token
     tpot_s: tuple[float, ...]           # one per later token: time since that request's previous one
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The watchdog's view, once a second: readers outside the process compare heartbeat_unix with their
+    clock, so a frozen process (whose reports stop) reads as unhealthy too."""
+    ready: bool
+    heartbeat_unix: float               # wall-clock time of the engine thread's last progress
+    stall_timeout_s: float
+    reason: str | None                  # why not ready
 
 
 @dataclass
@@ -94,8 +111,19 @@ class EngineLoop:
     threads than cores)."""
 
     def __init__(self, make_engine: Callable[[], LLMEngine], observer: Observer | None = None,
-                 cancel_poll_s: float = 0.1):
+                 cancel_poll_s: float = 0.1, stall_timeout_s: float = 60.0, fault_injection: str = ""):
+        if fault_injection not in FAULTS:
+            raise ValueError(f"fault_injection must be one of {FAULTS}, got {fault_injection!r}")
         self._make_engine = make_engine
+        # Health: the thread stamps _beat each iteration and wakes at least every _tick when idle, so
+        # a beat older than stall_timeout_s means a step (or a send) is stuck.
+        self.stall_timeout_s = float(stall_timeout_s)
+        self._tick = min(1.0, self.stall_timeout_s / 4)
+        self._beat = time.monotonic()
+        self._fault = fault_injection
+        self._released = threading.Event()  # ends an injected stall at shutdown
+        self._watchdog: threading.Thread | None = None
+        self._orphans: list[Submission] = []
         self.engine: LLMEngine | None = None
         self.observer = observer
         self._started = threading.Event()
@@ -123,12 +151,19 @@ class EngineLoop:
         if self._start_error is not None:
             self._outbox.close()
             raise self._start_error
+        self._watchdog = threading.Thread(target=self._watch, name="hybridllm-watchdog", daemon=True)
+        self._watchdog.start()
         return self
 
     def submit(self, sub: Submission) -> None:
+        sub = dataclasses.replace(sub, sink=_OnceSink(sub.sink))
         with self._cv:
-            if self._stopping or not self._thread.is_alive():
+            if self._stopping:
                 _fail(sub.sink, UNAVAILABLE, "the model is shutting down")
+                return
+            reason = self.health()
+            if reason is not None:  # a load balancer retries elsewhere; a stuck queue would only grow
+                _fail(sub.sink, UNAVAILABLE, f"the model is not ready: {reason}")
                 return
             self._inbox.append(sub)
             self._cv.notify()
@@ -142,11 +177,24 @@ class EngineLoop:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
+    def health(self) -> str | None:
+        """None when the engine is healthy, else why not (the thread died, or no progress past the deadline)."""
+        if self._stopping:
+            return "the model is shutting down"
+        if not self._thread.is_alive():
+            return "the engine thread has died"
+        stalled = time.monotonic() - self._beat
+        if stalled > self.stall_timeout_s:
+            return (f"the engine made no progress for {stalled:.0f} s "
+                    f"(engine_stall_timeout_s = {self.stall_timeout_s:g})")
+        return None
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Fails every queued and running request (UNAVAILABLE) and stops the thread."""
         with self._cv:
             self._stopping = True
             self._cv.notify()
+        self._released.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -155,6 +203,7 @@ class EngineLoop:
     def _run(self) -> None:
         try:
             self.engine = self._make_engine()
+            self._beat = time.monotonic()   # a long build (conversion, profiling) is not a stall
         except BaseException as e:  # handed to start(), which raises it in the caller's thread
             self._start_error = e
             return
@@ -162,9 +211,10 @@ class EngineLoop:
             self._started.set()
         self._report(0, 0, [], [])  # the idle state, so the metrics show before any traffic
         while True:
+            self._beat = time.monotonic()
             with self._cv:
                 if not (self._inbox or self._aborts or self._stopping or self._live):
-                    self._cv.wait()
+                    self._cv.wait(self._tick)
                 inbox, self._inbox = self._inbox, []
                 aborts, self._aborts = self._aborts, []
                 stopping = self._stopping
@@ -184,6 +234,9 @@ class EngineLoop:
 
     def _iterate(self, inbox: list[Submission], aborts: list[str]) -> None:
         for sub in inbox:
+            if self._fault and sub.prompt == FAULT_PROMPT:
+                self._inject(sub)
+                continue
             try:
                 self.engine.add_request(sub.request_id, sub.prompt, sub.params,
                                         prompt_token_ids=None if sub.prompt_token_ids is None
@@ -239,6 +292,49 @@ class EngineLoop:
                 del self._live[out.request_id]
         self._report(prompt_tokens, generated, ttft, tpot)
 
+    def _inject(self, sub: Submission) -> None:
+        log.error("fault injection: %s", self._fault)
+        self._orphans.append(sub)               # the watchdog ends it, as it ends the running requests
+        if self._fault == "engine_stall":
+            self._released.wait()               # until shutdown, as a stuck kernel would
+        else:
+            raise _InjectedDeath("fault injection: engine_death")
+
+    def _watch(self) -> None:
+        """Watchdog thread: reports health once a tick. While the engine is not ready it refuses the queue
+        and ends the running requests with an error (a stuck request would also hold up Triton's
+        shutdown); their later outputs are dropped by _OnceSink and the loop aborts them if it wakes."""
+        was_ready, ended = True, set()
+        while not self._stopping:
+            reason = self.health()
+            if (reason is None) != was_ready:
+                (log.info if reason is None else log.error)("engine %s", "ready again" if reason is None
+                                                            else f"not ready: {reason}")
+                was_ready = reason is None
+            if reason is not None and not self._stopping:
+                with self._cv:
+                    inbox, self._inbox = self._inbox, []
+                for sub in inbox:
+                    self._outbox.put(_fail, sub.sink, UNAVAILABLE, f"the model is not ready: {reason}")
+                dead = not self._thread.is_alive()
+                for rid, sub in _snapshot(self._live, self._orphans):
+                    if rid not in ended:
+                        ended.add(rid)
+                        self._outbox.put(_fail, sub.sink, INTERNAL, f"engine error: {reason}")
+                        if not dead:
+                            self.abort(rid)
+            if self.observer is not None and hasattr(self.observer, "health"):
+                beat_unix = time.time() - (time.monotonic() - self._beat)
+                report = HealthReport(reason is None, beat_unix, self.stall_timeout_s, reason)
+                self._outbox.put(self._observe_health, report)
+            self._released.wait(self._tick)
+
+    def _observe_health(self, report: HealthReport) -> None:
+        try:
+            self.observer.health(report)
+        except Exception:
+            log.exception("health metrics update failed")
+
     def _end(self, rid: str, kind: str, message: str) -> None:
         self._dirty = True
         live = self._live.pop(rid)
@@ -265,6 +361,38 @@ class EngineLoop:
             self.observer.step_done(report)
         except Exception:  # metrics must never stop generation
             log.exception("metrics update failed")
+
+
+class _OnceSink:
+    """Passes on outputs until the final one (or a failure) and drops everything after it, so the
+    watchdog may end a stuck request while the engine might still answer it later. Used from the
+    outbox thread only (and from submit() before the request is queued)."""
+
+    def __init__(self, sink: Sink):
+        self._sink, self._done = sink, False
+
+    def output(self, out: RequestOutput) -> None:
+        if not self._done:
+            self._done = out.finished
+            self._sink.output(out)
+
+    def fail(self, kind: str, message: str) -> None:
+        if not self._done:
+            self._done = True
+            self._sink.fail(kind, message)
+
+    def is_cancelled(self) -> bool:
+        return self._sink.is_cancelled()
+
+
+def _snapshot(live: dict, orphans: list) -> list[tuple[str, Submission]]:
+    """The running requests, read from the watchdog while the loop thread may change the dict."""
+    for _ in range(10):
+        try:
+            return [(rid, lv.sub) for rid, lv in list(live.items())] + [(o.request_id, o) for o in orphans]
+        except RuntimeError:  # changed during the copy; the loop is running, try again
+            time.sleep(0.001)
+    return []
 
 
 def _fail(sink: Sink, kind: str, message: str) -> None:

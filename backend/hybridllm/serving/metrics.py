@@ -5,7 +5,7 @@ when they change and counters once per engine step, not once per token.
 """
 from __future__ import annotations
 
-from .engine_loop import StepReport
+from .engine_loop import HealthReport, StepReport
 
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 TPOT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5]
@@ -22,7 +22,13 @@ FAMILIES = {
     "hybridllm_kv_blocks_total": ("GAUGE", "KV cache blocks, per tier"),
     "hybridllm_steps_total": ("COUNTER", "Engine steps, per execution policy that ran them"),
     "hybridllm_preemptions_total": ("COUNTER", "Requests preempted (recomputed later) for KV space"),
+    # Engine health (written by the loop's watchdog once a second): ready only while the engine thread
+    # is alive and the heartbeat is younger than the stall timeout; readers check the age themselves.
+    "hybridllm_engine_ready": ("GAUGE", "1 while the engine thread is alive and making progress, else 0"),
+    "hybridllm_engine_heartbeat_seconds": ("GAUGE", "Unix time of the engine thread's last progress"),
+    "hybridllm_engine_stall_timeout_seconds": ("GAUGE", "No progress for this long makes the engine not ready"),
 }
+HEALTH = ("hybridllm_engine_ready", "hybridllm_engine_heartbeat_seconds", "hybridllm_engine_stall_timeout_seconds")
 
 
 class ServingMetrics:
@@ -42,6 +48,7 @@ class ServingMetrics:
         self._running = f["hybridllm_num_requests_running"].Metric(labels=self._labels)
         self._waiting = f["hybridllm_num_requests_waiting"].Metric(labels=self._labels)
         self._preemptions = f["hybridllm_preemptions_total"].Metric(labels=self._labels)
+        self._health = [f[name].Metric(labels=self._labels) for name in HEALTH]
         self._per_label: dict[tuple[str, str], object] = {}   # (family, label value) -> Metric
         self._last: dict[object, float] = {}                  # last value written, per key
 
@@ -84,9 +91,16 @@ class ServingMetrics:
             self._count(("steps", policy), self._labelled("hybridllm_steps_total", "policy", policy), n)
         self._count("preemptions", self._preemptions, s.num_preemptions)
 
+    def health(self, r: HealthReport) -> None:
+        ready, beat, timeout = self._health
+        self._set(ready, 1.0 if r.ready else 0.0)
+        self._set(beat, round(r.heartbeat_unix, 1))
+        self._set(timeout, r.stall_timeout_s)
+
     def close(self) -> None:
         # The backend requires Metric objects to go before their MetricFamily.
         self._per_label.clear()
+        self._health = []
         for name in ("_prompt", "_generated", "_ttft", "_tpot", "_running", "_waiting", "_preemptions"):
             setattr(self, name, None)
         self._families.clear()

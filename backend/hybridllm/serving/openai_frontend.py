@@ -7,7 +7,8 @@ token from Triton, so a client that disconnects, streaming or not, cancels its T
 the engine frees its KV blocks. It works in front of any Triton serving our model, Docker included.
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (both with stream=true as
-SSE ending in `data: [DONE]`), GET /health (200 when Triton says the model is ready, else 503).
+SSE ending in `data: [DONE]`), GET /health (200 when Triton says the model is ready and, given
+Triton's metrics URL, every engine instance's health gauges say ready and fresh; else 503 with why).
 """
 from __future__ import annotations
 
@@ -76,6 +77,34 @@ class TritonBridge:
                 stream.cancel()                     # Triton cancels the request; the engine frees its blocks
 
 
+ENGINE_READY, HEARTBEAT, STALL_TIMEOUT = ("hybridllm_engine_ready", "hybridllm_engine_heartbeat_seconds",
+                                          "hybridllm_engine_stall_timeout_seconds")
+
+
+def engine_health(metrics_text: str, model: str, now: float) -> str | None:
+    """Reads our engine health gauges from Triton's /metrics text: None when every instance of `model`
+    is ready and its heartbeat is younger than its stall timeout, else why not. Triton 2.51 never asks
+    the model's is_ready, so this is how a dead or stuck engine fails a readiness probe."""
+    import re
+    per: dict[str, dict[str, float]] = {}
+    for line in metrics_text.splitlines():
+        m = re.match(r'^(hybridllm_engine_\w+)\{([^}]*)\}\s+(\S+)$', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        if labels.get("model") == model:
+            per.setdefault(labels.get("instance", ""), {})[m.group(1)] = float(m.group(3))
+    if not per:
+        return f"no engine health metrics for model {model!r}"
+    for instance, values in sorted(per.items()):
+        if values.get(ENGINE_READY) != 1.0:
+            return f"engine {instance or model} is not ready"
+        age, limit = now - values.get(HEARTBEAT, 0.0), values.get(STALL_TIMEOUT, 0.0)
+        if age > limit + 2.0:  # the watchdog writes once a second; a frozen process stops writing
+            return f"engine {instance or model}: no heartbeat for {age:.0f} s (stall timeout {limit:g} s)"
+    return None
+
+
 def _triton_error(message: str) -> APIError:
     # Our backend's bad-input messages start with the input they name (serving/request_io.py).
     if message.startswith(("text_input", "input_ids", "sampling_parameters", "parameters")):
@@ -86,9 +115,10 @@ def _triton_error(message: str) -> APIError:
 
 
 def build_app(triton_url: str, model_folder: str | Path | None, served_model_name: str = MODEL_NAME,
-              triton_model: str = MODEL_NAME):
+              triton_model: str = MODEL_NAME, metrics_url: str | None = None):
     """The FastAPI app. model_folder: where the chat template and tokenizer come from (None: none,
-    so /v1/chat/completions answers 400 and logprobs show token ids)."""
+    so /v1/chat/completions answers 400 and logprobs show token ids). metrics_url: Triton's /metrics,
+    whose engine health gauges /health checks too (None: model readiness only)."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -121,11 +151,30 @@ def build_app(triton_url: str, model_folder: str | Path | None, served_model_nam
     async def _api_error(request, e: APIError):
         return JSONResponse(e.body(), status_code=e.status)
 
+    async def engine_problem() -> str | None:
+        if metrics_url is None:
+            return None
+        import asyncio
+        import urllib.request
+
+        def scrape() -> str:
+            with urllib.request.urlopen(metrics_url, timeout=5) as r:
+                return r.read().decode()
+        try:
+            text = await asyncio.to_thread(scrape)
+        except OSError as e:
+            return f"Triton metrics unreachable at {metrics_url}: {e}"
+        return engine_health(text, triton_model, time.time())
+
     @app.get("/health")
     async def health():
-        if await bridge.ready():
-            return {"status": "ok"}
-        return JSONResponse({"status": "not ready"}, status_code=503)
+        if not await bridge.ready():
+            return JSONResponse({"status": "not ready", "reason": "Triton reports the model not ready"},
+                                status_code=503)
+        problem = await engine_problem()
+        if problem is not None:
+            return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
+        return {"status": "ok"}
 
     @app.get("/v1/models")
     async def models():
@@ -199,8 +248,9 @@ async def _sse(call: Call, rid: str, first_piece, pieces, model: str, token_text
 
 
 def run_frontend(triton_url: str, model_folder, *, host: str = "127.0.0.1", port: int = 9000,
-                 served_model_name: str = MODEL_NAME):
+                 served_model_name: str = MODEL_NAME, metrics_url: str | None = None,
+                 triton_model: str = MODEL_NAME):
     """A uvicorn Server (not started): server.run() blocks; server.should_exit = True stops it."""
     import uvicorn
-    app = build_app(triton_url, model_folder, served_model_name)
+    app = build_app(triton_url, model_folder, served_model_name, triton_model, metrics_url=metrics_url)
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))

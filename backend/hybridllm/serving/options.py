@@ -12,6 +12,11 @@ from ..config import EngineConfig
 # Options that only the serving layer uses (not engine options).
 DEFAULT_MAX_TOKENS_NON_STREAM = 4096
 
+# Fault injection (tests only): a request with this exact text_input makes the engine thread stall
+# ("engine_stall") or die ("engine_death"), so the health checks can be tested against a real server.
+FAULT_PROMPT = "__hybridllm_fault_injection__"
+FAULTS = ("", "engine_stall", "engine_death")
+
 
 @dataclass(frozen=True)
 class ServingLimits:
@@ -24,11 +29,20 @@ class ServingLimits:
     max_sampling_parameters_bytes: int = 1 << 16
     max_stop: int = 16                  # stop strings plus stop_token_ids
     max_stop_length: int = 256          # characters per stop string
+    # Engine health: not ready once the engine thread has died or made no progress for this long. It must
+    # outlast the longest real step (a max_num_batched_tokens prefill on a loaded CPU).
+    engine_stall_timeout_s: int = 60
+    # Tests only: "engine_stall" | "engine_death" make the engine thread stall or die on a request whose
+    # text_input is engine_loop.FAULT_PROMPT. Empty (off) in every real deployment.
+    fault_injection: str = ""
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if f.name == "fault_injection":
+                if v not in FAULTS:
+                    raise ValueError(f"fault_injection must be one of {FAULTS}, got {v!r}")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{f.name} must be an integer >= 1, got {v!r}")
 
 

@@ -28,15 +28,16 @@ class ServerError(RuntimeError):
 class TritonServer:
     def __init__(self, repository: Path, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, workdir: Path | None = None,
-                 log_file: Path | None = None, extra_args: tuple[str, ...] = ()):
+                 log_file: Path | None = None, extra_args: tuple[str, ...] = (), shm_prefix: str | None = None):
         self.repository = Path(repository)
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.workdir = Path(workdir) if workdir else self.repository.parent
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = tuple(extra_args)
-        # Unique per server: /dev/shm regions of this server are exactly the ones with this prefix.
-        self.shm_prefix = f"hybridllm_{uuid.uuid4().hex[:12]}_"
+        # Unique per server: /dev/shm regions of this server are exactly the ones with this prefix (servers
+        # sharing a host must not share one: the backend would attach to another server's regions).
+        self.shm_prefix = shm_prefix or f"hybridllm_{uuid.uuid4().hex[:12]}_"
         self.proc: subprocess.Popen | None = None
         self._log = None
         self.killed = False                      # stop() had to SIGKILL
@@ -181,13 +182,14 @@ def _port_free(host: str, port: int) -> bool:
 
 def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, workdir: Path | None = None, ready_timeout: float = 600.0,
-          log_file: Path | None = None, out=None, openai_port: int = 9000) -> int:
+          log_file: Path | None = None, out=None, openai_port: int = 9000, instance_count: int = 1,
+          shm_region_prefix_name: str | None = None) -> int:
     """`hybridllm serve`: build the repository, run tritonserver in the foreground until Ctrl-C/SIGTERM,
     with the OpenAI-compatible frontend on openai_port (0: none) in a thread of this process."""
     import dataclasses
 
     from ..models.default import cache_dir, resolve_model
-    from .repository import MODEL_NAME, write_model
+    from .repository import MODEL_NAME, package_root, write_model
 
     out = out or sys.stdout
     if openai_port and not _port_free(host, openai_port):
@@ -199,9 +201,14 @@ def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grp
     config = dataclasses.replace(config, model=str(model_path))
     root = Path(workdir) if workdir else cache_dir() / "serve" / f"port-{http_port}"
     repo = root / "model_repository"
-    write_model(repo, MODEL_NAME, config, limits)
+    try:
+        write_model(repo, MODEL_NAME, config, limits, instance_count=instance_count, source_root=package_root())
+    except ValueError as e:
+        print(f"hybridllm serve: error: {e}", file=sys.stderr, flush=True)
+        return 1
     server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, workdir=root, log_file=log_file)
+                          metrics_port=metrics_port, workdir=root, log_file=log_file,
+                          shm_prefix=shm_region_prefix_name)
 
     def _interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -216,7 +223,8 @@ def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grp
             import threading
 
             from .openai_frontend import run_frontend
-            frontend = run_frontend(server.grpc_url, model_path, host=host, port=openai_port)
+            frontend = run_frontend(server.grpc_url, model_path, host=host, port=openai_port,
+                                    metrics_url=server.metrics_url)
             thread = threading.Thread(target=frontend.run, name="openai-frontend", daemon=True)
             thread.start()
             openai_line = (f"  OpenAI   http://{server.local_host}:{openai_port}/v1   "

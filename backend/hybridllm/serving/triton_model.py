@@ -13,6 +13,7 @@ import json
 import logging
 
 from .engine_loop import CANCELLED, INTERNAL, INVALID, UNAVAILABLE, EngineLoop, Submission
+from .instances import apply_share, cpu_share
 from .options import parse_parameters
 from .request_io import GenerateRequest, Limits, RequestError, output_arrays, parse_request
 
@@ -92,18 +93,31 @@ class TritonPythonModel:
         logging.getLogger("hybridllm").addHandler(self._handler)
         logging.getLogger("hybridllm").setLevel(logging.INFO)
 
+        # instance_group count > 1: one stub process, engine and KV per instance; they share the CPU.
+        share = cpu_share(_instance_count(model_config), args.get("model_instance_name", ""))
+        config = apply_share(config, share)
         self.metrics = None
         try:
             from .metrics import ServingMetrics
-            self.metrics = ServingMetrics(pb, {"model": args["model_name"], "version": args["model_version"]})
+            # `instance`: with count > 1 each instance writes its own series, not one shared gauge.
+            self.metrics = ServingMetrics(pb, {"model": args["model_name"], "version": args["model_version"],
+                                               "instance": args.get("model_instance_name", "")})
         except pb.TritonModelException as e:  # the server runs with --allow-metrics=false
             log.warning("custom metrics disabled: %s", e)
 
         from ..engine import LLMEngine  # torch-heavy; only once Triton loads us
         # Built on the loop's thread, so this (Triton's) thread never runs torch: see EngineLoop.
-        self.loop = EngineLoop(lambda: LLMEngine(config), self.metrics).start()
+
+        def make_engine():
+            if share.threads:  # on the loop thread, before the engine reads torch's thread count
+                import torch
+                torch.set_num_threads(share.threads)
+            return LLMEngine(config)
+        self.loop = EngineLoop(make_engine, self.metrics, stall_timeout_s=limits.engine_stall_timeout_s,
+                               fault_injection=limits.fault_injection).start()
         self.engine = self.loop.engine
-        self.limits = Limits(self.engine.model_config.vocab_size, **dataclasses.asdict(limits))
+        caps = {f.name: getattr(limits, f.name) for f in dataclasses.fields(Limits) if f.name != "vocab_size"}
+        self.limits = Limits(self.engine.model_config.vocab_size, **caps)
         self._ids = itertools.count()
 
     def execute(self, requests):
@@ -128,14 +142,19 @@ class TritonPythonModel:
         return None  # decoupled: responses go through the senders
 
     def is_ready(self) -> bool:
-        # Called by Python backends that support a user readiness check (newer than 24.10).
-        return self.loop.alive
+        # Called by Python backends that support a user readiness check (newer than 24.10; 2.51 never
+        # calls it, hence the engine health metrics that the OpenAI frontend's /health reads).
+        return self.loop.health() is None
 
     def finalize(self):
         self.loop.shutdown()
         if self.metrics is not None:
             self.metrics.close()
         logging.getLogger("hybridllm").removeHandler(self._handler)
+
+
+def _instance_count(model_config: dict) -> int:
+    return sum(int(g.get("count", 1)) for g in model_config.get("instance_group", [])) or 1
 
 
 def _input(pb, request, name: str):
