@@ -32,4 +32,6 @@ def test_serve_takes_the_request_size_caps():
     from hybridllm.serving.options import ServingLimits
     args = build_parser().parse_args(["serve", "--max-input-ids", "100", "--max-stop", "3"])
     assert (args.max_input_ids, args.max_stop, args.max_text_input_bytes) == (100, 3, None)
-    assert set(_REQUEST_CAPS) == {f for f in ServingLimits.__dataclass_fields__} - {"max_tokens_non_stream"}
+    # Every request-size cap (the max_* limits but the non-stream token cap) is a flag.
+    caps = {f for f in ServingLimits.__dataclass_fields__ if f.startswith("max_")} - {"max_tokens_non_stream"}
+    assert set(_REQUEST_CAPS) == caps and len(caps) == 5

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Callable, Protocol
 
 from ..engine import EngineStats, LLMEngine, RequestOutput
 from ..sampling_params import SamplingParams
+from .delivery import OnceSink, Outbox, Sink, cancelled, fail_quietly
 from .options import FAULT_PROMPT, FAULTS
 
 log = logging.getLogger("hybridllm.serving")
@@ -28,14 +28,6 @@ INVALID, CANCELLED, INTERNAL, UNAVAILABLE = "invalid", "cancelled", "internal", 
 
 class _InjectedDeath(BaseException):
     """Not an Exception: the loop's guard must not catch it, the thread must really end."""
-
-
-class Sink(Protocol):
-    """Where one request's results go. `output` / `fail` are called from one thread, in order."""
-
-    def output(self, out: RequestOutput) -> None: ...      # the last one has out.finished
-    def fail(self, kind: str, message: str) -> None: ...   # final; no output follows
-    def is_cancelled(self) -> bool: ...
 
 
 class Observer(Protocol):
@@ -79,31 +71,6 @@ class _Live:
     last_token: float | None = None
 
 
-class _Outbox:
-    """Delivers responses and metrics on a thread of its own, in order. Each send is an IPC
-    round trip to the server; here it overlaps the next engine step instead of delaying it."""
-
-    def __init__(self):
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="hybridllm-outbox", daemon=True)
-        self._thread.start()
-
-    def put(self, fn, *args) -> None:
-        self._q.put((fn, args))
-
-    def close(self, timeout: float = 30.0) -> None:
-        self._q.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:  # each callable handles its own errors; this is the last guard
-                log.exception("outbox: %s failed", getattr(fn, "__name__", fn))
-
-
 class EngineLoop:
     """`make_engine` runs on the loop thread, so all torch work happens on one thread. Measured
     here: once another thread (Triton's) had run torch ops, this thread's batch-16 steps were ~25%
@@ -139,13 +106,13 @@ class EngineLoop:
         self._live: dict[str, _Live] = {}  # loop thread only
         self._dirty = False                # a request ended outside step(): metrics need a refresh
         self._thread = threading.Thread(target=self._run, name="hybridllm-engine", daemon=True)
-        self._outbox: _Outbox | None = None
+        self._outbox: Outbox | None = None
 
     # -- any thread --------------------------------------------------------------
 
     def start(self) -> "EngineLoop":
         """Builds the engine on the loop thread; raises what building it raised."""
-        self._outbox = _Outbox()
+        self._outbox = Outbox()
         self._thread.start()
         self._started.wait()
         if self._start_error is not None:
@@ -156,14 +123,14 @@ class EngineLoop:
         return self
 
     def submit(self, sub: Submission) -> None:
-        sub = dataclasses.replace(sub, sink=_OnceSink(sub.sink))
+        sub = dataclasses.replace(sub, sink=OnceSink(sub.sink))
         with self._cv:
             if self._stopping:
-                _fail(sub.sink, UNAVAILABLE, "the model is shutting down")
+                fail_quietly(sub.sink, UNAVAILABLE, "the model is shutting down")
                 return
             reason = self.health()
             if reason is not None:  # a load balancer retries elsewhere; a stuck queue would only grow
-                _fail(sub.sink, UNAVAILABLE, f"the model is not ready: {reason}")
+                fail_quietly(sub.sink, UNAVAILABLE, f"the model is not ready: {reason}")
                 return
             self._inbox.append(sub)
             self._cv.notify()
@@ -220,7 +187,7 @@ class EngineLoop:
                 stopping = self._stopping
             if stopping:
                 for sub in inbox:
-                    self._outbox.put(_fail, sub.sink, UNAVAILABLE, "the model is shutting down")
+                    self._outbox.put(fail_quietly, sub.sink, UNAVAILABLE, "the model is shutting down")
                 for rid in list(self._live):
                     self._end(rid, UNAVAILABLE, "the model is shutting down")
                 self._outbox.close()  # everything queued is sent before the model goes away
@@ -243,11 +210,11 @@ class EngineLoop:
                                         else list(sub.prompt_token_ids))
             except (ValueError, TypeError) as e:  # add_request changed nothing
                 field_name = "input_ids" if sub.prompt_token_ids is not None else "text_input"
-                self._outbox.put(_fail, sub.sink, INVALID, f"{field_name}: {e}")
+                self._outbox.put(fail_quietly, sub.sink, INVALID, f"{field_name}: {e}")
                 continue
             except Exception as e:
                 log.exception("add_request(%s) failed", sub.request_id)
-                self._outbox.put(_fail, sub.sink, INTERNAL, f"engine error: {type(e).__name__}: {e}")
+                self._outbox.put(fail_quietly, sub.sink, INTERNAL, f"engine error: {type(e).__name__}: {e}")
                 continue
             self._live[sub.request_id] = _Live(sub)
         for rid in aborts:
@@ -256,7 +223,7 @@ class EngineLoop:
         if time.monotonic() >= self._next_cancel_poll:
             self._next_cancel_poll = time.monotonic() + self._cancel_poll_s
             for rid, live in list(self._live.items()):
-                if _cancelled(live.sub.sink):
+                if cancelled(live.sub.sink):
                     log.info("request %s cancelled by the client", rid)
                     self._end(rid, CANCELLED, "request was cancelled")
 
@@ -285,7 +252,7 @@ class EngineLoop:
             if out.finish_reason == "error":  # the engine ended this request alone; the rest go on
                 self._live.pop(out.request_id)
                 message = f"engine error: {getattr(out, 'error', None) or 'unknown'}"
-                self._outbox.put(_fail, live.sub.sink, INTERNAL, message)
+                self._outbox.put(fail_quietly, live.sub.sink, INTERNAL, message)
                 continue
             self._outbox.put(self._deliver, live.sub.sink, out)
             if out.finished:
@@ -303,7 +270,7 @@ class EngineLoop:
     def _watch(self) -> None:
         """Watchdog thread: reports health once a tick. While the engine is not ready it refuses the queue
         and ends the running requests with an error (a stuck request would also hold up Triton's
-        shutdown); their later outputs are dropped by _OnceSink and the loop aborts them if it wakes."""
+        shutdown); their later outputs are dropped by OnceSink and the loop aborts them if it wakes."""
         was_ready, ended = True, set()
         while not self._stopping:
             reason = self.health()
@@ -315,12 +282,12 @@ class EngineLoop:
                 with self._cv:
                     inbox, self._inbox = self._inbox, []
                 for sub in inbox:
-                    self._outbox.put(_fail, sub.sink, UNAVAILABLE, f"the model is not ready: {reason}")
+                    self._outbox.put(fail_quietly, sub.sink, UNAVAILABLE, f"the model is not ready: {reason}")
                 dead = not self._thread.is_alive()
                 for rid, sub in _snapshot(self._live, self._orphans):
                     if rid not in ended:
                         ended.add(rid)
-                        self._outbox.put(_fail, sub.sink, INTERNAL, f"engine error: {reason}")
+                        self._outbox.put(fail_quietly, sub.sink, INTERNAL, f"engine error: {reason}")
                         if not dead:
                             self.abort(rid)
             if self.observer is not None and hasattr(self.observer, "health"):
@@ -339,7 +306,7 @@ class EngineLoop:
         self._dirty = True
         live = self._live.pop(rid)
         self.engine.abort_request(rid)  # frees its KV blocks
-        self._outbox.put(_fail, live.sub.sink, kind, message)
+        self._outbox.put(fail_quietly, live.sub.sink, kind, message)
 
     def _deliver(self, sink: Sink, out: RequestOutput) -> None:
         """Outbox thread. A broken sender ends the request: stop spending engine work on it."""
@@ -363,28 +330,6 @@ class EngineLoop:
             log.exception("metrics update failed")
 
 
-class _OnceSink:
-    """Passes on outputs until the final one (or a failure) and drops everything after it, so the
-    watchdog may end a stuck request while the engine might still answer it later. Used from the
-    outbox thread only (and from submit() before the request is queued)."""
-
-    def __init__(self, sink: Sink):
-        self._sink, self._done = sink, False
-
-    def output(self, out: RequestOutput) -> None:
-        if not self._done:
-            self._done = out.finished
-            self._sink.output(out)
-
-    def fail(self, kind: str, message: str) -> None:
-        if not self._done:
-            self._done = True
-            self._sink.fail(kind, message)
-
-    def is_cancelled(self) -> bool:
-        return self._sink.is_cancelled()
-
-
 def _snapshot(live: dict, orphans: list) -> list[tuple[str, Submission]]:
     """The running requests, read from the watchdog while the loop thread may change the dict."""
     for _ in range(10):
@@ -393,17 +338,3 @@ def _snapshot(live: dict, orphans: list) -> list[tuple[str, Submission]]:
         except RuntimeError:  # changed during the copy; the loop is running, try again
             time.sleep(0.001)
     return []
-
-
-def _fail(sink: Sink, kind: str, message: str) -> None:
-    try:
-        sink.fail(kind, message)
-    except Exception:  # nothing more can reach this client; the loop must go on
-        log.exception("sending a final %s error failed", kind)
-
-
-def _cancelled(sink: Sink) -> bool:
-    try:
-        return sink.is_cancelled()
-    except Exception:
-        return False
