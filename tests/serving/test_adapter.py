@@ -219,3 +219,33 @@ def test_a_request_the_engine_fails_alone_gets_internal(model, monkeypatch):
     assert err.code() == pb.TritonError.INTERNAL and "engine error" in err.message()
     assert len(doomed.sender.output("output_ids")) == 1
     assert fine.sender.errors == [] and len(fine.sender.output("output_ids")) == 8
+
+
+def test_loop_hands_freed_heap_back_after_work_only(monkeypatch, tiny_model_dir):
+    """After work the loop calls malloc_trim (at most every TRIM_EVERY_S; 0 here), and not again until
+    more work came: an idle server does not trim in a loop."""
+    from hybridllm.serving import engine_loop
+    calls = []
+    monkeypatch.setattr(engine_loop, "TRIM_EVERY_S", 0.0)
+    monkeypatch.setattr(engine_loop, "_malloc_trim", lambda: calls.append)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    from hybridllm.serving.triton_model import TritonPythonModel
+
+    m = TritonPythonModel()
+    m.initialize({"model_config": json.dumps(_config(str(tiny_model_dir))), "model_name": "t", "model_version": "1"})
+    try:
+        time.sleep(0.3)
+        assert calls == [], "trimmed before any work"
+        r = _request("some work", {"max_tokens": 4})
+        m.execute([r])
+        _wait(r)
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        after_work = len(calls)
+        assert after_work >= 1 and set(calls) == {0}
+        time.sleep(2.5)                      # idle ticks (1 s each) with nothing new: no more trims
+        assert len(calls) == after_work
+    finally:
+        m.finalize()
