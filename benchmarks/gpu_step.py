@@ -25,7 +25,7 @@ from hybridllm.attention import DeviceAttention  # noqa: E402
 from hybridllm.kernels import DeviceOps  # noqa: E402
 from hybridllm.kv import KVCacheTier, KVLayout, Tier  # noqa: E402
 from hybridllm.models.config import ModelConfig  # noqa: E402
-from hybridllm.models.llama import LayerWeights, LlamaModel  # noqa: E402
+from hybridllm.models.llama import LlamaModel  # noqa: E402
 from hybridllm.runtime.decode_graphs import DecodeGraphs  # noqa: E402
 from hybridllm.runtime.model_runner import ModelRunner  # noqa: E402
 from hybridllm.scheduler import StepInput  # noqa: E402
@@ -53,23 +53,13 @@ def hbm_read_gbs(gb: float = 8.0) -> float:
 
 def random_model(name: str, dtype: torch.dtype, layers: int | None = None, device: str | torch.device = "cuda"
                  ) -> LlamaModel:
-    """Random weights of a shape (the first `layers` decoder layers), made on `device`."""
+    """Random weights of a named shape (the first `layers` decoder layers), made on `device`."""
     hidden, all_layers, heads, kvh, inter, vocab, theta, max_pos, tied = SHAPES[name]
-    layers = layers or all_layers
-    d = hidden // heads
     cfg = ModelConfig(architecture="LlamaForCausalLM", hidden_size=hidden, intermediate_size=inter,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kvh, head_dim=d,
-                      vocab_size=vocab, rms_norm_eps=1e-5, rope_theta=theta, max_position_embeddings=max_pos,
-                      tie_word_embeddings=tied, attention_bias=False)
-
-    def rnd(*shape):
-        return (torch.randn(*shape, device=device, dtype=torch.float32) * 0.02).to(dtype)
-
-    ones = torch.ones(hidden, device=device, dtype=dtype)
-    ws = [LayerWeights(ones, rnd((heads + 2 * kvh) * d, hidden), None, rnd(hidden, heads * d), ones,
-                       rnd(2 * inter, hidden), rnd(hidden, inter)) for _ in range(layers)]
-    embed = rnd(vocab, hidden)
-    return LlamaModel(cfg, ws, embed, ones, embed if tied else rnd(vocab, hidden), torch.device(device), dtype)
+                      num_hidden_layers=layers or all_layers, num_attention_heads=heads, num_key_value_heads=kvh,
+                      head_dim=hidden // heads, vocab_size=vocab, rms_norm_eps=1e-5, rope_theta=theta,
+                      max_position_embeddings=max_pos, tie_word_embeddings=tied, attention_bias=False)
+    return LlamaModel.random(cfg, torch.device(device), dtype, separate_head=not tied)
 
 
 def time_steps(runner: ModelRunner, seqs: list[StepInput], steps: int) -> float:

@@ -49,7 +49,7 @@ MIX = {"normal": 0.70, "malformed": 0.06, "oversized": 0.04, "bad_utf8": 0.04, "
 
 
 def grpc_inputs(kind: str, rng: random.Random):
-    from hybridllm.serving.client import build_inputs
+    from hybridllm.serving.client import build_inputs, raw_inputs
     prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 120)))
     params = {"max_tokens": rng.choice([8, 16, 32, 64, 96]), "temperature": 0.0, "ignore_eos": True}
     if kind in ("normal", "disconnect"):
@@ -57,30 +57,19 @@ def grpc_inputs(kind: str, rng: random.Random):
     if kind == "malformed":
         return rng.choice([build_inputs(prompt, {"temperature": -1}, True),
                            build_inputs(prompt, {"max_tokens": "many"}, True),
-                           _raw({"text_input": np.array([prompt.encode()], object),
+                           raw_inputs({"text_input": np.array([prompt.encode()], object),
                                  "sampling_parameters": np.array([b"{not json"], object)})])
     if kind == "oversized":
         return build_inputs("x" * ((1 << 20) + 1), params, True)
     if kind == "bad_utf8":
-        return _raw({"text_input": np.array([b"hello \xff\xfe\xfd world"], object), "stream": np.array([True])})
+        return raw_inputs({"text_input": np.array([b"hello \xff\xfe\xfd world"], object), "stream": np.array([True])})
     if kind == "huge_ids":
-        return _raw({"input_ids": np.ones((1 << 17) + 1, np.int32), "stream": np.array([True])})
+        return raw_inputs({"input_ids": np.ones((1 << 17) + 1, np.int32), "stream": np.array([True])})
     if kind == "json_bomb":
         bomb = rng.choice(["[" * 100000 + "]" * 100000, '{"stop": [' + ",".join(['"a"'] * 20000) + "]}"])
-        return _raw({"text_input": np.array([prompt.encode()], object),
+        return raw_inputs({"text_input": np.array([prompt.encode()], object),
                      "sampling_parameters": np.array([bomb.encode()], object)})
     raise ValueError(kind)
-
-
-def _raw(arrays: dict):
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-    out = []
-    for name, arr in arrays.items():
-        t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
-        t.set_data_from_numpy(arr)
-        out.append(t)
-    return out
 
 
 def one(url: str, kind: str, seed: int, deadline_s: float = 600) -> dict:

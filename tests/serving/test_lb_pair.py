@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridllm.serving.client import build_inputs
+from hybridllm.serving.client import build_inputs, raw_inputs
 from hybridllm.utils import cache_root
 
-from .triton_helpers import raw_inputs
 
 pytestmark = pytest.mark.slow      # real tritonserver processes and nginx
 

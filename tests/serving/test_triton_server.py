@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from hybridllm import LLM, SamplingParams
-from hybridllm.serving.client import build_inputs
+from hybridllm.serving.client import build_inputs, raw_inputs
 from hybridllm.serving.metrics import FAMILIES
 
 from .conftest import DEFAULT, TINY
-from .triton_helpers import grpc_stream, http_post, metric, raw_inputs, scrape, sse_events
+from .triton_helpers import grpc_stream, http_post, metric, scrape, sse_events
 
 PROMPT = "Once upon a time, there was a little"
 GREEDY = {"max_tokens": 24, "temperature": 0.0}

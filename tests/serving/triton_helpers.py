@@ -109,19 +109,6 @@ class StreamResult:
         return [t for c in self.chunks for t in c.token_ids]
 
 
-def raw_inputs(arrays: dict):
-    """{name: numpy array} -> tritonclient gRPC inputs, for requests build_inputs would not make."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    inputs = []
-    for name, arr in arrays.items():
-        t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
-        t.set_data_from_numpy(arr)
-        inputs.append(t)
-    return inputs
-
-
 def grpc_stream(server: TritonServer, model: str, prompt=None, params=None, *, stream: bool = True,
                 exclude_input_in_output: bool | None = None, inputs=None, timeout: float = 300) -> StreamResult:
     """One request over a gRPC stream, with every response's FINAL flag and error recorded."""

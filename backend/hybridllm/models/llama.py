@@ -146,6 +146,27 @@ class LlamaModel:
             lm_head = embed
         return cls(cfg, layers, embed, get("model.norm.weight"), lm_head, device, tdtype)
 
+    @classmethod
+    def random(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
+               separate_head: bool = False) -> "LlamaModel":
+        """Random weights of cfg's shape on `device`, for probes and benchmarks (speed depends on shapes only).
+        The LM head is the embedding unless separate_head."""
+        H, KVH, D, hid, inter = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
+                                 cfg.intermediate_size)
+
+        def w(*shape):
+            return torch.randn(*shape, device=device, dtype=dtype) * 0.02
+
+        def ones():
+            return torch.ones(hid, device=device, dtype=dtype)
+
+        layers = [LayerWeights(ones(), w((H + 2 * KVH) * D, hid), w((H + 2 * KVH) * D) if cfg.attention_bias else None,
+                               w(hid, H * D), ones(), w(2 * inter, hid), w(hid, inter))
+                  for _ in range(cfg.num_hidden_layers)]
+        embed = w(cfg.vocab_size, hid)
+        head = w(cfg.vocab_size, hid) if separate_head else embed
+        return cls(cfg, layers, embed, ones(), head, torch.device(device), dtype)
+
     @property
     def layers_on_host(self) -> bool:
         """Whether the decoder layers live in host memory (all of them: on the CPU, or under gpu_offload)."""

@@ -25,7 +25,7 @@ from ..attention.host import HostAttention, HostAttentionSpec
 from ..kv import KVCacheTier, KVLayout, Tier
 from ..models.config import ModelConfig
 from ..dtypes import BYTES, KV_OF_MODEL, torch_dtype
-from ..models.llama import rms_norm
+from ..kernels import DeviceOps, resolve_kernels
 from ..models.rope import RotaryEmbedding
 from ..ov_common import compile_config, core
 from ..runtime.host_precision import EXACT, HostPrecision
@@ -218,11 +218,13 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
             raise ValueError(f"host_kv: {k!r} is not one of {', '.join(BYTES)}")
     bar = _Bar(2 * n_gemm + (1 + len(host_kv)) * n_attn, progress)
 
+    device_ops = DeviceOps(resolve_kernels("auto", dev))   # what the engine runs on this device by default
+
     def device_backend(layers, tokens):
         tier = KVCacheTier(Tier.DEVICE, KVLayout(layers, mc.num_key_value_heads, mc.head_dim, BLOCK, tdtype),
                            ceil_div(tokens, BLOCK), dev)
         return (DeviceAttention(tier.key_cache, tier.value_cache, mc.num_attention_heads, mc.num_key_value_heads,
-                                mc.head_dim), BLOCK, tdtype)
+                                mc.head_dim, ops=device_ops), BLOCK, tdtype)
 
     def host_backend(precision):
         def make(layers, tokens):
@@ -269,7 +271,9 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
 
 
 def _layer_overhead(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """Per-layer and per-step time outside GEMMs and attention: norms, RoPE, residuals, metadata."""
+    """Per-layer and per-step time outside GEMMs and attention: norms, RoPE, residuals, metadata, with the
+    small ops the engine runs on this device by default."""
+    small = DeviceOps(resolve_kernels("auto", device))
     hdim, H, KVH, D = mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
     rope = RotaryEmbedding(mc, device, dtype)
     h = torch.randn(1, hdim, device=device, dtype=dtype)
@@ -280,12 +284,10 @@ def _layer_overhead(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -
     g = torch.randn(1, 2 * mc.intermediate_size, device=device, dtype=dtype)
 
     def layer():
-        x = rms_norm(h, w, 1e-5)
+        x, _ = small.add_rms_norm(h, None, w, 1e-5)
         rope(q, k, pos)
-        y = h + x
-        a, b = g.chunk(2, dim=-1)
-        F.silu(a) * b
-        rms_norm(y, w, 1e-5)
+        small.silu_mul(g)
+        x, y = small.add_rms_norm(h, x, w, 1e-5)
         return y + x
 
     def step():

@@ -22,7 +22,8 @@ from ..kv import KVCacheTier, KVLayout, Tier
 from ..models.config import ModelConfig
 from ..attention.host import HostAttention, HostAttentionSpec
 from ..dtypes import torch_dtype
-from ..models.llama import LayerWeights, LlamaModel
+from ..kernels import DeviceOps, resolve_kernels
+from ..models.llama import LlamaModel
 from ..policy import HardwareProfile, ModelShape
 from ..policy.neo import NeoCostTables, decodes
 from ..runtime.factory import host_threads
@@ -52,21 +53,6 @@ def _probe_layers(mc: ModelConfig, device: torch.device, itemsize: int) -> int:
     return 0
 
 
-def _random_model(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaModel:
-    H, KVH, D, hid, inter = (mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.hidden_size,
-                             mc.intermediate_size)
-
-    def w(*shape):
-        return torch.randn(*shape, device=device, dtype=dtype) * 0.02
-
-    layers = [LayerWeights(torch.ones(hid, device=device, dtype=dtype), w((H + 2 * KVH) * D, hid),
-                           w((H + 2 * KVH) * D) if mc.attention_bias else None, w(hid, H * D),
-                           torch.ones(hid, device=device, dtype=dtype), w(2 * inter, hid), w(hid, inter))
-              for _ in range(mc.num_hidden_layers)]
-    embed = w(mc.vocab_size, hid)
-    return LlamaModel(mc, layers, embed, torch.ones(hid, device=device, dtype=dtype), embed, device, dtype)
-
-
 def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, device: torch.device,
                       host_kv: str) -> float:
     """Seconds per layer that a step with host decodes costs beyond NeoCostTables' prediction."""
@@ -76,15 +62,16 @@ def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, dev
         log.warning("profile: no memory for NEO's pipelining probe; its overhead is left at 0")
         return 0.0
     cfg = dataclasses.replace(mc, num_hidden_layers=layers, sliding_window=None)
-    model = _random_model(cfg, device, tdtype)
+    model = LlamaModel.random(cfg, device, tdtype)
     n_dev = max(a for a, _ in PROBE_DECODES)
     n_host = max(b for _, b in PROBE_DECODES)
     dev_bs = 16
     per_seq = ceil_div(PROBE_CONTEXT + 1, dev_bs)
     dev_tier = KVCacheTier(Tier.DEVICE, KVLayout(layers, cfg.num_key_value_heads, cfg.head_dim, dev_bs, tdtype),
                            n_dev * per_seq, device)
+    model.ops = DeviceOps(resolve_kernels("auto", device))     # the engine's default kernels on this device
     dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, cfg.num_attention_heads,
-                               cfg.num_key_value_heads, cfg.head_dim)
+                               cfg.num_key_value_heads, cfg.head_dim, ops=model.ops)
     spec = HostAttentionSpec(layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, host_kv,
                              block_size=dev_bs, num_threads=host_threads(None, device))
     # Enough blocks of the fallbacks' size; the op's larger blocks need fewer.

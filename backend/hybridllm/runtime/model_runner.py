@@ -65,8 +65,7 @@ class ModelRunner:
 
 
 def build(parts: Parts) -> ModelRunner:
-    graphs = None
-    with torch.inference_mode():
+    with torch.inference_mode():       # the captured graphs' tensors are inference tensors
         graphs = decode_graphs.build(parts, parts.max_model_len)
     return ModelRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size, cpu_threads(parts),
                        graphs)

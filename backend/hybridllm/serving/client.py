@@ -33,26 +33,32 @@ class GenerateError(RuntimeError):
         self.status, self.message = status, message
 
 
+def raw_inputs(arrays: dict):
+    """{name: numpy array} -> tritonclient gRPC inputs (the Triton dtype follows the array's)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, arr in arrays.items():
+        t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    return inputs
+
+
 def build_inputs(prompt: str | list[int], params: SamplingParams | dict | None, stream: bool,
                  exclude_input_in_output: bool | None = None):
-    import tritonclient.grpc as grpcclient
-
-    def tensor(name, arr, dtype):
-        t = grpcclient.InferInput(name, list(arr.shape), dtype)
-        t.set_data_from_numpy(arr)
-        return t
-
     if isinstance(prompt, str):
-        inputs = [tensor("text_input", np.array([prompt.encode()], dtype=np.object_), "BYTES")]
+        arrays = {"text_input": np.array([prompt.encode()], dtype=np.object_)}
     else:
-        inputs = [tensor("input_ids", np.asarray(prompt, dtype=np.int32), "INT32")]
-    inputs.append(tensor("stream", np.array([stream]), "BOOL"))
+        arrays = {"input_ids": np.asarray(prompt, dtype=np.int32)}
+    arrays["stream"] = np.array([stream])
     if params is not None:
         d = params if isinstance(params, dict) else _params_dict(params)
-        inputs.append(tensor("sampling_parameters", np.array([json.dumps(d).encode()], dtype=np.object_), "BYTES"))
+        arrays["sampling_parameters"] = np.array([json.dumps(d).encode()], dtype=np.object_)
     if exclude_input_in_output is not None:
-        inputs.append(tensor("exclude_input_in_output", np.array([exclude_input_in_output]), "BOOL"))
-    return inputs
+        arrays["exclude_input_in_output"] = np.array([exclude_input_in_output])
+    return raw_inputs(arrays)
 
 
 def _params_dict(p: SamplingParams) -> dict:
