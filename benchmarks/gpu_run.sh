@@ -23,8 +23,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/backend:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-# hybridllm.converters lives in converters/ (pyproject's package-dir); without an install, link it in.
-[ -e backend/hybridllm/converters ] || ln -s ../../converters backend/hybridllm/converters
 stage=${1:-test}
 shift || true
 

@@ -27,7 +27,7 @@ from hybridllm.kv import KVCacheTier, KVLayout, Tier  # noqa: E402
 from hybridllm.models.config import ModelConfig  # noqa: E402
 from hybridllm.models.llama import LlamaModel  # noqa: E402
 from hybridllm.runtime.decode_graphs import DecodeGraphs  # noqa: E402
-from hybridllm.runtime.model_runner import ModelRunner  # noqa: E402
+from hybridllm.runtime.executors.gpu_only import ModelRunner  # noqa: E402
 from hybridllm.scheduler import StepInput  # noqa: E402
 
 BS = 16

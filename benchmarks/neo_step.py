@@ -24,7 +24,7 @@ from hybridllm.kernels import DeviceOps, resolve_kernels  # noqa: E402
 from hybridllm.kv import KVCacheTier, KVLayout, Tier  # noqa: E402
 from hybridllm.profiling.timing import timeit  # noqa: E402
 from hybridllm.runtime.factory import host_threads  # noqa: E402
-from hybridllm.runtime.neo_runner import NeoRunner  # noqa: E402
+from hybridllm.runtime.executors.neo import NeoRunner  # noqa: E402
 from hybridllm.scheduler import StepInput  # noqa: E402
 from hybridllm.utils import ceil_div  # noqa: E402
 

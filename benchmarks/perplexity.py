@@ -37,7 +37,7 @@ def nll_of(logits: torch.Tensor, targets: torch.Tensor) -> float:
 def ours(path: Path, ids: list[int], weight_dtype: str, chunk: int, dq: int | None) -> tuple[float, str]:
     from hybridllm import LLM
     from hybridllm.kv import Tier
-    from hybridllm.runtime.model_runner import prepare_step
+    from hybridllm.runtime.step_prep import prepare_step
     from hybridllm.scheduler import StepInput
     llm = LLM(str(path), policy="cpu_only", weight_dtype=weight_dtype, host_kv_bytes=1 << 28,
               dynamic_quant_group_size=dq)

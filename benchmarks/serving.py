@@ -37,7 +37,7 @@ def one_stream(url: str, model: str, prompt: str, params: dict) -> tuple[float, 
     """-> (arrival, token arrival times, tokens) for one request."""
     import tritonclient.grpc as grpcclient
 
-    from hybridllm.serving.client import build_inputs, to_chunk
+    from hybridllm.serving.openai.client import build_inputs, to_chunk
 
     q: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
@@ -144,8 +144,8 @@ def main() -> None:
     from hybridllm import LLM
     from hybridllm.config import EngineConfig
     from hybridllm.models.default import resolve_model
-    from hybridllm.serving.repository import MODEL_NAME, write_model
-    from hybridllm.serving.server import TritonServer
+    from hybridllm.serving.launch.repository import MODEL_NAME, write_model
+    from hybridllm.serving.launch.server import TritonServer
 
     levels = [int(c) for c in args.concurrency.split(",")]
     params = {"max_tokens": args.output_len, "temperature": 0.0, "ignore_eos": True}

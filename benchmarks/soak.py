@@ -49,7 +49,7 @@ MIX = {"normal": 0.70, "malformed": 0.06, "oversized": 0.04, "bad_utf8": 0.04, "
 
 
 def grpc_inputs(kind: str, rng: random.Random):
-    from hybridllm.serving.client import build_inputs, raw_inputs
+    from hybridllm.serving.openai.client import build_inputs, raw_inputs
     prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 120)))
     params = {"max_tokens": rng.choice([8, 16, 32, 64, 96]), "temperature": 0.0, "ignore_eos": True}
     if kind in ("normal", "disconnect"):
@@ -195,8 +195,8 @@ def main() -> int:
 
     from hybridllm.config import EngineConfig
     from hybridllm.models.default import resolve_model
-    from hybridllm.serving.repository import MODEL_NAME, package_root, write_model
-    from hybridllm.serving.server import TritonServer
+    from hybridllm.serving.launch.repository import MODEL_NAME, package_root, write_model
+    from hybridllm.serving.launch.server import TritonServer
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.serving.triton_helpers import free_ports

@@ -51,7 +51,10 @@ if args.src:
     class _SrcFinder(importlib.abc.MetaPathFinder):
         # The venv's editable finder maps hybridllm.converters to /work/main/converters; this one
         # runs first, so both packages come from --src (pyproject's package-dir, mirrored).
-        roots = {"hybridllm": os.path.join(src, "backend"), "hybridllm.converters": src}
+        # Checkouts before the converters moved into the package kept them at the top level.
+        roots = {"hybridllm": os.path.join(src, "backend")}
+        if os.path.isdir(os.path.join(src, "converters")):
+            roots["hybridllm.converters"] = src
 
         def find_spec(self, name, path=None, target=None):
             root = self.roots.get(name)

@@ -60,8 +60,8 @@ _REQUEST_CAPS = ("max_text_input_bytes", "max_input_ids", "max_sampling_paramete
 
 def _cmd_serve(args) -> int:
     from .config import EngineConfig
-    from .serving.options import ServingLimits
-    from .serving.server import serve
+    from .serving.triton.options import ServingLimits
+    from .serving.launch.server import serve
 
     config = EngineConfig(model=args.model, policy=args.policy, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                           device_kv_bytes=args.device_kv_bytes, host_kv_bytes=args.host_kv_bytes,
@@ -79,7 +79,7 @@ def _cmd_serve(args) -> int:
 
 def _cmd_openai(args) -> int:
     from .models.default import resolve_model
-    from .serving.openai_frontend import run_frontend
+    from .serving.openai.frontend import run_frontend
     folder = resolve_model(args.model) if args.model else None
     print(f"hybridllm: OpenAI API on http://{args.host}:{args.port}/v1 -> Triton gRPC {args.triton_url}", flush=True)
     run_frontend(args.triton_url, folder, host=args.host, port=args.port,
@@ -88,7 +88,7 @@ def _cmd_openai(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from .serving.client import main_generate
+    from .serving.openai.client import main_generate
 
     return main_generate(args)
 

@@ -5,9 +5,13 @@ import torch
 from hybridllm.attention import build_metadata
 from hybridllm.attention.host import HostAttention, HostAttentionSpec, select_backend
 from hybridllm.kv import KVCacheTier, Tier
+from hybridllm.ov_common import core
 from hybridllm.utils import ceil_div
 
-PRECISIONS = {"ov_paged": ("f32", "f16", "bf16", "u8"), "ov_sdpa": ("f32", "f16", "bf16"),
+# OpenVINO's CPU PagedAttention takes bf16 KV only where the CPU has bf16 arithmetic (AVX512_BF16 or AMX);
+# elsewhere a forced ov_paged with bf16 KV refuses at compile time (test_host_attention_paths checks that).
+OV_BF16 = "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+PRECISIONS = {"ov_paged": ("f32", "f16") + (("bf16",) if OV_BF16 else ()) + ("u8",), "ov_sdpa": ("f32", "f16", "bf16"),
               "torch": ("f32", "f16", "bf16")}
 # Max abs error on unit-variance q/k/v; the output is a convex mix of V rows. f32 is limited by the
 # kernels' summation order, the others by rounding (bf16 also runs q in bf16, u8 quantises K/V to 8 bits).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hybridllm.config import EngineConfig
-from hybridllm.serving.options import ServingLimits
-from hybridllm.serving.repository import write_model
+from hybridllm.serving.triton.options import ServingLimits
+from hybridllm.serving.launch.repository import write_model
 
 from ..helpers.tiny_models import make_tiny
 from .triton_helpers import start_server

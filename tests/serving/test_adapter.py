@@ -12,7 +12,7 @@ import pytest
 
 from hybridllm import LLM, SamplingParams
 from hybridllm.config import EngineConfig
-from hybridllm.serving.options import ServingLimits, to_parameters
+from hybridllm.serving.triton.options import ServingLimits, to_parameters
 
 from . import fake_pb_utils as pb
 
@@ -29,7 +29,7 @@ def _config(tiny: str, decoupled: bool = True) -> dict:
 @pytest.fixture
 def model(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    from hybridllm.serving.triton_model import TritonPythonModel
+    from hybridllm.serving.triton.model import TritonPythonModel
 
     m = TritonPythonModel()
     m.initialize({"model_config": json.dumps(_config(str(tiny_model_dir))), "model_name": "tiny",
@@ -130,7 +130,7 @@ def test_cancel_frees_blocks_and_sends_cancelled(model):
 
 def test_finalize_fails_what_is_in_flight(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    from hybridllm.serving.triton_model import TritonPythonModel
+    from hybridllm.serving.triton.model import TritonPythonModel
 
     m = TritonPythonModel()
     m.initialize({"model_config": json.dumps(_config(str(tiny_model_dir))), "model_name": "t", "model_version": "1"})
@@ -188,7 +188,7 @@ def test_metrics_count_tokens_and_latencies(model):
 
 def test_a_coupled_config_is_refused(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    from hybridllm.serving.triton_model import TritonPythonModel
+    from hybridllm.serving.triton.model import TritonPythonModel
 
     with pytest.raises(ValueError, match="decoupled"):
         TritonPythonModel().initialize({"model_config": json.dumps(_config(str(tiny_model_dir), decoupled=False)),
@@ -224,12 +224,12 @@ def test_a_request_the_engine_fails_alone_gets_internal(model, monkeypatch):
 def test_loop_hands_freed_heap_back_after_work_only(monkeypatch, tiny_model_dir):
     """After work the loop calls malloc_trim (at most every TRIM_EVERY_S; 0 here), and not again until
     more work came: an idle server does not trim in a loop."""
-    from hybridllm.serving import engine_loop
+    from hybridllm.serving.triton import engine_loop
     calls = []
     monkeypatch.setattr(engine_loop, "TRIM_EVERY_S", 0.0)
     monkeypatch.setattr(engine_loop, "_malloc_trim", lambda: calls.append)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    from hybridllm.serving.triton_model import TritonPythonModel
+    from hybridllm.serving.triton.model import TritonPythonModel
 
     m = TritonPythonModel()
     m.initialize({"model_config": json.dumps(_config(str(tiny_model_dir))), "model_name": "t", "model_version": "1"})

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hybridllm.cli import build_parser
-from hybridllm.serving.metrics import FAMILIES
+from hybridllm.serving.triton.metrics import FAMILIES
 
 from .gotemplate import Chart, TemplateError
 
@@ -121,7 +121,7 @@ def test_the_containers_flags_exist():
     args = build_parser().parse_args(openai[1:])
     assert args.triton_metrics_url.endswith(":8002/metrics") and args.host == "0.0.0.0"
 
-    from hybridllm.serving.repository import find_triton, server_env
+    from hybridllm.serving.launch.repository import find_triton, server_env
     triton = containers["triton"]["command"]
     assert triton[0] == "tritonserver"
     usage = subprocess.run([str(find_triton().server), "--help"], env=server_env(), capture_output=True,

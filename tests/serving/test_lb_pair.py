@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridllm.serving.client import build_inputs, raw_inputs
+from hybridllm.serving.openai.client import build_inputs, raw_inputs
 from hybridllm.utils import cache_root
 
 

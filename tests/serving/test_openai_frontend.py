@@ -9,7 +9,7 @@ import time
 import pytest
 
 from hybridllm import LLM, SamplingParams
-from hybridllm.serving.openai_frontend import run_frontend
+from hybridllm.serving.openai.frontend import run_frontend
 
 from .conftest import DEFAULT
 from .triton_helpers import free_ports, metric

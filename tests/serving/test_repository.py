@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hybridllm.config import EngineConfig
-from hybridllm.serving.options import ServingLimits, parse_parameters, to_parameters
-from hybridllm.serving.repository import (INPUTS, MODEL_PY, OUTPUTS, build_backend_dir, find_triton,
+from hybridllm.serving.triton.options import ServingLimits, parse_parameters, to_parameters
+from hybridllm.serving.launch.repository import (INPUTS, MODEL_PY, OUTPUTS, build_backend_dir, find_triton,
                                           render_config, server_env, write_model)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def _pbtxt_parameters(text: str) -> dict:
 
 def test_checked_in_repository_is_the_generated_one():
     assert (CHECKED_IN / "config.pbtxt").read_text() == render_config(), \
-        "regenerate: python -c 'from hybridllm.serving.repository import write_model; write_model(\"model_repository\")'"
+        "regenerate: python -c 'from hybridllm.serving.launch.repository import write_model; write_model(\"model_repository\")'"
     assert (CHECKED_IN / "1" / "model.py").read_text() == MODEL_PY
     assert len(MODEL_PY.strip().splitlines()) == 2
 

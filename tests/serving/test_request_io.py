@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from hybridllm.serving.request_io import Limits, RequestError, output_arrays, parse_request
+from hybridllm.serving.triton.request_io import Limits, RequestError, output_arrays, parse_request
 
 LIMITS = Limits(vocab_size=100, max_tokens_non_stream=50)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hybridllm.serving.instances import cpu_share, instance_index
-from hybridllm.serving.openai_frontend import engine_health
-from hybridllm.serving.options import ServingLimits
-from hybridllm.serving.repository import model_py, render_config
+from hybridllm.serving.launch.instances import cpu_share, instance_index
+from hybridllm.serving.openai.frontend import engine_health
+from hybridllm.serving.triton.options import ServingLimits
+from hybridllm.serving.launch.repository import model_py, render_config
 
 
 def test_instance_count_is_rendered_and_checked():

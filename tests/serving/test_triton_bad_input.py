@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hybridllm.serving.client import raw_inputs
+from hybridllm.serving.openai.client import raw_inputs
 
 from .conftest import DEFAULT, TINY, TINY_NON_STREAM_CAP
 from .triton_helpers import grpc_stream, http_post, metric

@@ -15,9 +15,9 @@ import pytest
 
 from hybridllm import LLM, SamplingParams
 from hybridllm.config import EngineConfig
-from hybridllm.serving.openai_frontend import run_frontend
-from hybridllm.serving.options import FAULT_PROMPT, ServingLimits
-from hybridllm.serving.repository import write_model
+from hybridllm.serving.openai.frontend import run_frontend
+from hybridllm.serving.triton.options import FAULT_PROMPT, ServingLimits
+from hybridllm.serving.launch.repository import write_model
 
 from .triton_helpers import free_ports, grpc_stream, metric, scrape, start_server
 

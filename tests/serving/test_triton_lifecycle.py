@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hybridllm.config import EngineConfig
-from hybridllm.serving.repository import write_model
-from hybridllm.serving.server import ServerError, TritonServer
+from hybridllm.serving.launch.repository import write_model
+from hybridllm.serving.launch.server import ServerError, TritonServer
 
 from .triton_helpers import free_ports, grpc_stream, start_server
 
@@ -137,8 +137,8 @@ def test_serve_refuses_a_busy_openai_port_before_starting_anything(capsys):
     import socket
 
     from hybridllm.config import EngineConfig
-    from hybridllm.serving.options import ServingLimits
-    from hybridllm.serving.server import serve
+    from hybridllm.serving.triton.options import ServingLimits
+    from hybridllm.serving.launch.server import serve
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from hybridllm import LLM, SamplingParams
-from hybridllm.serving.client import build_inputs, raw_inputs
-from hybridllm.serving.metrics import FAMILIES
+from hybridllm.serving.openai.client import build_inputs, raw_inputs
+from hybridllm.serving.triton.metrics import FAMILIES
 
 from .conftest import DEFAULT, TINY
 from .triton_helpers import grpc_stream, http_post, metric, scrape, sse_events

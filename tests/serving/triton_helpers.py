@@ -11,8 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridllm.serving.client import build_inputs, to_chunk
-from hybridllm.serving.server import ServerError, TritonServer
+from hybridllm.serving.openai.client import build_inputs, to_chunk
+from hybridllm.serving.launch.server import ServerError, TritonServer
 
 READY_TIMEOUT = 240.0  # two models loading on 2 busy cores; a hung stub fails after this
 
@@ -33,7 +33,7 @@ def free_ports(n: int) -> list[int]:
 def use_this_source(repo: Path) -> None:
     """Points every model.py in the repository at the hybridllm this test imports (a worktree on
     PYTHONPATH, say), not the venv's install, which the stubs would import otherwise."""
-    from hybridllm.serving.repository import model_py, package_root
+    from hybridllm.serving.launch.repository import model_py, package_root
     for path in Path(repo).glob("*/1/model.py"):
         text = model_py(package_root())
         if path.read_text() != text:

@@ -55,7 +55,7 @@ def test_real_gguf_codes_are_the_converted_weights(default_model_path):
     from safetensors import safe_open
 
     from hybridllm.models.quantized import QuantizedCheckpoint
-    from hybridllm.runtime.host_precision import resolve
+    from hybridllm.runtime.cpu.host_precision import resolve
 
     from ..unit.test_quantized_weights import ov_matrix
     ckpt = QuantizedCheckpoint.open(default_model_path)

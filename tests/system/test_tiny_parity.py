@@ -9,7 +9,7 @@ from hybridllm import LLM, SamplingParams
 from hybridllm.attention import DeviceAttention
 from hybridllm.kv import KVCacheTier, KVLayout, Tier
 from hybridllm.models.llama import LlamaModel
-from hybridllm.runtime.model_runner import ModelRunner
+from hybridllm.runtime.executors.gpu_only import ModelRunner
 from hybridllm.scheduler import StepInput
 
 from ..helpers.tiny_models import hf_greedy, make_tiny

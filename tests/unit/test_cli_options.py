@@ -29,7 +29,7 @@ def test_a_bad_choice_is_refused_by_name(capsys):
 
 def test_serve_takes_the_request_size_caps():
     from hybridllm.cli import _REQUEST_CAPS
-    from hybridllm.serving.options import ServingLimits
+    from hybridllm.serving.triton.options import ServingLimits
     args = build_parser().parse_args(["serve", "--max-input-ids", "100", "--max-stop", "3"])
     assert (args.max_input_ids, args.max_stop, args.max_text_input_bytes) == (100, 3, None)
     # Every request-size cap (the max_* limits but the non-stream token cap) is a flag.

@@ -11,7 +11,7 @@ from hybridllm.attention import build_metadata
 from hybridllm.attention.host import HostAttention, HostAttentionSpec, select_backend
 from hybridllm.kv import KVCacheTier, Tier
 
-from ..helpers.host_attention import PRECISIONS, backend, reference, Run, read_back, check
+from ..helpers.host_attention import OV_BF16, PRECISIONS, backend, reference, Run, read_back, check
 
 
 def spec(precision="f32", **kw):
@@ -30,6 +30,18 @@ def test_spec_path_forces_each_path(path):
     ha = HostAttention.create(spec("f16", path=path), num_blocks=4)
     assert ha.name == path and ha.reason == f"forced by host_attention={path}"
     assert ha.tier.key_cache[0].dtype == torch.float16 and ha.tier.tier == Tier.HOST
+
+
+def test_bf16_kv_without_cpu_bf16_refuses_the_op_and_auto_falls_back():
+    """Where the CPU lacks bf16 arithmetic, OpenVINO's PagedAttention refuses bf16 KV: forced, it raises;
+    under auto the next path that passes its self-check serves."""
+    if OV_BF16:
+        assert HostAttention.create(spec("bf16", path="ov_paged"), num_blocks=4).name == "ov_paged"
+        return
+    with pytest.raises(RuntimeError, match="kvcache type"):
+        HostAttention.create(spec("bf16", path="ov_paged"), num_blocks=4)
+    ha = HostAttention.create(spec("bf16"), num_blocks=4)
+    assert ha.name == "ov_sdpa" and "ov_paged" in ha.reason and ha.layout.precision == "bf16"
 
 
 def test_path_typo_is_rejected_by_name():
@@ -161,7 +173,7 @@ def test_failed_step_leaves_other_sequences_blocks_bit_identical(path, monkeypat
 # -- the host tier -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("precision", ["f32", "f16", "bf16", "u8"])
+@pytest.mark.parametrize("precision", PRECISIONS["ov_paged"])
 def test_tier_reads_back_what_the_op_wrote(precision):
     be = backend("ov_paged", precision)
     run = Run(be, [70], seed=9)

@@ -13,8 +13,8 @@ from gguf.quants import dequantize, quantize as gguf_quantize
 from hybridllm.converters.gguf_quant import block_codes
 from hybridllm.models.quantized import QuantWeight, concat_rows, from_gguf_codes, quantize
 from hybridllm.ov_common import compile_config, core
-from hybridllm.runtime.host_precision import EXACT, WEIGHT_DTYPES, resolve
-from hybridllm.runtime.ov_weights import finish, linear
+from hybridllm.runtime.cpu.host_precision import EXACT, WEIGHT_DTYPES, resolve
+from hybridllm.runtime.cpu.ov_weights import finish, linear
 
 
 def ov_matrix(prec, w: torch.Tensor, kept: QuantWeight | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..models.default import resolve_model
 from ..runtime import StepResult, Tracer, build_runtime
-from ..runtime.host_precision import host_precision
+from ..runtime.cpu.host_precision import host_precision
 from ..sampling_params import SamplingParams
 from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, StepInput
 from .detokenizer import IncrementalDetokenizer

@@ -7,7 +7,7 @@ from ..policy import HardwareProfile
 from ..profiling.cache import cached_profile
 from ..profiling.store import load_profile
 from ..runtime.factory import compute_device
-from ..runtime.host_precision import HostPrecision
+from ..runtime.cpu.host_precision import HostPrecision
 
 
 def find_profile(config: EngineConfig, mc: ModelConfig, host_linear: HostPrecision) -> tuple[HardwareProfile | None, str]:

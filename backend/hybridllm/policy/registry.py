@@ -30,15 +30,15 @@ class PolicySpec:
 
 
 POLICIES: dict[str, PolicySpec] = {p.name: p for p in (
-    PolicySpec("gpu_only", "device", "hybridllm.runtime.model_runner:build", "gpu_only", True, "device",
+    PolicySpec("gpu_only", "device", "hybridllm.runtime.executors.gpu_only:build", "gpu_only", True, "device",
                summary="everything resident on the compute device"),
-    PolicySpec("gpu_offload", "device", "hybridllm.runtime.offload:build", "gpu_offload", True, "streamed",
+    PolicySpec("gpu_offload", "device", "hybridllm.runtime.executors.gpu_offload:build", "gpu_offload", True, "streamed",
                summary="decoder layers stream from host memory, two staging slots (FlexGen)"),
-    PolicySpec("cpu_only", "host", "hybridllm.runtime.cpu_only:build", "cpu_only", True, "host",
+    PolicySpec("cpu_only", "host", "hybridllm.runtime.executors.cpu_only:build", "cpu_only", True, "host",
                summary="the whole model in OpenVINO graphs on the host, over the host KV tier"),
-    PolicySpec("partition", "host", "hybridllm.runtime.partition:build", "partition", True, "device",
+    PolicySpec("partition", "host", "hybridllm.runtime.executors.partition:build", "partition", True, "device",
                summary="linear layers on the device, all attention on the host KV tier"),
-    PolicySpec("neo", "both", "hybridllm.runtime.neo_runner:build", "neo", False, "device", scheduler="neo",
+    PolicySpec("neo", "both", "hybridllm.runtime.executors.neo:build", "neo", False, "device", scheduler="neo",
                summary="NEO online serving: KV split across tiers, swapping, pipelined host decodes"),
 )}
 POLICY_NAMES = tuple(POLICIES)

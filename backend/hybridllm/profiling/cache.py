@@ -22,7 +22,7 @@ import torch
 
 from ..models.config import ModelConfig
 from ..policy import HardwareProfile, ModelShape
-from ..runtime.host_precision import EXACT, HostPrecision
+from ..runtime.cpu.host_precision import EXACT, HostPrecision
 from ..utils import cache_root, file_lock
 from .measure import measure
 from .store import save_json

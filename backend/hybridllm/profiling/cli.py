@@ -46,7 +46,7 @@ def _model_config(model: str):
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from ..runtime.host_precision import host_precision
+    from ..runtime.cpu.host_precision import host_precision
     from .measure import measure
     from .store import save_profile
     mc, _, path = _model_config(args.model)

@@ -28,8 +28,8 @@ from ..dtypes import BYTES, KV_OF_MODEL, torch_dtype
 from ..kernels import DeviceOps, resolve_kernels
 from ..models.rope import RotaryEmbedding
 from ..ov_common import compile_config, core
-from ..runtime.host_precision import EXACT, HostPrecision
-from ..runtime.ov_weights import sample_linear
+from ..runtime.cpu.host_precision import EXACT, HostPrecision
+from ..runtime.cpu.ov_weights import sample_linear
 from ..policy import HardwareProfile, ModelShape, Table2D
 from ..utils import ceil_div, mem_total
 from .measure_neo import pipeline_overhead

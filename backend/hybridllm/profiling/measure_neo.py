@@ -27,7 +27,7 @@ from ..models.llama import LlamaModel
 from ..policy import HardwareProfile, ModelShape
 from ..policy.neo import NeoCostTables, decodes
 from ..runtime.factory import host_threads
-from ..runtime.neo_runner import NeoRunner
+from ..runtime.executors.neo import NeoRunner
 from ..scheduler import StepInput
 from ..utils import ceil_div, mem_available
 from .timing import timeit

@@ -1,6 +1,6 @@
 """Runtime: the executors that run a scheduled step layer by layer on the chosen devices, and the
 factory that builds them (with the model and KV tiers they share) from the policy table."""
-from .executor import Executor, Parts, StepResult
+from .executors.base import Executor, Parts, StepResult
 from .factory import Runtime, build_runtime
 from .trace import NullTracer, Tracer
 

@@ -30,8 +30,8 @@ from ..policy.registry import POLICIES
 from ..policy.step_planner import StepPlanner, useful_policies
 from ..utils import cache_root
 from .auto import auto_candidates, choose_policies, device_memory
-from .executor import Executor, Parts
-from .host_precision import HostPrecision, host_precision
+from .executors.base import Executor, Parts
+from .cpu.host_precision import HostPrecision, host_precision
 from .memory import num_device_blocks
 from .trace import NullTracer, Tracer
 

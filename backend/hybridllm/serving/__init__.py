@@ -1,3 +1,3 @@
-"""Triton serving: the TritonPythonModel adapter (triton_model), the engine thread (engine_loop),
-request parsing (request_io), metrics, the model repository, the tritonserver runner (server) and
-a gRPC client. Only triton_model and metrics touch Triton's Python API, and only at load time."""
+"""Serving, in three parts that import one way (openai -> launch's names only; launch -> triton's
+options): triton/ runs inside tritonserver's Python backend, launch/ writes the repository and starts
+tritonserver, openai/ is a separate client process in front of it."""

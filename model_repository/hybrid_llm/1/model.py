@@ -1,2 +1,2 @@
-# Triton loads this file; the model itself is hybridllm.serving.triton_model.
-from hybridllm.serving.triton_model import TritonPythonModel  # noqa: F401
+# Triton loads this file; the model itself is hybridllm.serving.triton.model.
+from hybridllm.serving.triton.model import TritonPythonModel  # noqa: F401

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from ..models.llama import LlamaModel
-from ..scheduler import StepInput
-from .executor import Parts, StepResult, sampled_ids, set_torch_threads
-from .model_runner import cpu_threads, prepare_step
+from ...models.llama import LlamaModel
+from ...scheduler import StepInput
+from .base import Parts, StepResult, sampled_ids, set_torch_threads
+from ..step_prep import cpu_threads, prepare_step
 
 HOST = torch.device("cpu")
 

@@ -188,7 +188,7 @@ def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grp
     with the OpenAI-compatible frontend on openai_port (0: none) in a thread of this process."""
     import dataclasses
 
-    from ..models.default import cache_dir, resolve_model
+    from ...models.default import cache_dir, resolve_model
     from .repository import MODEL_NAME, package_root, write_model
 
     out = out or sys.stdout
@@ -222,7 +222,7 @@ def serve(config, limits, *, host: str = "127.0.0.1", http_port: int = 8000, grp
         if openai_port:
             import threading
 
-            from .openai_frontend import run_frontend
+            from ..openai.frontend import run_frontend
             frontend = run_frontend(server.grpc_url, model_path, host=host, port=openai_port,
                                     metrics_url=server.metrics_url)
             thread = threading.Thread(target=frontend.run, name="openai-frontend", daemon=True)

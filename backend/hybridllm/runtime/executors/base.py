@@ -11,15 +11,15 @@ from typing import Protocol, Sequence
 
 import torch
 
-from ..attention import DeviceAttention
-from ..attention.host import HostAttention
-from ..config import EngineConfig
-from ..kv import KVCacheTier
-from ..models.config import ModelConfig
-from ..models.llama import LlamaModel
-from ..scheduler import StepInput
-from .host_precision import HostPrecision
-from .trace import NullTracer, Tracer
+from ...attention import DeviceAttention
+from ...attention.host import HostAttention
+from ...config import EngineConfig
+from ...kv import KVCacheTier
+from ...models.config import ModelConfig
+from ...models.llama import LlamaModel
+from ...scheduler import StepInput
+from ..cpu.host_precision import HostPrecision
+from ..trace import NullTracer, Tracer
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ..config import WEIGHT_DTYPES
+from ...config import WEIGHT_DTYPES
 
 DYNAMIC_QUANT_GROUP = 32
 
@@ -100,12 +100,12 @@ EXACT = HostPrecision("float32", "f32", 0, None, "exact f32")
 
 @functools.lru_cache(maxsize=1)
 def cpu_capabilities() -> frozenset[str]:
-    from ..ov_common import core
+    from ...ov_common import core
     return frozenset(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def host_precision(weight_dtype: str, model_path, dynamic_quant: int | None = None) -> HostPrecision:
     """resolve() for a model folder (None: a float checkpoint) on this CPU."""
-    from ..models.quantized import QuantizedCheckpoint
+    from ...models.quantized import QuantizedCheckpoint
     ckpt = QuantizedCheckpoint.open(model_path) if model_path is not None else None
     return resolve(weight_dtype, ckpt.types if ckpt else None, cpu_capabilities(), dynamic_quant)

@@ -23,13 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from ..kv import KVCacheTier
-from ..models.llama import LlamaModel
-from ..scheduler import StepInput
-from .executor import Parts, StepResult
-from .model_runner import prepare_step
+from ...kv import KVCacheTier
+from ...models.llama import LlamaModel
+from ...scheduler import StepInput
+from .base import Parts, StepResult
+from ..step_prep import prepare_step
 from .partition import to_host
-from .trace import NullTracer, Tracer
+from ..trace import NullTracer, Tracer
 
 log = logging.getLogger("hybridllm")
 HOST = torch.device("cpu")

@@ -18,7 +18,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from ..models.quantized import QuantWeight, quantize
+from ...models.quantized import QuantWeight, quantize
 from .host_precision import HostPrecision
 
 INT4_GROUP = 32          # OpenVINO GenAI's int4 default is 128; 32 matches GGUF's blocks and is more accurate

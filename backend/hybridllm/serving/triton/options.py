@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..config import EngineConfig
+from ...config import EngineConfig
 
 # Options that only the serving layer uses (not engine options).
 DEFAULT_MAX_TOKENS_NON_STREAM = 4096

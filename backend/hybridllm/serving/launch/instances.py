@@ -10,7 +10,7 @@ import logging
 import os
 import re
 
-from ..config import EngineConfig
+from ...config import EngineConfig
 
 log = logging.getLogger("hybridllm.serving")
 
@@ -44,7 +44,7 @@ def apply_share(config: EngineConfig, share: CpuShare) -> EngineConfig:
         return config
     if share.cpus:
         os.sched_setaffinity(0, share.cpus)
-    from ..ov_common import core  # noqa: PLC0415 - OpenVINO only once Triton loads us
+    from ...ov_common import core  # noqa: PLC0415 - OpenVINO only once Triton loads us
     # The default for every graph compiled later without its own INFERENCE_NUM_THREADS (cpu_only's).
     core().set_property("CPU", {"INFERENCE_NUM_THREADS": share.threads})
     log.info("instance share: %d threads, cpus %s", share.threads, list(share.cpus) or "not pinned")

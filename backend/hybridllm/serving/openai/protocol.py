@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ..sampling_params import SamplingParams
+from ...sampling_params import SamplingParams
 
 # Keys an OpenAI client may send that change nothing here: accepted and ignored.
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options", "stream", "model"}

@@ -7,7 +7,7 @@ import queue
 import threading
 from typing import Protocol
 
-from ..engine import RequestOutput
+from ...engine import RequestOutput
 
 log = logging.getLogger("hybridllm.serving")
 

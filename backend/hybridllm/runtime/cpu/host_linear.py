@@ -25,10 +25,10 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from ..attention.host_ov_paged import _STEP_INPUTS, cache_layout, cache_tensors, paged_attention, step_params
-from ..models.llama import LlamaModel
-from ..models.quantized import QuantizedCheckpoint, concat_rows
-from ..ov_common import compile_config, core, param, stable_names
+from ...attention.host_ov_paged import _STEP_INPUTS, cache_layout, cache_tensors, paged_attention, step_params
+from ...models.llama import LlamaModel
+from ...models.quantized import QuantizedCheckpoint, concat_rows
+from ...ov_common import compile_config, core, param, stable_names
 from .host_precision import EXACT, HostPrecision
 from .ov_weights import finish as finish_graph, float_weight, linear
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from fastapi import Request     # at module level: FastAPI resolves the routes' annotations here
 
 from .client import build_inputs, to_chunk
-from .openai_protocol import APIError, Call, chunk, completion, logprobs_object, new_id, parse_call, usage
-from .repository import MODEL_NAME
+from .protocol import APIError, Call, chunk, completion, logprobs_object, new_id, parse_call, usage
+from ..launch.repository import MODEL_NAME
 
 log = logging.getLogger("hybridllm")
 

@@ -13,8 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..sampling_params import SamplingParams
-from .repository import MODEL_NAME
+from ...sampling_params import SamplingParams
+from ..launch.repository import MODEL_NAME
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ import time
 
 import torch
 
-from ..attention.host import HostAttention
-from ..models.llama import LlamaModel
-from ..models.quantized import QuantizedCheckpoint
-from ..scheduler import StepInput
-from .executor import Parts, StepResult, sampled_ids, set_torch_threads
-from .host_linear import HostLinearModel, HostLinearOptions
-from .model_runner import prepare_step
+from ...attention.host import HostAttention
+from ...models.llama import LlamaModel
+from ...models.quantized import QuantizedCheckpoint
+from ...scheduler import StepInput
+from .base import Parts, StepResult, sampled_ids, set_torch_threads
+from ..cpu.host_linear import HostLinearModel, HostLinearOptions
+from ..step_prep import prepare_step
 
 log = logging.getLogger("hybridllm")
 HOST = torch.device("cpu")

@@ -13,7 +13,7 @@ import json
 import logging
 
 from .engine_loop import CANCELLED, INTERNAL, INVALID, UNAVAILABLE, EngineLoop, Submission
-from .instances import apply_share, cpu_share
+from ..launch.instances import apply_share, cpu_share
 from .options import parse_parameters
 from .request_io import GenerateRequest, Limits, RequestError, output_arrays, parse_request
 
@@ -105,7 +105,7 @@ class TritonPythonModel:
         except pb.TritonModelException as e:  # the server runs with --allow-metrics=false
             log.warning("custom metrics disabled: %s", e)
 
-        from ..engine import LLMEngine  # torch-heavy; only once Triton loads us
+        from ...engine import LLMEngine  # torch-heavy; only once Triton loads us
         # Built on the loop's thread, so this (Triton's) thread never runs torch: see EngineLoop.
 
         def make_engine():

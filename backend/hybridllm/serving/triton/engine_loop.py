@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from ..engine import EngineStats, LLMEngine, RequestOutput
-from ..sampling_params import SamplingParams
+from ...engine import EngineStats, LLMEngine, RequestOutput
+from ...sampling_params import SamplingParams
 from .delivery import OnceSink, Outbox, Sink, cancelled, fail_quietly
 from .options import FAULT_PROMPT, FAULTS
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..sampling_params import SamplingParams
+from ...sampling_params import SamplingParams
 
 # vLLM keys that clients such as Triton's OpenAI frontend send and we do not implement. We accept them
 # only at the value that changes nothing, so such clients work and nobody silently gets what they did

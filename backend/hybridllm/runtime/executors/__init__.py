@@ -1,0 +1,1 @@
+"""One executor per policy, each with `build(parts) -> executor`; the factory imports them by name."""
