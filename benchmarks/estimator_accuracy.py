@@ -53,7 +53,7 @@ def per_step(args) -> None:
     from hybridllm.policy import CostModel, ModelShape, StepShape
     from hybridllm.profiling.cache import cached_profile
     from hybridllm.profiling.store import load_profile
-    from hybridllm.scheduler import StepInput
+    from hybridllm.scheduler import StepInput, SubBatch
 
     from hybridllm.dtypes import BYTES, KV_OF_MODEL
     path = args.model or default_model()
@@ -84,6 +84,7 @@ def per_step(args) -> None:
                     assert kv.allocate_slots("p", n, tier)
                     seqs = [StepInput(rid, (1000 + i,), c, kv.block_table(rid), True) for i, rid in enumerate(rids)]
                     seqs.append(StepInput("p", tuple(range(100, 100 + n)), 0, kv.block_table("p"), True))
+                    seqs = [SubBatch(policy, tier, tuple(seqs))]
                     runner.execute(seqs)                                   # warm-up
                     best = float("inf")
                     for _ in range(3):

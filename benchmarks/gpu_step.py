@@ -23,12 +23,13 @@ from random_model import SHAPES  # noqa: E402
 
 from hybridllm.attention import DeviceAttention  # noqa: E402
 from hybridllm.kernels import DeviceOps  # noqa: E402
-from hybridllm.kv import KVCacheTier, KVLayout, Tier  # noqa: E402
+from hybridllm.kv import Tier  # noqa: E402
+from hybridllm.attention.kv_cache import KVCacheTier, KVLayout  # noqa: E402
 from hybridllm.models.config import ModelConfig  # noqa: E402
 from hybridllm.models.llama import LlamaModel  # noqa: E402
 from hybridllm.runtime.decode_graphs import DecodeGraphs  # noqa: E402
 from hybridllm.runtime.executors.gpu_only import ModelRunner  # noqa: E402
-from hybridllm.scheduler import StepInput  # noqa: E402
+from hybridllm.scheduler import StepInput, SubBatch  # noqa: E402
 
 BS = 16
 
@@ -63,12 +64,13 @@ def random_model(name: str, dtype: torch.dtype, layers: int | None = None, devic
 
 
 def time_steps(runner: ModelRunner, seqs: list[StepInput], steps: int) -> float:
+    step = [SubBatch("gpu_only", Tier.DEVICE, tuple(seqs))]
     for _ in range(3):
-        runner.execute(seqs)
+        runner.execute(step)
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(steps):
-        runner.execute(seqs)
+        runner.execute(step)
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / steps
 

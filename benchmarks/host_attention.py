@@ -124,7 +124,8 @@ def lever_rows(args) -> list[list]:
     """Batch 32 x context 2048, f16, straight on the compiled op with different stream / thread setups."""
     import openvino as ov
     from hybridllm.attention.host_ov_paged import build_model, cache_layout, cache_tensors, compile_config
-    from hybridllm.kv import KVCacheTier, Tier
+    from hybridllm.kv import Tier
+    from hybridllm.attention.kv_cache import KVCacheTier
     from hybridllm.ov_common import core
 
     b, ctx = 32, 2048

@@ -21,11 +21,12 @@ from gpu_step import random_model  # noqa: E402
 from hybridllm.attention import DeviceAttention  # noqa: E402
 from hybridllm.attention.host import HostAttention, HostAttentionSpec  # noqa: E402
 from hybridllm.kernels import DeviceOps, resolve_kernels  # noqa: E402
-from hybridllm.kv import KVCacheTier, KVLayout, Tier  # noqa: E402
+from hybridllm.kv import Tier  # noqa: E402
+from hybridllm.attention.kv_cache import KVCacheTier, KVLayout  # noqa: E402
 from hybridllm.profiling.timing import timeit  # noqa: E402
 from hybridllm.runtime.factory import host_threads  # noqa: E402
 from hybridllm.runtime.executors.neo import NeoRunner  # noqa: E402
-from hybridllm.scheduler import StepInput  # noqa: E402
+from hybridllm.scheduler import StepInput, SubBatch  # noqa: E402
 from hybridllm.utils import ceil_div  # noqa: E402
 
 BS = 16
@@ -53,9 +54,9 @@ def main() -> int:
     host = HostAttention.create(spec, num_blocks=n_b * per_seq, pin_memory=device.type == "cuda")
     host_per_seq = ceil_div(ctx + 1, host.layout.block_size)
 
-    def seqs(n, per, attn, prefix):
-        return [StepInput(f"{prefix}{i}", (1,), ctx, list(range(i * per, (i + 1) * per)), True, attn)
-                for i in range(n)]
+    def seqs(n, per, tier, part, prefix):
+        return [SubBatch("neo", tier, tuple(StepInput(f"{prefix}{i}", (1,), ctx, list(range(i * per, (i + 1) * per)),
+                                                      True) for i in range(n)), part)]
 
     title = (f"{machine()}; {args.shape} bf16, {L} layers, context {ctx}; host attention {host.name} on "
              f"{spec.num_threads or 'all'} threads")
@@ -74,7 +75,7 @@ def main() -> int:
         runner = NeoRunner(model, attn, host, host.tier, BS, max_host_tokens=n_b, max_prefill_tokens=0)
         try:
             for a, b in cases:
-                sa, sb = seqs(a, per_seq, "device", "d"), seqs(b, host_per_seq, "host", "h")
+                sa, sb = seqs(a, per_seq, Tier.DEVICE, "A", "d"), seqs(b, host_per_seq, Tier.HOST, "B", "h")
                 t_a = timeit(lambda: runner.execute(sa), device, reps=5) / L
                 t_b = timeit(lambda: runner.execute(sb), device, reps=5) / L
                 t_ab = timeit(lambda: runner.execute(sa + sb), device, reps=5) / L

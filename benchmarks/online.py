@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, table  # noqa: E402
 
 from hybridllm.dtypes import BYTES as DTYPE_BYTES, KV_OF_MODEL  # noqa: E402
-from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier  # noqa: E402
+from hybridllm.kv import BlockPool, BlockTables, Tier  # noqa: E402
 from hybridllm.policy import ModelShape, StepShape, reference_profile  # noqa: E402
 from hybridllm.policy.neo import NeoCostTables, decodes  # noqa: E402
 from hybridllm.scheduler import NeoScheduler, Request, RequestStatus, Scheduler  # noqa: E402
@@ -60,11 +60,10 @@ def summarize(arrival, finish, outs):
 
 def simulate(policy: str, m: ModelShape, costs: NeoCostTables, reqs, dev_blocks: int, host_blocks: int,
              max_num_seqs: int, budget: int):
-    lay = KVLayout(1, 1, 1, 16, torch.float32)         # bookkeeping only: tiny tensors
-    tiers = {Tier.DEVICE: KVCacheTier(Tier.DEVICE, lay, dev_blocks, "cpu")}
+    pools = {Tier.DEVICE: BlockPool(dev_blocks, 16, "device")}      # bookkeeping only: no tensors
     if policy == "neo":
-        tiers[Tier.HOST] = KVCacheTier(Tier.HOST, lay, host_blocks, "cpu")
-    kv = KVCacheManager(tiers, 16)
+        pools[Tier.HOST] = BlockPool(host_blocks, 16, "host")
+    kv = BlockTables(pools)
     sched = (NeoScheduler(kv, max_num_seqs, budget, costs) if policy == "neo"
              else Scheduler(kv, max_num_seqs, budget))
     clock, nxt = 0.0, 0
@@ -81,10 +80,10 @@ def simulate(policy: str, m: ModelShape, costs: NeoCostTables, reqs, dev_blocks:
         if out.empty:
             clock = reqs[nxt][0] if nxt < len(reqs) else clock + 1e-3
             continue
-        a = [s for s in out.scheduled if s.attn != "host"]
-        b = [s for s in out.scheduled if s.attn == "host"]
-        dec = [s for s in a if len(s.token_ids) == 1]
-        pre = [s for s in a if len(s.token_ids) > 1]
+        a = [s for x in out.batches if x.part != "B" for s in x.seqs]
+        b = [s for x in out.batches if x.part == "B" for s in x.seqs]
+        dec = [s for s in a if s.is_decode]
+        pre = [s for s in a if not s.is_decode]
         pt = sum(len(s.token_ids) for s in pre)
         work = StepShape(pt, len(pre), sum(s.num_computed_tokens + len(s.token_ids) for s in pre) / max(len(pre), 1),
                          len(dec), sum(s.num_computed_tokens + 1 for s in dec), costs.kv_dtype)
@@ -244,7 +243,7 @@ def run_agree(args) -> None:
     from hybridllm.policy.neo import HostCandidate, choose_host_batch
     from hybridllm.profiling.measure import measure
     from hybridllm.profiling.store import save_profile
-    from hybridllm.scheduler import StepInput
+    from hybridllm.scheduler import StepInput, SubBatch
     path = args.model or str(default_model())
     mc = ModelConfig.from_folder(path)
     prof_path = args.profile
@@ -260,20 +259,21 @@ def run_agree(args) -> None:
     engine = llm.engine
     kv, runner, costs = engine.kv, engine.runtime.executors["neo"], engine.runtime.neo_costs
 
-    def make(prefix, n, ctx, tier, attn):
+    def make(prefix, n, ctx, tier):
         seqs = []
         for i in range(n):
             rid = f"{prefix}{i}"
             assert kv.allocate_slots(rid, ctx + 1, tier), "KV budget too small for the grid"
-            seqs.append(StepInput(rid, (1000 + i,), ctx, kv.block_table(rid), True, attn))
+            seqs.append(StepInput(rid, (1000 + i,), ctx, kv.block_table(rid), True))
         return seqs
 
-    def best(seqs, reps=3):
-        runner.execute(seqs)                       # warm: decode steps rewrite the same slots, so repeatable
+    def best(a, b=(), reps=3):
+        step = [SubBatch("neo", Tier.DEVICE, tuple(a), "A")] + ([SubBatch("neo", Tier.HOST, tuple(b), "B")] if b else [])
+        runner.execute(step)                       # warm: decode steps rewrite the same slots, so repeatable
         times = []
         for _ in range(reps):
             t = time.perf_counter()
-            runner.execute(seqs)
+            runner.execute(step)
             times.append(time.perf_counter() - t)
         return min(times)
 
@@ -281,13 +281,13 @@ def run_agree(args) -> None:
     for ctx in ctxs:
         for n_dev in devs:
             for n_host in hosts:
-                a = make("d", n_dev, ctx, Tier.DEVICE, "device")
-                b = make("h", n_host, ctx, Tier.HOST, "host")
+                a = make("d", n_dev, ctx, Tier.DEVICE)
+                b = make("h", n_host, ctx, Tier.HOST)
                 work = decodes(n_dev, n_dev * (ctx + 1), KV_OF_MODEL[args.dtype])
                 choice = choose_host_batch(work, [HostCandidate(s.request_id, ctx + 1) for s in b], costs, 256)
                 chosen = [s for s in b if s.request_id in set(choice.chosen)]
-                t_dev, t_all = best(a), best(a + b)
-                t_pick = t_dev if not chosen else (t_all if len(chosen) == len(b) else best(a + chosen))
+                t_dev, t_all = best(a), best(a, b)
+                t_pick = t_dev if not chosen else (t_all if len(chosen) == len(b) else best(a, chosen))
                 thr = {"device-only": n_dev / t_dev, "all host decodes": (n_dev + n_host) / t_all,
                        "pick": (n_dev + len(chosen)) / t_pick}
                 ok = thr["pick"] >= 0.9 * max(thr.values())

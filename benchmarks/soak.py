@@ -250,7 +250,7 @@ def main() -> int:
     errors = Counter()
     for r in results:
         if r["error"] is not None:
-            # A refusal names the input it refuses (serving/request_io.py); anything else is reported as is.
+            # A refusal names the input it refuses (serving/triton/request_io.py); anything else is reported as is.
             expected = r["kind"] in BAD_KINDS and r["error"].startswith(FIELDS)
             errors[(r["kind"], "refused as expected" if expected else r["error"][:80])] += 1
         elif r["kind"] in BAD_KINDS:

@@ -5,7 +5,11 @@ import argparse
 import logging
 import sys
 
+from .cli_args import add_config_args, config_kwargs
+from .config import EngineConfig
 from .profiling.cli import add_subcommands as add_profiling_subcommands
+
+RUN_EXCLUDE = ("seed",)                   # `run --seed` is the request's sampling seed
 
 
 def _cmd_run(args) -> int:
@@ -15,14 +19,12 @@ def _cmd_run(args) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()),
                             ignore_eos=args.ignore_eos)
-    options = {k: v for k, v in (("device_kv_bytes", args.device_kv_bytes), ("host_kv_bytes", args.host_kv_bytes))
-               if v is not None}
-    options.update(_host_options(args))
+    options = config_kwargs(args, EngineConfig, RUN_EXCLUDE)
     tracer = None
     if args.trace:
         from .runtime import Tracer
         tracer = Tracer()
-    llm = LLM(model=args.model, policy=args.policy, dtype=args.dtype, tracer=tracer, **options)
+    llm = LLM(model=options.pop("model", "default"), policy=options.pop("policy", "auto"), tracer=tracer, **options)
     if args.batch > 1:     # a batch of copies, e.g. to see NEO's device and host lanes in the trace
         outs = llm.generate([args.prompt] * args.batch, params)
         print(args.prompt + outs[0].text + f"\n[finish_reason={outs[0].finish_reason}, batch={args.batch}]")
@@ -53,23 +55,15 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-# ServingLimits' request-size caps, each a `serve` flag.
-_REQUEST_CAPS = ("max_text_input_bytes", "max_input_ids", "max_sampling_parameters_bytes", "max_stop",
-                 "max_stop_length")
+SERVE_LIMITS_EXCLUDE = ("fault_injection",)     # tests only: a model parameter, never a flag
 
 
 def _cmd_serve(args) -> int:
-    from .config import EngineConfig
-    from .serving.triton.options import ServingLimits
     from .serving.launch.server import serve
+    from .serving.triton.options import ServingLimits
 
-    config = EngineConfig(model=args.model, policy=args.policy, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
-                          device_kv_bytes=args.device_kv_bytes, host_kv_bytes=args.host_kv_bytes,
-                          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          max_model_len=args.max_model_len, **_host_options(args))
-    caps = {name: getattr(args, name) for name in _REQUEST_CAPS if getattr(args, name) is not None}
-    limits = ServingLimits(max_tokens_non_stream=args.max_tokens_non_stream,
-                           engine_stall_timeout_s=args.engine_stall_timeout_s, **caps)
+    config = EngineConfig(**config_kwargs(args, EngineConfig))
+    limits = ServingLimits(**config_kwargs(args, ServingLimits, SERVE_LIMITS_EXCLUDE))
     return serve(config, limits, host=args.host,
                  http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                  workdir=args.workdir, ready_timeout=args.ready_timeout, log_file=args.log_file,
@@ -103,38 +97,6 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--ignore-eos", action="store_true")
 
 
-_HOST_OPTIONS = ("hardware_profile", "enforce_eager", "device_kernels", "weight_dtype", "dynamic_quant_group_size", "cpu_fused", "host_attention", "host_threads",
-                 "cpu_torch_threads", "ov_cache_dir")
-
-
-def _add_host_options(p: argparse.ArgumentParser) -> None:
-    """The planner's profile and the host data plane's engine options; unset ones keep EngineConfig's defaults."""
-    from .config import DEVICE_KERNELS, HOST_ATTENTION_PATHS, WEIGHT_DTYPES
-    p.add_argument("--hardware-profile", default=None,
-                   help="profile JSON, reference name, or 'none' (auto: default this machine's cached profile, "
-                        "measured on first use; neo: load-aware placement)")
-    p.add_argument("--enforce-eager", default=None, action=argparse.BooleanOptionalAction,
-                   help="no CUDA graphs for decode steps (default: graphs on CUDA, eager on the CPU; "
-                        "--no-enforce-eager runs the graphs' padded path on the CPU too)")
-    p.add_argument("--device-kernels", default=None, choices=DEVICE_KERNELS,
-                   help="the device decode path's attention and fused ops (auto: Triton on CUDA, else torch)")
-    p.add_argument("--weight-dtype", default=None, choices=WEIGHT_DTYPES,
-                   help="the CPU data plane's weights (auto: a GGUF's own codes, else bf16 where the CPU has it, else f32)")
-    p.add_argument("--dynamic-quant-group-size", type=int, default=None,
-                   help="int8 activations in front of integer weights per this many columns (0: f32; "
-                        "default 32 for int8, 0 for int4)")
-    p.add_argument("--cpu-fused", default=None, action=argparse.BooleanOptionalAction,
-                   help="cpu_only as one whole-model OpenVINO graph (default on)")
-    p.add_argument("--host-attention", default=None, choices=HOST_ATTENTION_PATHS, help="host attention path")
-    p.add_argument("--host-threads", type=int, default=None, help="OpenVINO threads for host attention")
-    p.add_argument("--cpu-torch-threads", type=int, default=None, help="torch threads under cpu_only (1)")
-    p.add_argument("--ov-cache-dir", default=None, help="where compiled OpenVINO graphs are cached")
-
-
-def _host_options(args) -> dict:
-    return {k: getattr(args, k) for k in _HOST_OPTIONS if getattr(args, k) is not None}
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hybridllm", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log engine decisions")
@@ -142,14 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="generate text in this process and stream it to stdout")
     run.add_argument("prompt")
-    run.add_argument("--model", default="default", help='"default" (SmolLM2-135M), an HF folder or a .gguf file')
-    run.add_argument("--policy", default="auto")
-    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     _add_sampling(run, max_tokens=64)
     run.add_argument("--batch", type=int, default=1, help="run this many copies of the prompt together")
-    run.add_argument("--device-kv-bytes", type=int, default=None)
-    run.add_argument("--host-kv-bytes", type=int, default=None)
-    _add_host_options(run)
+    add_config_args(run, EngineConfig, RUN_EXCLUDE)
     run.add_argument("--trace", default=None, help="write a Chrome trace JSON of the steps (device and host lanes)")
     run.set_defaults(func=_cmd_run)
 
@@ -160,22 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_convert)
 
     srv = sub.add_parser("serve", help="build the model repository and run tritonserver in the foreground")
-    srv.add_argument("--model", default="default", help='"default" (SmolLM2-135M), an HF folder or a .gguf file')
-    srv.add_argument("--policy", default="auto")
-    srv.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    srv.add_argument("--kv-cache-dtype", default="auto")
-    srv.add_argument("--device-kv-bytes", type=int, default=None)
-    srv.add_argument("--host-kv-bytes", type=int, default=2 << 30)
-    srv.add_argument("--max-num-seqs", type=int, default=64)
-    srv.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    srv.add_argument("--max-model-len", type=int, default=None)
-    _add_host_options(srv)
-    srv.add_argument("--max-tokens-non-stream", type=int, default=4096, help="max_tokens cap for stream=false")
-    for name in _REQUEST_CAPS:
-        srv.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                         help="request-size cap (default: the model parameter's, docs/serving.md)")
-    srv.add_argument("--engine-stall-timeout-s", type=int, default=60,
-                     help="the engine is not ready after this long without progress (model parameter)")
+    add_config_args(srv, EngineConfig)
+    from .serving.triton.options import ServingLimits
+    add_config_args(srv, ServingLimits, SERVE_LIMITS_EXCLUDE)
     srv.add_argument("--instance-count", type=int, default=1,
                      help="engines in this server (instance_group count); each takes an equal share of the cores")
     srv.add_argument("--shm-region-prefix-name", default=None,

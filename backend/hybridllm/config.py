@@ -15,10 +15,10 @@ from .policy.registry import POLICY_NAMES
 POLICIES = ("auto",) + POLICY_NAMES
 DTYPES = MODEL_DTYPES
 KV_CACHE_DTYPES = ("auto",) + KV_PRECISIONS
-WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # see runtime/host_precision.py
+WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # see runtime/cpu/host_precision.py
 HOST_ATTENTION_PATHS = ("auto", "ov_paged", "ov_sdpa", "torch")
 DEVICE_KERNELS = ("auto", "triton", "torch")     # see kernels/ops.py
-DEVICE_BLOCK_SIZE = 16      # the device tier's; host tiers take the block size their attention backend reports
+DEVICE_BLOCK_SIZE = 16      # the device tier's; the host tier takes the block size its attention backend reports
 
 GiB = 1 << 30
 
@@ -39,53 +39,61 @@ def _env(name: str, kind=str, default=None):
             except ValueError:
                 raise ValueError(f"{name}: {text!r} is not an integer") from None
         return text
-    return field(default_factory=read)
+    return read
+
+
+def opt(default=None, help: str = "", choices: tuple | None = None, env: str | None = None, kind=str):
+    """A config field with what the CLI shows for it (cli_args.py makes the flags from these)."""
+    meta = {"help": help, "choices": choices, "env": env}
+    if env is not None:
+        return field(default_factory=_env(env, kind, default), metadata={**meta, "default": default})
+    return field(default=default, metadata={**meta, "default": default})
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str = "default"
-    policy: str = "auto"
-    dtype: str = "float32"
-    kv_cache_dtype: str = "auto"
-    device_kv_bytes: int | None = None      # None: whatever fits (see runtime.memory)
-    host_kv_bytes: int = 2 * GiB
-    device_memory_bytes: int | None = None  # cap on all device memory, to emulate a smaller GPU
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    block_size: int = DEVICE_BLOCK_SIZE     # the device tier's block size (host tiers: see DEVICE_BLOCK_SIZE)
-    max_model_len: int | None = None        # None: the model's max_position_embeddings
-    hardware_profile: str | None = None     # JSON path, reference name, or "none"; auto: None = cached/measured
-    device: str | None = None               # None: cuda if present, else cpu
-    seed: int = 0                           # seeds requests that give no seed of their own
-    # Device data plane. enforce_eager None: decode steps replay CUDA graphs on CUDA and run eagerly on the CPU;
-    # False: the graphs' bucketed, padded static-buffer path on any device (eager on the CPU); True: no graphs.
-    enforce_eager: bool | None = None
-    device_kernels: str = "auto"            # auto | triton | torch: the decode path's attention and fused ops
-    # Host (CPU) data plane.
-    # The CPU data plane's weights (cpu_only's OpenVINO graphs): auto keeps a GGUF's codes, else bf16 where the
-    # CPU has it, else f32. The torch layers (GPU policies) follow `dtype`.
-    weight_dtype: str = _env("HYBRIDLLM_WEIGHT_DTYPE", default="auto")
-    # int8 activations in front of integer weights, per this many columns; 0: f32; None: 32 for int8, 0 for int4
-    dynamic_quant_group_size: int | None = None
-    cpu_fused: bool = _env("HYBRIDLLM_CPU_FUSED", bool, True)   # cpu_only: the whole model as one OpenVINO graph
-    host_attention: str = _env("HYBRIDLLM_HOST_ATTENTION", default="auto")  # auto | ov_paged | ov_sdpa | torch
-    host_threads: int | None = _env("HYBRIDLLM_HOST_THREADS", int)  # None: all cores; all but one beside a GPU
-    cpu_torch_threads: int = _env("HYBRIDLLM_CPU_TORCH_THREADS", int, 1)  # torch threads under cpu_only
-    ov_cache_dir: str | None = _env("HYBRIDLLM_OV_CACHE_DIR")  # None: attention graphs in $HYBRIDLLM_CACHE/ov
+    model: str = opt("default", '"default" (SmolLM2-135M), an HF folder or a .gguf file')
+    policy: str = opt("auto", "which executors run prefill and decode (docs/architecture.md)", POLICIES)
+    dtype: str = opt("float32", "the torch layers' dtype", DTYPES)
+    kv_cache_dtype: str = opt("auto", "KV precision (u8: host tier only; auto: the dtype's, bf16 for a bf16 CPU plane)",
+                              KV_CACHE_DTYPES)
+    device_kv_bytes: int | None = opt(None, "device KV tier bytes (default: what fits beside the weights)")
+    host_kv_bytes: int = opt(2 * GiB, "host KV tier bytes")
+    device_memory_bytes: int | None = opt(None, "cap on all device memory, to emulate a smaller GPU")
+    max_num_seqs: int = opt(64, "most sequences in one step")
+    max_num_batched_tokens: int = opt(2048, "most tokens in one step (prefill chunks are cut to fit)")
+    max_model_len: int | None = opt(None, "longest context (default: the model's max_position_embeddings)")
+    hardware_profile: str | None = opt(None, "profile JSON, reference name, or 'none' (auto: this machine's cached "
+                                             "profile, measured on first use; neo: load-aware placement)")
+    device: str | None = opt(None, "cpu or cuda[:N] (default: cuda if present, else cpu)")
+    seed: int = opt(0, "seeds requests that give no seed of their own")
+    # Device data plane.
+    enforce_eager: bool | None = opt(None, "no CUDA graphs for decode steps (default: graphs on CUDA, eager on the "
+                                           "CPU; --no-enforce-eager runs the graphs' padded path on the CPU too)")
+    device_kernels: str = opt("auto", "the decode path's attention and fused ops (auto: Triton on CUDA, else torch)",
+                              DEVICE_KERNELS)
+    # Host (CPU) data plane. The torch layers (GPU policies) follow `dtype`.
+    weight_dtype: str = opt("auto", "the CPU data plane's weights (auto: a GGUF's own codes, else bf16 where the CPU "
+                                    "has it, else f32)", WEIGHT_DTYPES, env="HYBRIDLLM_WEIGHT_DTYPE")
+    dynamic_quant_group_size: int | None = opt(None, "int8 activations in front of integer weights per this many "
+                                                     "columns (0: f32; default 32 for int8, 0 for int4)")
+    cpu_fused: bool = opt(True, "cpu_only as one whole-model OpenVINO graph", env="HYBRIDLLM_CPU_FUSED", kind=bool)
+    host_attention: str = opt("auto", "host attention path", HOST_ATTENTION_PATHS, env="HYBRIDLLM_HOST_ATTENTION")
+    host_threads: int | None = opt(None, "OpenVINO threads for host attention (default: all cores; all but one "
+                                         "beside a GPU)", env="HYBRIDLLM_HOST_THREADS", kind=int)
+    cpu_torch_threads: int = opt(1, "torch threads under cpu_only", env="HYBRIDLLM_CPU_TORCH_THREADS", kind=int)
+    ov_cache_dir: str | None = opt(None, "where compiled OpenVINO graphs are cached (default: attention graphs in "
+                                         "$HYBRIDLLM_CACHE/ov)", env="HYBRIDLLM_OV_CACHE_DIR")
 
     def __post_init__(self):
-        for name, allowed in (("policy", POLICIES), ("dtype", DTYPES), ("kv_cache_dtype", KV_CACHE_DTYPES),
-                              ("weight_dtype", WEIGHT_DTYPES), ("host_attention", HOST_ATTENTION_PATHS),
-                              ("device_kernels", DEVICE_KERNELS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cpu_torch_threads"):
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(allowed)}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "cpu_torch_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.block_size != DEVICE_BLOCK_SIZE:
-            raise ValueError(f"block_size must be {DEVICE_BLOCK_SIZE}, got {self.block_size}")
         for name in ("device_kv_bytes", "device_memory_bytes", "max_model_len", "host_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

@@ -47,7 +47,7 @@ def test_neo_stream_and_pinned_handoff_match_hf(model, monkeypatch):
               max_num_seqs=8)
     runner = llm.engine.runtime.executors["neo"]
     assert runner.staging is not None and runner.staging.q.is_pinned()
-    assert llm.engine.kv.tiers[Tier.HOST].key_cache[0].is_pinned()
+    assert llm.engine.runtime.tiers[Tier.HOST].key_cache[0].is_pinned()
     assert tokens(llm) == want
     assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0
     assert staged, "host decodes never went through the pinned staging"

@@ -4,7 +4,8 @@ import torch
 
 from hybridllm.attention import build_metadata
 from hybridllm.attention.host import HostAttention, HostAttentionSpec, select_backend
-from hybridllm.kv import KVCacheTier, Tier
+from hybridllm.kv import Tier
+from hybridllm.attention.kv_cache import KVCacheTier
 from hybridllm.ov_common import core
 from hybridllm.utils import ceil_div
 
@@ -94,7 +95,7 @@ class Run:
 
 def read_back(tier, layer, table, n):
     """Positions [0, n) of a sequence as float32 K, V [n, KVH, D], read straight from the tier's tensors
-    in the layout kv/layout.py documents (u8: dequantized with its per-block parameters)."""
+    in the layout attention/kv_cache.py documents (u8: dequantized with its per-block parameters)."""
     idx = torch.tensor(table, dtype=torch.int64)
     kb, vb = tier.key_cache[layer][idx], tier.value_cache[layer][idx]   # [nb, KVH, *, *]
     if tier.layout.quantized:

@@ -6,9 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from hybridllm.serving.triton.request_io import Limits, RequestError, output_arrays, parse_request
+from hybridllm.serving.triton.options import ServingLimits
+from hybridllm.serving.triton.request_io import RequestError, output_arrays, parse_request
 
-LIMITS = Limits(vocab_size=100, max_tokens_non_stream=50)
+LIMITS = ServingLimits(max_tokens_non_stream=50)
+VOCAB = 100
+
+
+def parse(get, limits, parameters=None):
+    return parse_request(get, limits, parameters, vocab_size=VOCAB)
 
 
 def _get(**inputs):
@@ -27,17 +33,17 @@ def _get(**inputs):
 
 
 def test_defaults_follow_vllm_backend():
-    r = parse_request(_get(text_input="hi"), LIMITS)
+    r = parse(_get(text_input="hi"), LIMITS)
     assert (r.prompt, r.prompt_token_ids, r.stream, r.prepend_input) == ("hi", None, False, True)
     assert r.params.max_tokens == 16
-    r = parse_request(_get(text_input="hi", stream=True), LIMITS)
+    r = parse(_get(text_input="hi", stream=True), LIMITS)
     assert r.stream and not r.prepend_input          # streaming never echoes the prompt
-    r = parse_request(_get(text_input="hi", exclude_input_in_output=True), LIMITS)
+    r = parse(_get(text_input="hi", exclude_input_in_output=True), LIMITS)
     assert not r.prepend_input
 
 
 def test_sampling_parameters_typed_and_as_strings():
-    r = parse_request(_get(text_input="hi", sampling_parameters={
+    r = parse(_get(text_input="hi", sampling_parameters={
         "max_tokens": "7", "temperature": "0.5", "top_p": 0.9, "top_k": "3", "seed": 4, "stop": ["."],
         "ignore_eos": "true"}), LIMITS)
     p = r.params
@@ -49,7 +55,7 @@ def test_openai_frontend_defaults_are_accepted():
     # What Triton's OpenAI frontend (--backend vllm) dumps for a plain completion request.
     sent = {"best_of": 1, "frequency_penalty": 0.0, "n": 1, "presence_penalty": 0.0, "temperature": 1.0,
             "top_p": 1.0, "logprobs": False, "max_tokens": 5}
-    assert parse_request(_get(text_input="hi", sampling_parameters=sent), LIMITS).params.max_tokens == 5
+    assert parse(_get(text_input="hi", sampling_parameters=sent), LIMITS).params.max_tokens == 5
 
 
 @pytest.mark.parametrize("params, fragment", [
@@ -58,27 +64,27 @@ def test_openai_frontend_defaults_are_accepted():
     ({"min_tokens": 9, "max_tokens": 5}, "min_tokens (9) must be at most max_tokens (5)"),
     ({"logprobs": 21}, "logprobs must be None or an integer in [0, 20]"),
     ({"top_logprobs": 2}, "sampling_parameters.top_logprobs: 2 is not supported"),
-    ({"temperature": float("nan")}, "temperature: must be a finite number"),
+    ({"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
     ({"max_tokens": 2.5}, "max_tokens must be an integer >= 1"),
     ({"stop": [1]}, "stop must be a string or a list of non-empty strings"),
     ({"max_tokens": 51}, "51 is over the cap of 50"),
 ])
 def test_bad_sampling_values(params, fragment):
     with pytest.raises(RequestError) as e:
-        parse_request(_get(text_input="hi", sampling_parameters=params), LIMITS)
+        parse(_get(text_input="hi", sampling_parameters=params), LIMITS)
     assert fragment in str(e.value)
 
 
 def test_the_keys_clients_send_are_implemented():
     # genai-perf's vLLM converter sends min_tokens as a string in its deterministic mode.
-    r = parse_request(_get(text_input="hi", sampling_parameters={
+    r = parse(_get(text_input="hi", sampling_parameters={
         "min_tokens": "4", "max_tokens": "8", "presence_penalty": "0.5", "frequency_penalty": 0.25,
         "repetition_penalty": "1.2", "logprobs": "2", "stop_token_ids": [7, 9], "seed": "3"}), LIMITS)
     p = r.params
     assert (p.min_tokens, p.presence_penalty, p.frequency_penalty, p.repetition_penalty, p.logprobs,
             p.stop_token_ids, p.seed) == (4, 0.5, 0.25, 1.2, 2, (7, 9), 3)
-    asked = parse_request(_get(text_input="hi", return_logprobs=True), LIMITS)
-    assert asked.params.logprobs == 0 and parse_request(_get(text_input="hi"), LIMITS).params.logprobs is None
+    asked = parse(_get(text_input="hi", return_logprobs=True), LIMITS)
+    assert asked.params.logprobs == 0 and parse(_get(text_input="hi"), LIMITS).params.logprobs is None
 
 
 def test_logprob_outputs():
@@ -89,7 +95,7 @@ def test_logprob_outputs():
     assert "logprobs" not in output_arrays("a", (5,), None, 2)
 
 
-CAPS = Limits(vocab_size=100, max_tokens_non_stream=50, max_text_input_bytes=16, max_input_ids=4,
+CAPS = ServingLimits(max_tokens_non_stream=50, max_text_input_bytes=16, max_input_ids=4,
               max_sampling_parameters_bytes=64, max_stop=2, max_stop_length=5)
 
 
@@ -106,40 +112,40 @@ CAPS = Limits(vocab_size=100, max_tokens_non_stream=50, max_text_input_bytes=16,
 ])
 def test_request_size_caps_name_the_cap(inputs, fragment):
     with pytest.raises(RequestError) as e:
-        parse_request(_get(**inputs), CAPS)
+        parse(_get(**inputs), CAPS)
     assert fragment in str(e.value), str(e.value)
-    assert parse_request(_get(text_input="é" * 8), CAPS).prompt == "é" * 8          # at the cap: fine
+    assert parse(_get(text_input="é" * 8), CAPS).prompt == "é" * 8          # at the cap: fine
 
 
 def test_a_json_bomb_within_the_byte_cap_is_refused():
     bomb = "[" * 60000 + "]" * 60000
     with pytest.raises(RequestError) as e:
-        parse_request(_get(text_input="hi", sampling_parameters=bomb),
-                      Limits(vocab_size=100, max_tokens_non_stream=50, max_sampling_parameters_bytes=1 << 20))
+        parse(_get(text_input="hi", sampling_parameters=bomb),
+                      ServingLimits(max_tokens_non_stream=50, max_sampling_parameters_bytes=1 << 20))
     assert "sampling_parameters" in str(e.value)
 
 
 def test_stream_lifts_the_non_stream_cap():
-    r = parse_request(_get(text_input="hi", stream=True, sampling_parameters={"max_tokens": 1000}), LIMITS)
+    r = parse(_get(text_input="hi", stream=True, sampling_parameters={"max_tokens": 1000}), LIMITS)
     assert r.params.max_tokens == 1000
 
 
 def test_request_parameters_when_no_sampling_input():
     # HTTP generate's extra top-level keys arrive as request parameters; triton_* ones are Triton's.
-    r = parse_request(_get(text_input="hi"), LIMITS,
+    r = parse(_get(text_input="hi"), LIMITS,
                       json.dumps({"max_tokens": 3, "temperature": 0, "triton_enable_empty_final_response": True}))
     assert r.params.max_tokens == 3 and r.params.greedy
     with pytest.raises(RequestError, match="parameters: unknown key"):
-        parse_request(_get(text_input="hi"), LIMITS, json.dumps({"max_tokns": 3}))
+        parse(_get(text_input="hi"), LIMITS, json.dumps({"max_tokns": 3}))
 
 
 def test_input_ids():
-    r = parse_request(_get(input_ids=np.array([1, 2, 99], dtype=np.int32)), LIMITS)
+    r = parse(_get(input_ids=np.array([1, 2, 99], dtype=np.int32)), LIMITS)
     assert r.prompt is None and r.prompt_token_ids == (1, 2, 99)
     with pytest.raises(RequestError, match=r"input_ids: 100 is not a token id in \[0, 100\)"):
-        parse_request(_get(input_ids=np.array([1, 100], dtype=np.int32)), LIMITS)
+        parse(_get(input_ids=np.array([1, 100], dtype=np.int32)), LIMITS)
     with pytest.raises(RequestError, match="input_ids: is empty"):
-        parse_request(_get(input_ids=np.array([], dtype=np.int32)), LIMITS)
+        parse(_get(input_ids=np.array([], dtype=np.int32)), LIMITS)
 
 
 @pytest.mark.parametrize("inputs, fragment", [
@@ -149,7 +155,7 @@ def test_input_ids():
 ])
 def test_malformed_tensors(inputs, fragment):
     with pytest.raises(RequestError) as e:
-        parse_request(_get(**inputs), LIMITS)
+        parse(_get(**inputs), LIMITS)
     assert fragment in str(e.value)
 
 

@@ -61,7 +61,7 @@ def test_generation_stops_at_context_end(tiny_llm):
     ({"max_tokens": 2.5}, "max_tokens must be an integer >= 1"),
     ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
     ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-    ({"temperature": -1}, "temperature must be a number >= 0"),
+    ({"temperature": -1}, "temperature must be a finite number >= 0"),
     ({"top_k": -3}, "top_k must be an integer >= -1"),
     ({"seed": -1}, "seed must be None or an integer"),
     ({"stop": [""]}, "stop must be a string or a list of non-empty strings"),

@@ -12,6 +12,7 @@ from hybridllm.kv import Tier
 
 from ..helpers.arrivals import run_staggered
 from ..helpers.default_prompts import GREEDY, PROMPTS
+from ..helpers.scheduling import on_host
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_runs_on_the_host_with_the_paged_op_fused(cpu_llm):
     assert engine.runtime.policy == "cpu_only" and list(engine.kv.tiers) == [Tier.HOST]
     runner = engine.runtime.executors["cpu_only"]
     assert runner.attention.name == "ov_paged" and runner.linear.fused
-    assert runner.attention.tier is engine.kv.tiers[Tier.HOST]          # the op's caches are the tier
+    assert runner.attention.tier is engine.runtime.tiers[Tier.HOST]     # the op's caches are the tier
     assert engine.kv.block_size == runner.attention.layout.block_size
 
 
@@ -82,7 +83,7 @@ def test_split_graphs_with_each_attention_path_equal_default_path(options, atten
 @pytest.mark.parametrize("kv_cache_dtype", ["f16", "u8"])
 def test_lower_precision_kv_stays_close(kv_cache_dtype, reference_tokens):
     llm = LLM(model="default", policy="cpu_only", weight_dtype="float32", kv_cache_dtype=kv_cache_dtype, host_kv_bytes=1 << 26)
-    assert llm.engine.kv.tiers[Tier.HOST].layout.precision == kv_cache_dtype
+    assert llm.engine.runtime.tiers[Tier.HOST].layout.precision == kv_cache_dtype
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     # Rounded K/V may flip a near-tie late in a continuation, not the first tokens.
     for out, ref in zip(outs, reference_tokens):
@@ -99,15 +100,15 @@ def test_bad_step_raises_before_touching_the_cache_and_others_carry_on(reference
     engine.add_request("a", PROMPTS[1], GREEDY)
     for _ in range(5):
         engine.step()
-    tier = engine.kv.tiers[Tier.HOST]
+    tier = engine.runtime.tiers[Tier.HOST]
     before = (tier._k.clone(), tier._v.clone())
     runner = engine.runtime.executors["cpu_only"]
     bad = StepInput("x", (1, 2, 3), 0, (tier.num_blocks + 1,), True)             # block index out of range
     with pytest.raises(ValueError, match="block index"):
-        runner.execute([bad])
+        runner.execute(on_host(bad))
     short = StepInput("y", tuple(range(40)), 0, (0,), True)                       # 40 tokens, one 32-token block
     with pytest.raises(ValueError, match="blocks"):
-        runner.execute([short])
+        runner.execute(on_host(short))
     assert torch.equal(tier._k, before[0]) and torch.equal(tier._v, before[1])
     out = None
     while engine.has_unfinished_requests():

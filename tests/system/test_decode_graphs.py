@@ -37,7 +37,7 @@ def test_padded_decode_path_gives_the_eager_tokens(default_model_path):
     want = [list(o.token_ids) for o in eager.generate(prompts, GREEDY, use_tqdm=False)]
     llm = _llm(default_model_path, enforce_eager=False)
     graphs = llm.engine.runtime.executors["gpu_only"].graphs
-    tier = llm.engine.kv.tiers[Tier.DEVICE]
+    tier = llm.engine.runtime.tiers[Tier.DEVICE]
     pad = tier.pad_block
     before = [c[pad].clone() for c in tier.key_cache[:2]]
     got = [list(o.token_ids) for o in llm.generate(prompts, GREEDY, use_tqdm=False)]

@@ -7,11 +7,13 @@ import torch
 
 from hybridllm import LLM, SamplingParams
 from hybridllm.attention import DeviceAttention
-from hybridllm.kv import KVCacheTier, KVLayout, Tier
+from hybridllm.attention.kv_cache import KVCacheTier, KVLayout
+from hybridllm.kv import Tier
 from hybridllm.models.llama import LlamaModel
 from hybridllm.runtime.executors.gpu_only import ModelRunner
 from hybridllm.scheduler import StepInput
 
+from ..helpers.scheduling import on_device
 from ..helpers.tiny_models import hf_greedy, make_tiny
 
 CASES = {
@@ -50,12 +52,12 @@ def test_prefill_chunks_and_decodes_match_hf_logits(tiny):
     with torch.no_grad():
         ref = hf(ids[None]).logits[0]                                  # [70, vocab]
     # Shuffle the block table so logical and physical order differ.
-    table = tier.pool.allocate(5, "a")[::-1]
+    table = tier.new_pool().allocate(5, "a")[::-1]
     # A chunked prefill (33 then 16 tokens: crossing block boundaries), then single-token decodes.
-    got = [runner.execute([StepInput("a", tuple(ids[:33].tolist()), 0, table, True)]).logits[0]]
-    got.append(runner.execute([StepInput("a", tuple(ids[33:49].tolist()), 33, table, True)]).logits[0])
+    got = [runner.execute(on_device(StepInput("a", tuple(ids[:33].tolist()), 0, table, True))).logits[0]]
+    got.append(runner.execute(on_device(StepInput("a", tuple(ids[33:49].tolist()), 33, table, True))).logits[0])
     for p in range(49, 70):
-        got.append(runner.execute([StepInput("a", (int(ids[p]),), p, table, True)]).logits[0])
+        got.append(runner.execute(on_device(StepInput("a", (int(ids[p]),), p, table, True))).logits[0])
     expect = torch.stack([ref[32], ref[48]] + [ref[p] for p in range(49, 70)])
     torch.testing.assert_close(torch.stack(got), expect, atol=1e-4, rtol=0)
 
@@ -105,15 +107,16 @@ def test_padded_bucketed_decodes_match_hf_logits(tiny):
     torch.manual_seed(2)
     lens = [5, 30, 47]
     seqs = {n: torch.randint(0, cfg.vocab_size, (n + 12,)) for n in lens}
-    tables = {n: tier.pool.allocate(4, n)[::-1] for n in lens}
+    pool = tier.new_pool()
+    tables = {n: pool.allocate(4, n)[::-1] for n in lens}
     with torch.no_grad():
         ref = {n: hf(ids[None]).logits[0] for n, ids in seqs.items()}
     for n in lens:                                          # prefills, eager
-        runner.execute([StepInput(str(n), tuple(seqs[n][:n].tolist()), 0, tables[n], True)])
+        runner.execute(on_device(StepInput(str(n), tuple(seqs[n][:n].tolist()), 0, tables[n], True)))
     for step in range(12):
         batch = [StepInput(str(n), (int(seqs[n][n + step]),), n + step, tables[n], True) for n in lens]
         assert graphs.accepts(batch)
         got = graphs.run(batch)                             # [3, vocab]
         torch.testing.assert_close(got, torch.stack([ref[n][n + step] for n in lens]), atol=1e-4, rtol=0)
     assert graphs.steps == {4: 12}
-    assert tier.pool.num_used == 12 and tier.pad_block == 24 and tier.key_cache[0].shape[0] == 25
+    assert pool.num_used == 12 and tier.pad_block == 24 and tier.key_cache[0].shape[0] == 25

@@ -9,7 +9,8 @@ import torch
 from hybridllm import utils
 from hybridllm.attention import build_metadata
 from hybridllm.attention.host import HostAttention, HostAttentionSpec, select_backend
-from hybridllm.kv import KVCacheTier, Tier
+from hybridllm.kv import Tier
+from hybridllm.attention.kv_cache import KVCacheTier
 
 from ..helpers.host_attention import OV_BF16, PRECISIONS, backend, reference, Run, read_back, check
 
@@ -235,7 +236,7 @@ def test_host_threads_leave_a_core_beside_a_gpu_and_check_the_override():
     import os
 
     from hybridllm import EngineConfig
-    from hybridllm.runtime.factory import host_threads
+    from hybridllm.runtime.spec import host_threads
     assert host_threads(None, torch.device("cpu")) is None
     assert host_threads(None, torch.device("cuda")) == max(1, os.cpu_count() - 1)
     assert host_threads(3, torch.device("cuda")) == 3

@@ -1,13 +1,16 @@
-"""The layers point one way: the package import graph (every import, function-local ones too) has no
-cycle, and policy/ stays pure (no runtime, serving, profiling, torch, clocks or file I/O)."""
+"""The layers point one way: every package imports only the layers docs/architecture.md puts below it
+(every import, function-local ones too), the graph has no cycle, and policy/, scheduler/ and kv/ stay
+pure (no torch, clocks or file I/O)."""
 import ast
 from pathlib import Path
+
+import pytest
 
 import hybridllm
 
 ROOT = Path(hybridllm.__file__).parent
 # Leaf modules of the root package that any layer may import.
-SHARED = {"config", "dtypes", "utils", "sampling_params", "ov_common", "__init__"}
+SHARED = {"config", "dtypes", "utils", "sampling_params", "ov_common", "cli_args", "__init__"}
 
 
 def _unit(module: str) -> str:
@@ -75,6 +78,57 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# The documented direction (docs/architecture.md, "Layers"): what each unit may import.
+ALLOWED = {
+    "serving": {"engine", "models"},
+    "cli": {"llm", "serving", "profiling", "runtime", "models", "converters"},
+    "llm": {"engine"},
+    "engine": {"runtime", "scheduler", "profiling", "policy", "models", "kv"},
+    "profiling": {"runtime", "attention", "scheduler", "kv", "policy", "models", "kernels"},
+    "runtime": {"scheduler", "attention", "kv", "models", "kernels", "policy"},
+    "scheduler": {"kv", "policy"},
+    "attention": {"kv", "kernels"},
+    "models": {"kernels", "converters"},
+    "policy": {"kv", "models"},          # kv.tier and models.config only (checked below)
+    "kernels": set(),
+    "converters": set(),
+    "kv": set(),
+}
+
+
+def test_every_package_imports_only_the_layers_below_it():
+    graph = _graph()
+    units = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert units - {"__pycache__"} <= set(ALLOWED), f"a package the map does not place: {units - set(ALLOWED)}"
+    for unit, deps in graph.items():
+        assert deps <= ALLOWED[unit], f"{unit} imports {sorted(deps - ALLOWED[unit])}, against the documented direction"
+
+
+def test_the_direction_check_sees_an_upward_edge():
+    graph = {k: set(v) for k, v in _graph().items()}
+    graph["scheduler"].add("runtime")
+    bad = {u for u, d in graph.items() if not d <= ALLOWED[u]}
+    assert bad == {"scheduler"}
+
+
+def _third_party(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+    return mods
+
+
+@pytest.mark.parametrize("unit", ["scheduler", "kv"])
+def test_bookkeeping_layers_are_pure(unit):
+    """scheduler/ and kv/ are dataclasses in, dataclasses out: no torch, numpy, OpenVINO, clocks or files."""
+    for path in (ROOT / unit).rglob("*.py"):
+        mods = _third_party(path)
+        assert not mods & {"torch", "numpy", "openvino", "time", "os", "json", "pathlib", "threading"}, (path.name, mods)
+        calls = {n.func.id for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "open" not in calls, path.name
+
+
 def test_no_cycle_between_packages():
     cycle = find_cycle(_graph())
     assert cycle is None, "import cycle between packages: " + " -> ".join(cycle)
@@ -92,13 +146,15 @@ def test_the_checks_see_real_edges_and_real_cycles():
 
 
 def test_policy_is_pure():
-    allowed = {"policy", "dtypes", "models"}      # models: ModelConfig only (checked below)
+    allowed = {"policy", "dtypes", "models", "kv"}      # models: ModelConfig only; kv: Tier only (checked below)
     for path in (ROOT / "policy").rglob("*.py"):
         module = "hybridllm.policy." + path.stem
         for name in _imports(path, module):
             assert name.split(".")[1] in allowed, f"{path.name} imports {name}"
             if name.startswith("hybridllm.models"):
                 assert name in ("hybridllm.models.config", "hybridllm.models.config.ModelConfig"), name
+            if name.startswith("hybridllm.kv"):
+                assert name in ("hybridllm.kv.tier", "hybridllm.kv.tier.Tier"), name
         tree = ast.parse(path.read_text())
         mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         mods |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

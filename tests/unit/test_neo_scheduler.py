@@ -1,22 +1,20 @@
 """NeoScheduler invariants (hypothesis) and the load-aware host sub-batch decision (tables of cases)."""
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 
-from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier
+from hybridllm.kv import BlockPool, BlockTables, Tier
+
 from hybridllm.policy import ModelShape, StepShape, Table2D
 from hybridllm.policy.neo import HostCandidate, NeoCostTables, STARVATION_STEPS, choose_host_batch, decodes
 from hybridllm.scheduler import NeoScheduler
 
 from ..helpers.profiles import synthetic
-from ..helpers.scheduling import req, run_step
+from ..helpers.scheduling import placement, req, run_step
 
-LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, dtype=torch.float32)
 
 
 def make(dev_blocks, host_blocks, max_num_seqs=8, budget=64, costs=None):
-    kv = KVCacheManager({Tier.DEVICE: KVCacheTier(Tier.DEVICE, LAYOUT, dev_blocks, "cpu"),
-                         Tier.HOST: KVCacheTier(Tier.HOST, LAYOUT, host_blocks, "cpu")}, 16)
+    kv = BlockTables({Tier.DEVICE: BlockPool(dev_blocks, 16, "device"), Tier.HOST: BlockPool(host_blocks, 16, "host")})
     return NeoScheduler(kv, max_num_seqs, budget, costs), kv
 
 
@@ -25,12 +23,12 @@ def test_prefill_goes_to_host_tier_when_device_is_full():
     sched.add(req("a", 30, max_tokens=4))      # 31 tokens -> 2 blocks on the device, leaves 1 (reserved)
     sched.add(req("b", 20, max_tokens=4))
     out = sched.schedule()
-    placement = {s.request_id: s.attn for s in out.scheduled}
-    assert placement == {"a": "device", "b": "device_to_host"}
+    placed_on = placement(out)
+    assert placed_on == {"a": "device", "b": "device_to_host"}
     assert kv.tier_of("a") is Tier.DEVICE and kv.tier_of("b") is Tier.HOST
     run_step(sched, out)
     out = sched.schedule()
-    assert {s.request_id: s.attn for s in out.scheduled} == {"a": "device", "b": "host"}
+    assert placement(out) == {"a": "device", "b": "host"}
 
 
 def test_device_shortage_swaps_newest_out_instead_of_preempting():
@@ -45,7 +43,7 @@ def test_device_shortage_swaps_newest_out_instead_of_preempting():
     out = sched.schedule()
     assert out.preempted == ()
     assert [(c.request_id, c.src_tier, c.dst_tier) for c in out.copies] == [("new", Tier.DEVICE, Tier.HOST)]
-    assert {s.request_id: s.attn for s in out.scheduled} == {"old": "device", "new": "host"}
+    assert placement(out) == {"old": "device", "new": "host"}
     assert kv.tier_of("new") is Tier.HOST and sched.requests["new"].num_computed_tokens == 15
 
 
@@ -64,7 +62,7 @@ def test_swap_in_waits_for_a_quarter_of_the_device_tier_to_stay_free():
     kv.pool(Tier.DEVICE).free(hog, "hog")                   # 8 free: 8 - 3 >= 2
     out = sched.schedule()
     assert [(c.request_id, c.dst_tier) for c in out.copies] == [("h", Tier.DEVICE)]
-    assert {s.request_id: s.attn for s in out.scheduled} == {"h": "device"}
+    assert placement(out) == {"h": "device"}
 
 
 ops = st.lists(st.one_of(
@@ -85,10 +83,15 @@ def test_random_arrivals_keep_neo_invariants(ops, dev, host, seqs, budget):
         assert sum(len(s.token_ids) for s in out.scheduled) <= budget and len(sched.running) <= seqs
         ids = [s.request_id for s in out.scheduled]
         assert len(ids) == len(set(ids)) and not set(ids) & set(out.preempted)
+        attn = placement(out)
+        assert sorted(attn) == sorted(ids)               # every scheduled sequence is in exactly one sub-batch
+        assert sum(len(b.seqs) for b in out.batches) == len(ids)
+        for b in out.batches:
+            assert b.policy == "neo" and all(kv.tier_of(s.request_id) is b.tier for s in b.seqs)
         for s in out.scheduled:
             tier = kv.tier_of(s.request_id)
-            assert (tier is Tier.HOST) == (s.attn in ("host", "device_to_host"))
-            assert s.attn != "device_to_host" or s.num_computed_tokens == 0
+            assert (tier is Tier.HOST) == (attn[s.request_id] in ("host", "device_to_host"))
+            assert attn[s.request_id] != "device_to_host" or s.num_computed_tokens == 0
             assert len(kv.block_table(s.request_id)) * 16 >= s.num_computed_tokens + len(s.token_ids)
         for c in out.copies:
             assert c.src_tier != c.dst_tier and len(c.dst_blocks) >= len(c.src_blocks)
@@ -187,8 +190,8 @@ def test_host_tier_only_takes_requests_it_would_run(per_seq_s, placed):
     sched.add(req("a", 30, max_tokens=4))
     sched.add(req("b", 20, max_tokens=4))
     out = sched.schedule()
-    placement = {s.request_id: s.attn for s in out.scheduled}
-    assert placement.get("a") == "device" and placement.get("b") == placed
+    placed_on = placement(out)
+    assert placed_on.get("a") == "device" and placed_on.get("b") == placed
     assert (kv.has("b") and kv.tier_of("b") is Tier.HOST) == (placed is not None)
     assert [r.request_id for r in sched.waiting] == ([] if placed else ["b"])
     kv.check()
@@ -236,7 +239,7 @@ def test_waiting_requests_go_to_the_host_together_when_one_alone_would_not_pay(w
     for i in range(waiting):
         sched.add(req(f"w{i}", 10, max_tokens=50))       # the device tier's rest is growth room
     out = sched.schedule()
-    to_host = [s.request_id for s in out.scheduled if s.attn == "device_to_host"]
+    to_host = [rid for rid, a in placement(out).items() if a == "device_to_host"]
     assert len(to_host) == placed and len(sched.waiting) == waiting - placed
     assert kv.num_used(Tier.HOST) == placed
     kv.check()

@@ -62,3 +62,10 @@ def test_held_back_covers_partial_stop_prefixes():
     assert held_back("the end is ne", ("near",)) == 2
     assert held_back("the end is n", ("near", "n!")) == 1
     assert held_back("nothing here", ("STOP",)) == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5, "0.7", True])
+def test_sampling_params_refuse_a_temperature_that_is_not_a_finite_number(bad):
+    """Checked where the value is defined, so the in-process API refuses what the Triton path refuses."""
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        SamplingParams(temperature=bad)

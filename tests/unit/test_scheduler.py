@@ -1,17 +1,15 @@
 """Scheduler invariants and decisions, driven without a model."""
-import torch
 from hypothesis import given, settings, strategies as st
 
 from hybridllm.scheduler import RequestStatus, Scheduler
-from hybridllm.kv import KVCacheManager, KVCacheTier, KVLayout, Tier
+from hybridllm.kv import BlockPool, BlockTables, Tier
 
-from ..helpers.scheduling import req, run_step
+from ..helpers.scheduling import placement, req, run_step
 
-LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, dtype=torch.float32)
 
 
 def make(num_blocks=8, max_num_seqs=4, budget=64):
-    kv = KVCacheManager({Tier.DEVICE: KVCacheTier(Tier.DEVICE, LAYOUT, num_blocks, "cpu")}, 16)
+    kv = BlockTables({Tier.DEVICE: BlockPool(num_blocks, 16)})
     return Scheduler(kv, max_num_seqs, budget), kv
 
 

@@ -4,6 +4,9 @@ import pytest
 
 from hybridllm.policy import ModelShape, StepShape
 from hybridllm.policy.step_planner import StepPlanner, bucket, useful_policies
+from hybridllm.kv import Tier
+
+D, H = Tier.DEVICE, Tier.HOST
 
 from ..helpers.profiles import const, size_dependent, synthetic
 
@@ -34,11 +37,11 @@ def test_bucket_is_the_power_of_two_at_or_above(n, want):
 
 @pytest.mark.parametrize("tier, pre, dec, want", [
     # Host GEMMs are cheap for few rows, dear for many; device GEMMs cost 1 ms each whatever the rows.
-    ("host", NONE, decodes(4), (None, "cpu_only")),
-    ("host", prefill(16), NONE, ("cpu_only", None)),
-    ("host", prefill(2048), NONE, ("partition", None)),       # on the host tier, linear work goes to the device
-    ("device", prefill(2048), NONE, ("gpu_only", None)),      # the device tier has one candidate
-    ("device", NONE, decodes(32), (None, "gpu_only")),
+    (H, NONE, decodes(4), (None, "cpu_only")),
+    (H, prefill(16), NONE, ("cpu_only", None)),
+    (H, prefill(2048), NONE, ("partition", None)),       # on the host tier, linear work goes to the device
+    (D, prefill(2048), NONE, ("gpu_only", None)),      # the device tier has one candidate
+    (D, NONE, decodes(32), (None, "gpu_only")),
 ])
 def test_choice_follows_the_tables(tier, pre, dec, want):
     c = planner().choose(tier, pre, dec)
@@ -49,36 +52,36 @@ def test_choice_follows_the_tables(tier, pre, dec, want):
 def test_a_mixed_step_runs_in_one_pass_when_that_is_cheaper():
     # Constant tables: one pass over the weights for prefill + decodes beats two passes.
     p = planner(synthetic())
-    c = p.choose("host", prefill(64), decodes(8))
+    c = p.choose(H, prefill(64), decodes(8))
     assert c.prefill == c.decode
-    assert c.seconds < p.choose("host", prefill(64), NONE).seconds + p.choose("host", NONE, decodes(8)).seconds
+    assert c.seconds < p.choose(H, prefill(64), NONE).seconds + p.choose(H, NONE, decodes(8)).seconds
     # A long prefill takes its 2 decodes along to the device's linear layers: 2 more rows cost nothing
     # there, while a second pass on the host would cost a host pass.
-    c = planner().choose("host", prefill(2048), decodes(2))
+    c = planner().choose(H, prefill(2048), decodes(2))
     assert (c.prefill, c.decode) == ("partition", "partition"), c.reason
 
 
 def test_decisions_are_memoised_by_bucketed_shape():
     p = planner()
-    a = p.choose("host", prefill(100), decodes(5, ctx=300))
-    b = p.choose("host", prefill(120), decodes(7, ctx=500))      # same buckets: 128 tokens, 8 seqs, 512 ctx
+    a = p.choose(H, prefill(100), decodes(5, ctx=300))
+    b = p.choose(H, prefill(120), decodes(7, ctx=500))      # same buckets: 128 tokens, 8 seqs, 512 ctx
     assert a is b and len(p._steps) == 1
-    assert p.choose("host", prefill(200), decodes(5, ctx=300)) is not a
+    assert p.choose(H, prefill(200), decodes(5, ctx=300)) is not a
     assert p.place(300, 100, 3) is p.place(500, 128, 4)
 
 
 def test_long_prompts_prefill_on_the_device_and_decode_on_the_host():
     p = planner()
     short, long = p.place(16, 64, 8), p.place(1500, 64, 8)
-    assert (short.prefill_tier, short.decode_tier) == ("host", "host"), short.reason
-    assert (long.prefill_tier, long.decode_tier) == ("device", "host"), long.reason
+    assert (short.prefill_tier, short.decode_tier) == (H, H), short.reason
+    assert (long.prefill_tier, long.decode_tier) == (D, H), long.reason
     assert "move" in long.reason
 
 
 def test_a_dear_move_keeps_the_kv_where_the_prefill_wrote_it():
     p = planner(size_dependent(d2h_pinned=1.0, h2d_pinned=1.0))    # 1 byte/s between the tiers
     long = p.place(1500, 64, 8)
-    assert long.prefill_tier == long.decode_tier == "device", long.reason
+    assert long.prefill_tier == long.decode_tier == D, long.reason
 
 
 def test_useful_policies_drop_candidates_that_never_win():
@@ -92,4 +95,4 @@ def test_bad_candidates_and_tiers_are_named():
     with pytest.raises(ValueError, match="candidates: 'neo' is not a plannable policy"):
         planner(cands=("gpu_only", "neo"))
     with pytest.raises(ValueError, match="no candidate policy keeps KV on the 'device' tier"):
-        planner(cands=("cpu_only",)).choose("device", prefill(16), NONE)
+        planner(cands=("cpu_only",)).choose(D, prefill(16), NONE)

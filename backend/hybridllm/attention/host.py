@@ -8,7 +8,7 @@ The backend is chosen once, at start-up: the first that compiles and passes a
 tiny self-check, unless spec.path (EngineConfig.host_attention) forces one. The
 choice and its reason are logged. The host tier is then allocated in the layout
 the chosen backend reports (the op picks its own block size and u8 format; see
-kv/layout.py) and bound to it: HostAttention.create does both.
+attention/kv_cache.py) and bound to it: HostAttention.create does both.
 
 forward() has DeviceAttention's signature: q [T, H, D], k/v [T, KVH, D] ->
 [T, H * D]; it writes k/v into the cache at the step's slots first. The metadata
@@ -21,7 +21,9 @@ import logging
 
 import torch
 
-from ..kv import KVCacheTier, KVLayout, Tier
+from ..kv import Tier
+
+from .kv_cache import KVCacheTier, KVLayout
 from ..utils import check_host_kv_bytes
 from .host_ov_paged import PagedOVAttention
 from .host_ov_sdpa import SdpaOVAttention

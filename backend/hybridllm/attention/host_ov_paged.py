@@ -20,7 +20,7 @@ import openvino.opset13 as ops
 import torch
 
 from ..dtypes import torch_dtype
-from ..kv import KVCacheTier, KVLayout
+from .kv_cache import KVCacheTier, KVLayout
 from ..ov_common import compile_config as ov_compile_config, core as ov_core, param as _param, stable_names
 from .ov_cache import OV_TYPES, cache_tensors
 from .spec import HostAttentionSpec, HostStep

@@ -20,7 +20,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from ..kv import KVCacheTier
+from .kv_cache import KVCacheTier
 from ..ov_common import compile_config, core as ov_core, param as _param, stable_names
 from .ov_cache import OV_TYPES, cache_tensors
 from .spec import HostAttentionSpec, HostStep, plain_layout

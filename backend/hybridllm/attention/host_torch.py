@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kv import KVCacheTier
+from .kv_cache import KVCacheTier
 from .device import DeviceAttention
 from .spec import HostAttentionSpec, HostStep, plain_layout
 

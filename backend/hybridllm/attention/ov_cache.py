@@ -5,7 +5,7 @@ import numpy as np
 import openvino as ov
 import torch
 
-from ..kv import KVCacheTier
+from .kv_cache import KVCacheTier
 
 OV_TYPES = {"f32": ov.Type.f32, "f16": ov.Type.f16, "bf16": ov.Type.bf16, "u8": ov.Type.u8}
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..config import HOST_ATTENTION_PATHS
 from ..dtypes import KV_PRECISIONS, torch_dtype
-from ..kv import KVLayout
+from .kv_cache import KVLayout
 from ..utils import ceil_div
 from .metadata import AttentionMetadata
 

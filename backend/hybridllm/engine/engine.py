@@ -1,15 +1,14 @@
 """LLMEngine: add / abort / step. Never imports Triton.
 
-One path for every policy: the scheduler (plain or NEO's, as the policy table says) returns the
-step's StepInputs; the router sends each to an executor (by phase for fixed policies, by the
-StepPlanner's per-step choice under auto; NEO's runner takes both phases); every executor returns a
-StepResult, which the engine samples from in one host transfer.
+One path for every policy, one call per stage of a step: the scheduler (plain or NEO's, as the policy
+table says) returns the step's sub-batches, each placed on a KV tier and an executor; the runtime
+starts the tier moves and runs each executor's sub-batches; the scheduler advances its requests from
+the result; the engine samples every row in one host transfer, appends, and makes the outputs.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -18,14 +17,14 @@ from tokenizers import Tokenizer
 from ..config import EngineConfig
 from ..models.config import ModelConfig
 from ..models.default import resolve_model
-from ..runtime import StepResult, Tracer, build_runtime
+from ..policy.step_planner import describe
+from ..runtime import Runtime, StepResult, Tracer, build_runtime
 from ..runtime.cpu.host_precision import host_precision
 from ..sampling_params import SamplingParams
-from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, StepInput
+from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, SchedulerOutput
 from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
 from .profiles import find_profile
-from .router import Router
 from .sampler import RowHistory, TokenLogprob, sample
 from .stop import find_stop, held_back
 
@@ -45,33 +44,20 @@ class LLMEngine:
         self.runtime = rt = build_runtime(config, self.model_path, mc, profile, tracer, precision)
         self.model = rt.model
         self.device = rt.device
-        self.kv = rt.kv
-        self.router = Router(rt, self.kv, tracer)
-        if rt.scheduler == "neo":
-            self.scheduler = NeoScheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, rt.neo_costs)
-            # A request may live on either tier, so it must fit the larger one.
-            fits = max(self.kv.capacity_tokens(t) for t in self.kv.tiers)
-        elif rt.planner is not None:
-            self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, planner=rt.planner)
-            fits = min(self.kv.capacity_tokens(t) for t in self.kv.tiers)      # it may be placed on either
-        else:
-            self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
-                                       rt.tier_of(rt.prefill_policy), rt.tier_of(rt.decode_policy))
-            fits = min(self.kv.capacity_tokens(rt.tier_of(p)) for p in (rt.prefill_policy, rt.decode_policy))
-        # A lone request must always fit in the pool, or it could never be rescheduled.
-        self.max_model_len = min(mc.max_position_embeddings, config.max_model_len or math.inf, fits)
+        self.kv = rt.block_tables()          # the scheduler's bookkeeping over the runtime's tiers
+        self.scheduler = make_scheduler(rt, self.kv)
+        self.max_model_len = rt.max_model_len
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
         self._eos_list = sorted(self.eos_token_ids)      # what min_tokens masks
         self._num_steps = 0
-        self._steps_by_policy: dict[str, int] = {}
         self._num_preemptions = 0
         self._next_seed = config.seed
         log.info("engine ready: model=%s device=%s policy=%s -> prefill %s, decode %s (%s%s); KV blocks %s; "
                  "max_model_len=%d", self.model_path, self.device, config.policy, rt.prefill_policy,
                  rt.decode_policy, rt.reason, f"; {found}" if found else "",
-                 {t.value: p.num_blocks for t, p in self.kv.tiers.items()}, self.max_model_len)
+                 {t.value: self.kv.pool(t).num_blocks for t in self.kv.tiers}, self.max_model_len)
         if rt.planner is not None:
-            for line in self.router.describe(self.max_model_len):
+            for line in describe(rt.planner, self.max_model_len):
                 log.info("auto: %s", line)
 
     # -- requests --------------------------------------------------------------
@@ -84,7 +70,7 @@ class LLMEngine:
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         if not isinstance(request_id, str) or not request_id:
             raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
-        if request_id in self.scheduler.requests:
+        if self.scheduler.has(request_id):
             raise ValueError(f"request_id {request_id!r} is already in use")
         if prompt is not None and prompt_token_ids is not None:
             raise ValueError("give either prompt or prompt_token_ids, not both")
@@ -123,52 +109,46 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
             blocks_used={t.value: self.kv.num_used(t) for t in self.kv.tiers},
             blocks_total={t.value: self.kv.pool(t).num_blocks for t in self.kv.tiers},
             num_preemptions=self._num_preemptions, num_steps=self._num_steps,
-            steps_by_policy=dict(self._steps_by_policy))
+            steps_by_policy=dict(self.runtime.steps_by_policy))
 
     # -- the loop --------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """Runs one batch; returns an output for every request that got a token or ended."""
-        plan = self.scheduler.schedule()
-        self._num_preemptions += len(plan.preempted)
-        if plan.host_choice is not None and (self.tracer is not None or log.isEnabledFor(logging.DEBUG)):
-            note = plan.host_choice.describe()      # formatted only when someone reads it
+        out = self.scheduler.schedule()
+        self._note(out)
+        if out.empty:
+            return []
+        result = self.runtime.execute(out)                   # the tier moves, then each executor's sub-batches
+        self._num_steps += 1
+        # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
+        rows, failed = self.scheduler.update(out, result.failed, result.sampled)
+        return self._outputs(result, rows, failed)
+
+    def _note(self, out: SchedulerOutput) -> None:
+        self._num_preemptions += len(out.preempted)
+        if self.tracer is None and not log.isEnabledFor(logging.DEBUG):
+            return
+        notes = [("planner", n) for n in out.notes]          # the StepPlanner's choices, per tier
+        if out.host_choice is not None:                      # NEO's host sub-batch; formatted only when read
+            notes.append(("scheduler", out.host_choice.describe()))
+        for lane, note in notes:
             log.debug("step %d: %s", self._num_steps, note)
             if self.tracer is not None:
-                self.tracer.instant("scheduler", note, step=self._num_steps)
-        if plan.empty:
-            return []
-        for c in plan.copies:   # requests changing tier: their K/V must arrive before the step reads it
-            self.kv.copy_blocks(c.src_tier, list(c.src_blocks), c.dst_tier, list(c.dst_blocks))
-        result = self._execute(plan.scheduled)
-        self._num_steps += 1
-        requests = self.scheduler.requests
-        for s in plan.scheduled:
-            if s.request_id not in result.failed:
-                requests[s.request_id].num_computed_tokens += len(s.token_ids)
-        # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
-        reqs = [requests[rid] for rid in result.sampled]
-        outs = [self._fail(requests[rid], err) for rid, err in result.failed.items()]
-        history = [RowHistory(r.prompt_token_ids, r.output_token_ids) if r.params.penalized else None for r in reqs]
-        tokens, logprobs = sample(result.logits, [r.params for r in reqs], [r.generator for r in reqs],
-                                  result.greedy, history, self._eos_list)
-        return outs + [self._append(req, tok, lp) for req, tok, lp in zip(reqs, tokens, logprobs)
-                       if req.request_id not in result.failed]
+                self.tracer.instant(lane, note, step=self._num_steps)
 
-    def _execute(self, seqs: tuple[StepInput, ...]) -> StepResult:
-        """Each sequence goes to the executor the router picks for it; one StepResult for the step."""
-        rt = self.runtime
-        results = []
-        for policy, group in self.router.route(seqs, self._num_steps).items():
-            r = rt.executors[policy].execute(group)
-            label = r.policy or policy
-            self._steps_by_policy[label] = self._steps_by_policy.get(label, 0) + 1
-            results.append(r)
-        return results[0] if len(results) == 1 else StepResult.merge(results)
+    def _outputs(self, result: StepResult, rows: list[Request], failed: list[tuple[Request, str]]):
+        """Samples every row in one host transfer, appends the tokens, and makes the outputs."""
+        outs = [self._fail(req, err) for req, err in failed]
+        history = [RowHistory(r.prompt_token_ids, r.output_token_ids) if r.params.penalized else None for r in rows]
+        tokens, logprobs = sample(result.logits, [r.params for r in rows], [r.generator for r in rows],
+                                  result.greedy, history, self._eos_list)
+        return outs + [self._append(req, tok, lp) for req, tok, lp in zip(rows, tokens, logprobs)
+                       if req.request_id not in result.failed]
 
     def _fail(self, req: Request, error: str) -> RequestOutput:
         """Ends one request with an error (its blocks freed); the others carry on."""
@@ -225,6 +205,16 @@ class LLMEngine:
     def _take_seed(self) -> int:
         self._next_seed += 1
         return self._next_seed
+
+
+def make_scheduler(rt: Runtime, kv) -> Scheduler:
+    """The scheduler the policy table names, placing by the runtime's policies (or its planner)."""
+    spec = rt.spec
+    if rt.scheduler == "neo":
+        return NeoScheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.neo_costs)
+    if rt.planner is not None:
+        return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, planner=rt.planner)
+    return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.prefill_policy, rt.decode_policy)
 
 
 def _load_tokenizer(folder: Path) -> Tokenizer:

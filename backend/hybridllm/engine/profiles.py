@@ -6,7 +6,7 @@ from ..models.config import ModelConfig
 from ..policy import HardwareProfile
 from ..profiling.cache import cached_profile
 from ..profiling.store import load_profile
-from ..runtime.factory import compute_device
+from ..runtime.spec import compute_device
 from ..runtime.cpu.host_precision import HostPrecision
 
 

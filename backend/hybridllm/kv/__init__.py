@@ -1,7 +1,8 @@
-"""Paged KV cache: block pools on two tiers (device, host), block tables and slot mapping."""
+"""KV bookkeeping, pure (no torch): the Tier type, BlockPool (free lists and reference counts) and
+BlockTables (each request's block_table on its tier). The tensors the blocks index live in
+attention/kv_cache.py; the copies between tiers in runtime/kv_copy.py."""
 from .block_pool import BlockPool, KVLeakError
-from .layout import KVLayout, Tier
-from .cache import KVCacheTier
-from .manager import KVCacheManager
+from .block_tables import BlockTables
+from .tier import Tier
 
-__all__ = ["BlockPool", "KVLeakError", "KVLayout", "Tier", "KVCacheTier", "KVCacheManager"]
+__all__ = ["BlockPool", "BlockTables", "KVLeakError", "Tier"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from ..dtypes import MODEL_DTYPES, torch_dtype
+from ..dtypes import torch_dtype
 from ..converters.gguf_quant import QUANT_FILE
 from ..kernels import DeviceOps, rms_norm
 from .config import ModelConfig
@@ -34,7 +34,8 @@ class LayerWeights:
 
 class LlamaModel:
     def __init__(self, cfg: ModelConfig, layers: list[LayerWeights], embed: torch.Tensor,
-                 norm: torch.Tensor, lm_head: torch.Tensor, device: torch.device, dtype: torch.dtype):
+                 norm: torch.Tensor, lm_head: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                 ops: DeviceOps | None = None):
         self.cfg = cfg
         self.layers = layers
         self.embed_tokens = embed     # [vocab, hidden]
@@ -45,9 +46,9 @@ class LlamaModel:
         self.rope = RotaryEmbedding(cfg, device, dtype)
         self.q_size = cfg.num_attention_heads * cfg.head_dim
         self.kv_size = cfg.num_key_value_heads * cfg.head_dim
-        # The small ops of attn_inputs / attn_finish: torch, or the fused Triton kernels on CUDA (set by the
-        # factory once the kernels are chosen).
-        self.ops = DeviceOps("torch")
+        # The small ops of attn_inputs / attn_finish: torch, or the fused Triton kernels on CUDA (the
+        # factory's choice, made before loading).
+        self.ops = ops or DeviceOps("torch")
 
     # -- the pieces the runtime strings together ---------------------------------
 
@@ -90,13 +91,13 @@ class LlamaModel:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu",
-             dtype: str = "float32", layer_device: str | torch.device | None = None) -> "LlamaModel":
-        """layer_device puts the decoder layers elsewhere (host memory for gpu_offload)."""
+             dtype: str = "float32", layer_device: str | torch.device | None = None,
+             ops: DeviceOps | None = None) -> "LlamaModel":
+        """layer_device puts the decoder layers elsewhere (host memory for gpu_offload); ops: the device's
+        small ops (default torch's)."""
         folder = Path(folder)
         cfg = ModelConfig.from_folder(folder)
-        if dtype not in MODEL_DTYPES:
-            raise ValueError(f"dtype: {dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
-        tdtype = torch_dtype(dtype)
+        tdtype = torch_dtype(dtype)          # names the known dtypes if it is not one
         device = torch.device(device)
         # quantized.safetensors holds a GGUF's integer codes for the CPU data plane (models/quantized.py).
         files = sorted(f for f in folder.glob("*.safetensors") if f.name != QUANT_FILE)
@@ -144,7 +145,7 @@ class LlamaModel:
         lm_head = get("lm_head.weight", required=not cfg.tie_word_embeddings)
         if lm_head is None:
             lm_head = embed
-        return cls(cfg, layers, embed, get("model.norm.weight"), lm_head, device, tdtype)
+        return cls(cfg, layers, embed, get("model.norm.weight"), lm_head, device, tdtype, ops)
 
     @classmethod
     def random(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,

@@ -7,7 +7,7 @@ One form for all of them, the one OpenVINO's compressed FullyConnected reads, pl
 - scale: f16 [rows, groups]; zero: None (symmetric) or an integer array (u8) [rows, groups];
 - min: None, or f32 [rows, groups] for Q4_1. Its w = d*q + m has no integer zero point, so it becomes
   the nearest one, z = round(-m/d), plus the remainder r = m + z*d (|r| <= d/2): w = d*(q - z) + r,
-  exact in f32, and x @ w^T = x @ (d*(q - z))^T + groupsum(x) @ r^T (runtime/ov_weights.py folds r
+  exact in f32, and x @ w^T = x @ (d*(q - z))^T + groupsum(x) @ r^T (runtime/cpu/ov_weights.py folds r
   back into f32 zero points when activations stay f32). Centred codes matter: with z = 0 the two
   terms are large and cancel, and int8 activations lost 7 of 8 greedy continuations.
 """
@@ -125,10 +125,6 @@ class QuantizedCheckpoint:
     def open(cls, folder: str | Path) -> "QuantizedCheckpoint | None":
         folder = Path(folder)
         return cls(folder) if (folder / QUANT_INDEX).is_file() and (folder / QUANT_FILE).is_file() else None
-
-    @property
-    def min_bits(self) -> int:
-        return min(4 if t.startswith("Q4") else 8 for t in self.types.values())
 
     def describe(self) -> str:
         counts: dict[str, int] = {}

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ..dtypes import BYTES
+from ..kv.tier import Tier
 from .cost_model import CostModel, StepShape
 from .profile import HardwareProfile
 from .registry import POLICIES
@@ -27,8 +28,8 @@ class StepChoice:
 
 @dataclass(frozen=True)
 class Placement:
-    prefill_tier: str            # "device" | "host": where the request's KV is written during prefill
-    decode_tier: str             # where it lives while decoding (moved there once, after prefill)
+    prefill_tier: Tier           # where the request's KV is written during prefill
+    decode_tier: Tier            # where it lives while decoding (moved there once, after prefill)
     seconds: float               # predicted prefill + move + decode time of the request
     reason: str
 
@@ -46,7 +47,7 @@ class StepPlanner:
             raise ValueError(f"candidates: {bad[0]!r} is not a plannable policy")
         self.model, self.kv_dtype = model, kv_dtype
         self.cost = CostModel(profile, device_memory_bytes)
-        self.by_tier: dict[str, tuple[str, ...]] = {}
+        self.by_tier: dict[Tier, tuple[str, ...]] = {}
         for p in candidates:
             tier = POLICIES[p].kv_tier
             self.by_tier[tier] = self.by_tier.get(tier, ()) + (p,)
@@ -54,7 +55,7 @@ class StepPlanner:
         self._places: dict[tuple, Placement] = {}
 
     @property
-    def tiers(self) -> tuple[str, ...]:
+    def tiers(self) -> tuple[Tier, ...]:
         return tuple(self.by_tier)
 
     def _time(self, policy: str, s: StepShape) -> float:
@@ -62,7 +63,7 @@ class StepPlanner:
 
     # -- per step ------------------------------------------------------------------
 
-    def choose(self, tier: str, prefill: StepShape, decode: StepShape) -> StepChoice:
+    def choose(self, tier: Tier, prefill: StepShape, decode: StepShape) -> StepChoice:
         """The executors for one tier's share of a step: prefill chunks and decodes, run together by one
         executor (one pass over the weights) or apart by two, whichever the tables say is faster."""
         pre = StepShape(bucket(prefill.prefill_tokens), bucket(prefill.prefill_seqs),
@@ -76,10 +77,10 @@ class StepPlanner:
             hit = self._steps[key] = self._choose(tier, pre, dec)
         return hit
 
-    def _choose(self, tier: str, pre: StepShape, dec: StepShape) -> StepChoice:
+    def _choose(self, tier: Tier, pre: StepShape, dec: StepShape) -> StepChoice:
         cands = self.by_tier.get(tier)
         if not cands:
-            raise ValueError(f"tier: no candidate policy keeps KV on the {tier!r} tier")
+            raise ValueError(f"tier: no candidate policy keeps KV on the {Tier(tier).value!r} tier")
         both = StepShape(pre.prefill_tokens, pre.prefill_seqs, pre.prefill_context, dec.decode_seqs,
                          dec.decode_context, self.kv_dtype)
         best = None
@@ -95,7 +96,7 @@ class StepPlanner:
         what = " + ".join(x for x in (f"{pre.prefill_tokens} prefill tokens" if p else "",
                                       f"{dec.decode_seqs} decodes" if d else "") if x)
         runs = p or d if (p is None or d is None or p == d) else f"prefill {p}, decode {d}"
-        return StepChoice(p, d, t, f"{tier} tier, {what} -> {runs} ({t * 1e3:.2f} ms predicted)")
+        return StepChoice(p, d, t, f"{tier.value} tier, {what} -> {runs} ({t * 1e3:.2f} ms predicted)")
 
     # -- per request ----------------------------------------------------------------
 
@@ -118,13 +119,13 @@ class StepPlanner:
             t_pre = min(self._time(p, pre) for p in pc)
             for td, dc in self.by_tier.items():
                 t_dec = min(self._time(d, dec) for d in dc) / batch * max(new - 1, 0)
-                move = 0.0 if tp == td else kv_bytes / (hw.d2h_pinned if td == "host" else hw.h2d_pinned)
+                move = 0.0 if tp == td else kv_bytes / (hw.d2h_pinned if td == Tier.HOST else hw.h2d_pinned)
                 t = t_pre + move + t_dec
                 if best is None or t < best[0]:
                     best = (t, tp, td, move)
         t, tp, td, move = best
-        why = (f"prompt ~{prompt}, ~{new} new tokens, batch ~{batch}: prefill on the {tp} tier, decode on the "
-               f"{td} tier" + (f" after a {move * 1e3:.2f} ms move" if tp != td else "") +
+        why = (f"prompt ~{prompt}, ~{new} new tokens, batch ~{batch}: prefill on the {tp.value} tier, decode on the "
+               f"{td.value} tier" + (f" after a {move * 1e3:.2f} ms move" if tp != td else "") +
                f" ({t * 1e3:.1f} ms predicted)")
         return Placement(tp, td, t, why)
 
@@ -152,3 +153,17 @@ def useful_policies(planner: StepPlanner, max_tokens: int, max_seqs: int, max_le
         if t in tiers:
             keep += [p for p in cands if p in used] or list(cands)
     return tuple(keep)
+
+
+def describe(planner: StepPlanner, max_len: int) -> list[str]:
+    """What the planner picks for a few typical steps and requests: the start-up log's 'why'."""
+    kv, lines = planner.kv_dtype, []
+    for tier in planner.tiers:
+        for n in (1, 8, 32):
+            lines.append(planner.choose(tier, StepShape(kv_dtype=kv),
+                                        StepShape(decode_seqs=n, decode_context=n * 512, kv_dtype=kv)).reason)
+        for n in (16, 512, 2048):
+            lines.append(planner.choose(tier, StepShape(n, 1, float(n), kv_dtype=kv), StepShape(kv_dtype=kv)).reason)
+    for prompt in (16, 512, min(4096, max_len // 2)):
+        lines.append("a request with " + planner.place(prompt, 128, 8).reason)
+    return lines

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ..attention import DeviceAttention, build_metadata
 from ..attention.host import HostAttention, HostAttentionSpec
-from ..kv import KVCacheTier, KVLayout, Tier
+from ..kv import Tier
+from ..attention.kv_cache import KVCacheTier, KVLayout
 from ..models.config import ModelConfig
 from ..dtypes import BYTES, KV_OF_MODEL, torch_dtype
 from ..kernels import DeviceOps, resolve_kernels

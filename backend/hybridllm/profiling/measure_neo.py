@@ -18,7 +18,8 @@ import logging
 import torch
 
 from ..attention import DeviceAttention
-from ..kv import KVCacheTier, KVLayout, Tier
+from ..kv import Tier
+from ..attention.kv_cache import KVCacheTier, KVLayout
 from ..models.config import ModelConfig
 from ..attention.host import HostAttention, HostAttentionSpec
 from ..dtypes import torch_dtype
@@ -26,9 +27,9 @@ from ..kernels import DeviceOps, resolve_kernels
 from ..models.llama import LlamaModel
 from ..policy import HardwareProfile, ModelShape
 from ..policy.neo import NeoCostTables, decodes
-from ..runtime.factory import host_threads
+from ..runtime.spec import host_threads
 from ..runtime.executors.neo import NeoRunner
-from ..scheduler import StepInput
+from ..scheduler import StepInput, SubBatch
 from ..utils import ceil_div, mem_available
 from .timing import timeit
 
@@ -80,9 +81,10 @@ def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, dev
     runner = NeoRunner(model, dev_attn, host_attn, host_attn.tier, dev_bs, max_host_tokens=n_host,
                        max_prefill_tokens=0)
     try:
-        def seqs(n, per, attn, prefix):
-            return [StepInput(f"{prefix}{i}", (1,), PROBE_CONTEXT, list(range(i * per, (i + 1) * per)), True, attn)
-                    for i in range(n)]
+        def seqs(n, per, tier, part, prefix):
+            return [SubBatch("neo", tier, tuple(StepInput(f"{prefix}{i}", (1,), PROBE_CONTEXT,
+                                                          list(range(i * per, (i + 1) * per)), True)
+                                                for i in range(n)), part)]
 
         def best(step):
             return timeit(lambda: runner.execute(step), device, reps=5)
@@ -93,9 +95,9 @@ def pipeline_overhead(mc: ModelConfig, profile: HardwareProfile, dtype: str, dev
         residuals = []
         for a, b in PROBE_DECODES:
             work = decodes(a, a * (PROBE_CONTEXT + 1), host_kv)
-            dev_only = seqs(a, per_seq, "device", "d")
+            dev_only = seqs(a, per_seq, Tier.DEVICE, "A", "d")
             t_a = best(dev_only)
-            t_ab = best(dev_only + seqs(b, host_per_seq, "host", "h"))
+            t_ab = best(dev_only + seqs(b, host_per_seq, Tier.HOST, "B", "h"))
             pred_a, pred_ab = costs.step(work, 0, 0), costs.step(work, b, b * (PROBE_CONTEXT + 1))
             residuals.append(((t_ab - t_a) - (pred_ab - pred_a)) / layers)
         return max(0.0, sum(residuals) / len(residuals))

@@ -1,28 +1,12 @@
-"""policy="auto": ask the planner, at start-up, which policy each phase should use."""
+"""policy="auto": which executors to build, and the fixed rule when there is no hardware profile."""
 from __future__ import annotations
-
-import logging
-import math
-from pathlib import Path
 
 import torch
 
 from ..config import EngineConfig
-from ..dtypes import kv_precision
 from ..models.config import ModelConfig
-from ..policy import PLANNABLE, BatchShape, HardwareProfile, ModelShape, Planner
+from ..policy import ModelShape
 from .memory import CPU_DEFAULT_DEVICE_KV_BYTES
-
-log = logging.getLogger("hybridllm")
-
-
-def representative_batch(config: EngineConfig, mc: ModelConfig) -> BatchShape:
-    """The workload auto plans for: a full batch of mid-length requests."""
-    max_len = min(mc.max_position_embeddings, config.max_model_len or math.inf)
-    input_len = int(max(1, min(512, max_len // 2, config.max_num_batched_tokens)))
-    output_len = int(max(1, min(128, max_len - input_len)))
-    batch = max(1, min(config.max_num_seqs, config.max_num_batched_tokens // input_len))
-    return BatchShape(batch, input_len, output_len, kv_precision(config.kv_cache_dtype, config.dtype))
 
 
 def device_memory(config: EngineConfig) -> int:
@@ -38,22 +22,12 @@ def weights_fit(config: EngineConfig, mc: ModelConfig) -> bool:
     return ModelShape.from_config(mc, config.dtype).weight_bytes < 0.9 * device_memory(config)
 
 
-def choose_policies(config: EngineConfig, model_path: Path, mc: ModelConfig,
-                    profile: HardwareProfile | None) -> tuple[str, str, str]:
-    """(prefill policy, decode policy, why) for policy="auto"."""
-    shape = ModelShape.from_config(mc, config.dtype, name=Path(model_path).name)
-    if profile is None:
-        fits = weights_fit(config, mc)
-        p = "gpu_only" if fits else "gpu_offload"
-        return p, p, ("no hardware profile (run `hybridllm profile`, then pass hardware_profile=...): "
-                      f"{p}, since the weights {'fit' if fits else 'do not fit'} in device memory")
-    batch = representative_batch(config, mc)
-    plan = Planner(shape, profile, PLANNABLE, device_memory_bytes=device_memory(config)).plan(batch)
-    reason = (f"planner on profile {profile.name} for batch={batch.batch} input={batch.input_len} "
-              f"output={batch.output_len}: prefill {plan.prefill.policy} ({plan.prefill.seconds:.3f} s), "
-              f"decode {plan.decode.policy} ({plan.decode.seconds:.3f} s)")
-    log.info(reason)
-    return plan.prefill.policy, plan.decode.policy, reason
+def fixed_rule(config: EngineConfig, mc: ModelConfig) -> tuple[str, str]:
+    """(policy, why) for auto without a hardware profile: gpu_only, or gpu_offload when the weights do not fit."""
+    fits = weights_fit(config, mc)
+    p = "gpu_only" if fits else "gpu_offload"
+    return p, ("no hardware profile (run `hybridllm profile`, then pass hardware_profile=...): "
+               f"{p}, since the weights {'fit' if fits else 'do not fit'} in device memory")
 
 
 def auto_candidates(config: EngineConfig, mc: ModelConfig) -> tuple[tuple[str, ...], str]:

@@ -2,7 +2,7 @@
 
 A decode step of n sequences runs as the smallest bucket b >= n (1, 2, 4, 8, then every 16 up to
 max_num_seqs). Rows n..b are padding: token 0 at position 0, context 1, writing their K/V to the device
-tier's pad block (never handed out, kv/cache.py) and never sampled. The buffers, the bucketing, the
+tier's pad block (never handed out, attention/kv_cache.py) and never sampled. The buffers, the bucketing, the
 padding and the forward are one code path on every device: on CUDA each bucket's forward is captured
 once at start-up and replayed; on the CPU (enforce_eager=False, for tests) the same forward runs eagerly.
 Prefill and mixed steps stay eager (ModelRunner).
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..attention import DeviceAttention
 from ..kernels import DeviceOps
-from ..kv import KVCacheTier
+from ..attention.kv_cache import KVCacheTier
 from ..models.llama import LlamaModel
 from ..scheduler import StepInput
 from ..utils import ceil_div
@@ -136,7 +136,7 @@ class DecodeGraphs:
 
     def accepts(self, seqs: list[StepInput]) -> bool:
         """Pure decode steps that sample every row and fit the largest bucket."""
-        return 0 < len(seqs) <= self.cap and all(len(s.token_ids) == 1 and s.sample for s in seqs)
+        return 0 < len(seqs) <= self.cap and all(s.is_decode for s in seqs)
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
@@ -156,8 +156,8 @@ class DecodeGraphs:
 
 def build(parts, max_model_len: int) -> DecodeGraphs | None:
     """gpu_only's graphs, or None: enforce_eager=True, or None on the CPU (nothing to capture there)."""
-    eager = parts.config.enforce_eager
+    eager = parts.spec.enforce_eager
     if eager or (eager is None and parts.device.type != "cuda"):
         return None
-    return DecodeGraphs(parts.model, parts.device_attention, parts.device_tier, parts.config.max_num_seqs,
+    return DecodeGraphs(parts.model, parts.device_attention, parts.device_tier, parts.spec.max_num_seqs,
                         max_model_len, capture=parts.device.type == "cuda")

@@ -1,60 +1,67 @@
-"""Builds the runtime for a policy: the model on its device, the KV tiers, and the executors.
+"""Builds the runtime from its RuntimeSpec: the model on its device, the KV tiers, and the executors.
 
-Decided once at start-up. The policy table (policy/registry.py) says which tier each policy keeps
-its KV on and which builder makes its executor; the factory makes the parts they share (one model,
-one device tier, one host tier with its HostAttention) and asks each builder for its executor.
-A runtime may hold two executors, one for prefill and one for decode (the planner's per-phase
-choice); the scheduler then moves each request's KV to the decode executor's tier after prefill.
+Decided once at start-up. The policy table (policy/registry.py) says which tiers each policy keeps
+its KV on; the factory makes the parts they share (one model, one device tier, one host tier with its
+HostAttention, the copier that moves KV between them) and asks each policy's builder for its executor.
 """
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..attention import DeviceAttention
 from ..attention.host import HostAttention, HostAttentionSpec
+from ..attention.kv_cache import KVCacheTier, KVLayout
 from ..config import EngineConfig
-from ..dtypes import kv_precision, torch_dtype
+from ..dtypes import torch_dtype
 from ..kernels import DeviceOps, resolve_kernels
-from ..kv import KVCacheManager, KVCacheTier, KVLayout, Tier
+from ..kv import BlockTables, Tier
 from ..models.config import ModelConfig
 from ..models.llama import LlamaModel
 from ..policy import HardwareProfile, ModelShape
 from ..policy.neo import NeoCostTables
 from ..policy.registry import POLICIES
-from ..policy.step_planner import StepPlanner, useful_policies
-from ..utils import cache_root
-from .auto import auto_candidates, choose_policies, device_memory
-from .executors.base import Executor, Parts
+from ..policy.step_planner import StepPlanner
+from ..scheduler import SchedulerOutput
 from .cpu.host_precision import HostPrecision, host_precision
+from .executors import BUILDERS
+from .executors.base import Executor, Parts, StepResult
+from .kv_copy import KVCopier
 from .memory import num_device_blocks
+from .spec import HOST, RuntimeSpec, resolve
 from .trace import NullTracer, Tracer
 
 log = logging.getLogger("hybridllm")
-HOST = torch.device("cpu")
-_TIERS = {"device": (Tier.DEVICE,), "host": (Tier.HOST,), "both": (Tier.DEVICE, Tier.HOST)}
+assert set(BUILDERS) == set(POLICIES), "every policy in the table has an executor builder"
 
 
 @dataclass
 class Runtime:
-    executors: dict[str, Executor]   # by policy name
-    prefill_policy: str              # "auto": chosen per step by `planner`
-    decode_policy: str
-    kv: KVCacheManager
+    spec: RuntimeSpec
+    executors: dict[str, Executor]           # by policy name
+    tiers: dict[Tier, KVCacheTier]           # the KV tensors, by tier
     model: LlamaModel
-    device: torch.device
-    reason: str = ""                 # why these policies (logged at start-up)
+    copier: KVCopier
+    max_model_len: int                       # the model's limit, lowered to what one request's KV can hold
+    reason: str = ""                         # why these policies (logged at start-up)
     neo_costs: NeoCostTables | None = None   # NEO's load-aware choice, when a hardware profile is given
     planner: StepPlanner | None = None       # auto with a profile: the per-step choice among `executors`
+    steps_by_policy: dict[str, int] = field(default_factory=dict)
 
-    def tier_of(self, policy: str) -> Tier:
-        """The tier a policy's requests keep their KV on (NEO's first tier is where prefills start)."""
-        return _TIERS[POLICIES[policy].kv_tier][0]
+    @property
+    def device(self) -> torch.device:
+        return self.spec.device
+
+    @property
+    def prefill_policy(self) -> str:
+        return self.spec.prefill_policy
+
+    @property
+    def decode_policy(self) -> str:
+        return self.spec.decode_policy
 
     @property
     def scheduler(self) -> str:
@@ -67,142 +74,113 @@ class Runtime:
             return self.prefill_policy
         return f"{self.prefill_policy}+{self.decode_policy}"
 
+    def block_tables(self) -> BlockTables:
+        """Fresh bookkeeping over this runtime's tiers (for the scheduler)."""
+        return BlockTables({t: c.new_pool() for t, c in self.tiers.items()})
 
-def compute_device(config: EngineConfig) -> torch.device:
-    return torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        """One step: its tier moves start, then each executor runs its sub-batches (waiting for the moves
+        before its first KV read); one StepResult for the step."""
+        self.copier.submit(out.copies)
+        results = []
+        for policy, batches in out.by_policy().items():
+            r = self.executors[policy].execute(batches)
+            label = r.policy or policy
+            self.steps_by_policy[label] = self.steps_by_policy.get(label, 0) + 1
+            results.append(r)
+        self.copier.wait()                   # an executor that read no KV still leaves the moves done
+        return results[0] if len(results) == 1 else StepResult.merge(results)
 
 
 def build_runtime(config: EngineConfig, model_path: Path, mc: ModelConfig, profile: HardwareProfile | None = None,
                   tracer: Tracer | None = None, precision: HostPrecision | None = None) -> Runtime:
     """profile: the hardware profile auto plans with and NEO places by (found by the caller), or None.
     precision: cpu_only's, resolved by the caller (None: resolved here)."""
-    per_step = config.policy == "auto" and profile is not None
-    shape = ModelShape.from_config(mc, config.dtype)
-    kv_dtype = kv_precision(config.kv_cache_dtype, config.dtype)
-    if per_step:
-        cands, why = auto_candidates(config, mc)
-        policies = useful_policies(StepPlanner(shape, profile, cands, kv_dtype, device_memory(config)),
-                                   config.max_num_batched_tokens, config.max_num_seqs, max_model_len(config, mc))
-        prefill = decode = "auto"
-        reason = (f"per step on profile {profile.name} among {', '.join(policies)} (candidates {', '.join(cands)}: "
-                  f"{why}; the others win no step of the engine's range)")
-    elif config.policy == "auto":
-        prefill, decode, reason = choose_policies(config, model_path, mc, None)
-        policies = (prefill, decode)
-    else:
-        prefill = decode = config.policy
-        policies = (prefill,)
-        reason = "forced by the policy option"
-    specs = [POLICIES[p] for p in dict.fromkeys(policies)]
-    host_only = all(s.linear_on == "host" for s in specs)
-    if host_only:
-        if config.device not in (None, "cpu"):
-            log.info("policy %s runs on the host; device=%s is not used", prefill, config.device)
-        device = HOST
-    else:
-        device = compute_device(config)
+    precision = precision or host_precision(config.weight_dtype, model_path, config.dynamic_quant_group_size)
+    spec = resolve(config, model_path, mc, profile, precision)
+    if spec.host_only and config.device not in (None, "cpu"):
+        log.info("policy %s runs on the host; device=%s is not used", spec.prefill_policy, config.device)
+    return build(spec, profile, tracer)
+
+
+def build(spec: RuntimeSpec, profile: HardwareProfile | None = None, tracer: Tracer | None = None) -> Runtime:
+    mc, device = spec.model, spec.device
+    specs = [POLICIES[p] for p in spec.policies]
     tracer = tracer or NullTracer()
     if isinstance(tracer, Tracer):
         tracer.attach(device)
-    # Streamed decoder layers live in host memory; no other policy of the runtime may want them on the device.
-    streamed = any(s.linear_on == "streamed" for s in specs)
-    if streamed and any(s.linear_on == "device" for s in specs):
-        raise ValueError(f"policies {', '.join(s.name for s in specs)}: gpu_offload keeps the decoder layers in "
-                         "host memory, which a policy with device linear layers cannot run")
-    model = LlamaModel.load(model_path, device, config.dtype, layer_device=HOST if streamed else None)
-    # The device's small ops and decode attention: Triton kernels on CUDA (kernels/), torch elsewhere.
-    model.ops = DeviceOps(resolve_kernels(config.device_kernels, device))
-    reason += f"; device kernels {model.ops.impl}"
-    tiers = {t for s in specs for t in _TIERS[s.kv_tier]}
-    dev_tier = dev_attn = host_attn = None
-    if Tier.DEVICE in tiers:
-        dev_tier = _device_tier(config, mc, kv_dtype, model, device, streamed)
-        dev_attn = DeviceAttention(dev_tier.key_cache, dev_tier.value_cache, mc.num_attention_heads,
-                                   mc.num_key_value_heads, mc.head_dim, mc.sliding_window, model.ops)
-    precision = precision or host_precision(config.weight_dtype, model_path, config.dynamic_quant_group_size)
-    if Tier.HOST in tiers:
-        host_attn = host_attention(config, mc, device, host_kv_precision(config, precision, host_only))
+    ops = DeviceOps(resolve_kernels(spec.device_kernels, device))
+    model = LlamaModel.load(spec.model_path, device, spec.dtype, layer_device=HOST if spec.streamed else None,
+                            ops=ops)
+    reason = spec.reason + f"; device kernels {ops.impl}"
+    used = {t for s in specs for t in s.kv_tiers}
+    tiers: dict[Tier, KVCacheTier] = {}
+    dev_attn = host_attn = None
+    if Tier.DEVICE in used:
+        tiers[Tier.DEVICE] = dev = _device_tier(spec, model)
+        dev_attn = DeviceAttention(dev.key_cache, dev.value_cache, mc.num_attention_heads,
+                                   mc.num_key_value_heads, mc.head_dim, mc.sliding_window, ops)
+    if Tier.HOST in used:
+        host_attn = host_attention(spec)
+        tiers[Tier.HOST] = host_attn.tier
         reason += f"; host attention {host_attn.name} ({host_attn.reason})"
-    kv = KVCacheManager({t: c for t, c in ((Tier.DEVICE, dev_tier), (Tier.HOST, host_attn and host_attn.tier))
-                         if c is not None})
-    parts = Parts(config, Path(model_path), mc, model, device, dev_tier, dev_attn, host_attn, tracer,
-                  torch.get_num_threads(), precision, max_model_len(config, mc))
-    executors = {s.name: _builder(s.executor)(parts) for s in specs}
-    if host_only:
+    max_len = _max_model_len(spec, specs, tiers)
+    copier = KVCopier(tiers, device)
+    parts = Parts(spec, model, tiers.get(Tier.DEVICE), dev_attn, host_attn, tracer, copier, max_len)
+    executors = {s.name: BUILDERS[s.name](parts) for s in specs}
+    if spec.host_only:
         # The OpenVINO graphs hold their own copy of the decoder layers: torch's would be a second one.
         model.release_layers()
     costs = planner = None
-    if per_step:
-        planner = StepPlanner(shape, profile, tuple(executors), kv_dtype, device_memory(config))
+    if spec.per_step:
+        planner = StepPlanner(ModelShape.from_config(mc, spec.dtype), profile, tuple(executors), spec.kv_dtype,
+                              spec.planner_memory_bytes)
     elif specs[0].scheduler == "neo":
-        costs = NeoCostTables(shape, profile, kv_dtype) if profile is not None else None
+        costs = NeoCostTables(ModelShape.from_config(mc, spec.dtype), profile, spec.kv_dtype) \
+            if profile is not None else None
         reason += ("; load-aware host sub-batches from the profile" if costs else
                    "; no hardware profile, so every host decode joins each step")
-    return Runtime(executors, prefill, decode, kv, model, device, reason, costs, planner)
+    return Runtime(spec, executors, tiers, model, copier, max_len, reason, costs, planner)
 
 
-def _builder(ref: str):
-    """The executor builder a registry entry names ("module:function")."""
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
+def _max_model_len(spec: RuntimeSpec, specs, tiers: dict[Tier, KVCacheTier]) -> int:
+    """A lone request must always fit in its tier's pool, or it could never be rescheduled."""
+    cap = {t: c.num_blocks * c.block_size for t, c in tiers.items()}
+    if specs[0].scheduler == "neo" and not spec.per_step:
+        fits = max(cap.values())                 # a request may live on either tier
+    elif spec.per_step:
+        fits = min(cap.values())                 # it may be placed on either
+    else:
+        fits = min(cap[POLICIES[p].kv_tier] for p in (spec.prefill_policy, spec.decode_policy))
+    return min(spec.max_model_len, fits)
 
 
-def _device_tier(config: EngineConfig, mc: ModelConfig, precision: str, model: LlamaModel, device: torch.device,
-                 offload: bool) -> KVCacheTier:
-    if precision == "u8":
+def _device_tier(spec: RuntimeSpec, model: LlamaModel) -> KVCacheTier:
+    mc = spec.model
+    if spec.device_kv == "u8":
         raise ValueError("kv_cache_dtype 'u8' needs a host KV tier only (policy cpu_only or partition); "
                          "the device tier holds f32/f16/bf16")
-    layout = KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, config.block_size,
-                      torch_dtype(precision))
+    layout = KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, spec.block_size,
+                      torch_dtype(spec.device_kv))
     on_device = model.weight_bytes
-    if offload:     # resident weights plus two staging slots of layer weights
+    if spec.streamed:     # resident weights plus two staging slots of layer weights
         on_device = model.resident_bytes + 2 * (model.weight_bytes - model.resident_bytes) // mc.num_hidden_layers
-    return KVCacheTier(Tier.DEVICE, layout, num_device_blocks(config, layout, device, on_device), device,
+    return KVCacheTier(Tier.DEVICE, layout, num_device_blocks(spec, layout, spec.device, on_device), spec.device,
                        pad_block=True)
 
 
-def max_model_len(config: EngineConfig, mc: ModelConfig) -> int:
-    return int(min(mc.max_position_embeddings, config.max_model_len or mc.max_position_embeddings))
-
-
-def host_threads(requested: int | None, device: torch.device) -> int | None:
-    """OpenVINO threads for host attention: `requested` (config.host_threads) if set; beside a GPU, all
-    cores but one, which stays free for the thread that launches the GPU's kernels; on a CPU-only machine all."""
-    if requested is not None:
-        return requested
-    if device.type == "cuda":
-        return max(1, (os.cpu_count() or 2) - 1)
-    return None
-
-
-def host_kv_precision(config: EngineConfig, precision: HostPrecision, host_only: bool) -> str:
-    """The host tier's KV precision. kv_cache_dtype=auto follows the model's dtype, except on a host-only
-    runtime computing in bf16, where f32 KV would cost a conversion in every attention call (a batch-1
-    step took 1.7x longer than with bf16 KV)."""
-    if config.kv_cache_dtype == "auto" and host_only and precision.compute == "bf16":
-        return "bf16"
-    return kv_precision(config.kv_cache_dtype, config.dtype)
-
-
-def host_attention(config: EngineConfig, mc: ModelConfig, device: torch.device,
-                   precision: str | None = None) -> HostAttention:
-    """HostAttention over a fresh host tier of config.host_kv_bytes, in the chosen backend's layout
-    (precision: the KV's; None: what kv_cache_dtype asks for).
+def host_attention(spec: RuntimeSpec) -> HostAttention:
+    """HostAttention over a fresh host tier of spec.host_kv_bytes, in the chosen backend's layout.
 
     The backend (OpenVINO PagedAttention, else the public-opset graph, else torch; see
     attention/host.py) decides the block size: 32 tokens for the op on the CPU, so host
-    blocks may be larger than device blocks; KVCacheManager copies between them token-wise.
+    blocks may be larger than device blocks; the copier moves KV between them token-wise.
     Pinned on CUDA, so device<->host copies of K/V and swaps run at full PCIe speed.
     """
-    spec = HostAttentionSpec(
+    mc = spec.model
+    hspec = HostAttentionSpec(
         num_layers=mc.num_hidden_layers, num_heads=mc.num_attention_heads, num_kv_heads=mc.num_key_value_heads,
-        head_dim=mc.head_dim, kv_precision=precision or kv_precision(config.kv_cache_dtype, config.dtype),
-        sliding_window=mc.sliding_window, block_size=config.block_size, cache_dir=ov_cache_dir(config),
-        num_threads=host_threads(config.host_threads, device), path=config.host_attention)
-    return HostAttention.create(spec, num_bytes=config.host_kv_bytes, pin_memory=device.type == "cuda")
-
-
-def ov_cache_dir(config: EngineConfig) -> str:
-    """Where compiled host attention graphs are cached: config.ov_cache_dir, else $HYBRIDLLM_CACHE/ov."""
-    return config.ov_cache_dir or str(cache_root() / "ov")
-
+        head_dim=mc.head_dim, kv_precision=spec.host_kv, sliding_window=mc.sliding_window,
+        block_size=spec.block_size, cache_dir=spec.attention_cache_dir, num_threads=spec.host_threads,
+        path=spec.host_attention)
+    return HostAttention.create(hspec, num_bytes=spec.host_kv_bytes, pin_memory=spec.device.type == "cuda")

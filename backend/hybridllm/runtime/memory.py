@@ -6,7 +6,7 @@ import gc
 import torch
 
 from ..config import EngineConfig, GiB
-from ..kv import KVLayout
+from ..attention.kv_cache import KVLayout
 
 CPU_DEFAULT_DEVICE_KV_BYTES = 1 * GiB   # with no GPU, the "device" tier is host memory too
 ACTIVATION_RESERVE = 0.10               # share of the device kept for activations and the allocator

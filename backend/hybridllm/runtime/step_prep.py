@@ -37,4 +37,4 @@ def prepare_step(seqs: list[StepInput], block_size: int, model: LlamaModel, attn
 
 def cpu_threads(parts: "Parts") -> int | None:
     """The torch threads an executor whose linear layers run in torch keeps: all of them on the CPU."""
-    return parts.torch_threads if parts.device.type == "cpu" else None
+    return parts.spec.torch_threads if parts.device.type == "cpu" else None

@@ -9,25 +9,27 @@ tier. Queues: waiting, device-resident running, host-resident running.
   room again, the oldest host requests are swapped back in at the start of a
   step (hysteresis: only while `swap_in_free_fraction` of the tier stays free).
 - Host decodes join the step's host sub-batch by `choose_host_batch`.
+The step leaves as NEO's sub-batches: A on the device tier, A's fresh prefills bound for the host tier
+(device attention, K/V written to the host), and B (host attention).
 Deterministic, no clocks or I/O; tier moves are returned as BlockCopy records.
 """
 from __future__ import annotations
 
-from ..kv import KVCacheManager, Tier
+from ..kv import BlockTables, Tier
 from ..policy import StepShape
 from ..policy.neo import HostBatchChoice, HostCandidate, NeoCostTables, choose_host_batch, decodes
 from ..utils import ceil_div
 from .request import Request
-from .scheduler import Scheduler
-from .step import BlockCopy, SchedulerOutput, StepInput
+from .scheduler import Scheduler, decode_shape, prefill_shape
+from .step import BlockCopy, SchedulerOutput, StepInput, SubBatch
 
 D, H = Tier.DEVICE, Tier.HOST
 
 
 class NeoScheduler(Scheduler):
-    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+    def __init__(self, kv: BlockTables, max_num_seqs: int, max_num_batched_tokens: int,
                  costs: NeoCostTables | None = None, swap_in_free_fraction: float = 0.25):
-        super().__init__(kv, max_num_seqs, max_num_batched_tokens, D, D)
+        super().__init__(kv, max_num_seqs, max_num_batched_tokens, "neo", "neo")
         self.costs = costs
         self.swap_in_free_fraction = swap_in_free_fraction
         self.skipped: dict[str, int] = {}
@@ -42,6 +44,7 @@ class NeoScheduler(Scheduler):
         budget = self.max_num_batched_tokens
         a: list[StepInput] = []
         b: list[StepInput] = []
+        to_host: set[str] = set()            # A's fresh prefills whose KV goes to the host tier
         copies: list[BlockCopy] = []
         preempted: list[str] = []
         # 0. Swap in, oldest host request first, while the device tier has plenty of room
@@ -68,18 +71,19 @@ class NeoScheduler(Scheduler):
                 if victim is req:
                     break
             else:
-                a.append(self._input(req, n, "device"))
+                a.append(self._input(req, n))
                 budget -= n
         # 2. Host-resident requests: unfinished prefill chunks must run; decodes are candidates.
         cands: list[HostCandidate] = []
         for req in self._on(H):
             left = req.num_tokens - req.num_computed_tokens
-            if left > 1 and budget > 0:
-                n = min(left, budget)
-                if self._grow_on_host(req, n, preempted, b):
-                    b.append(self._input(req, n, "host"))
-                    budget -= n
-            elif left == 1:
+            if not req.decoding:
+                if budget > 0:
+                    n = min(left, budget)
+                    if self._grow_on_host(req, n, preempted, b):
+                        b.append(self._input(req, n))
+                        budget -= n
+            else:
                 cands.append(HostCandidate(req.request_id, req.num_tokens, self.skipped.get(req.request_id, 0)))
         # 3. Admit new requests: device tier if the whole request fits with room to grow, else the host tier.
         reserve = len(self._on(D))           # a block of growth room for each device request
@@ -89,7 +93,7 @@ class NeoScheduler(Scheduler):
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1, D)
             if self.kv.num_free(D) - reserve >= need and self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
-                placement = "device"
+                part = a
                 reserve += 1
             else:
                 if host_room is None:
@@ -98,10 +102,12 @@ class NeoScheduler(Scheduler):
                 if host_room <= 0 or not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
                     break
                 host_room -= 1
-                placement = "device_to_host" if req.num_computed_tokens == 0 else "host"
+                part = a if req.num_computed_tokens == 0 else b     # a fresh prefill attends on the device
+                if part is a:
+                    to_host.add(req.request_id)
             self.waiting.popleft()
             self._run(req)
-            (a if placement == "device_to_host" or placement == "device" else b).append(self._input(req, n, placement))
+            part.append(self._input(req, n))
             budget -= n
         # 4. Load-aware host sub-batch.
         chosen = self._choose(a, cands)
@@ -109,12 +115,16 @@ class NeoScheduler(Scheduler):
             req = self.requests[c.request_id]
             if (c.request_id in chosen and budget > 0 and c.request_id in self.running
                     and self._grow_on_host(req, 1, preempted, a + b)):
-                b.append(self._input(req, 1, "host"))
+                b.append(self._input(req, 1))
                 budget -= 1
                 self.skipped.pop(c.request_id, None)
             elif c.request_id in self.running:
                 self.skipped[c.request_id] = self.skipped.get(c.request_id, 0) + 1
-        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies), self.last_choice)
+        a_dev = tuple(s for s in a if s.request_id not in to_host)
+        a_host = tuple(s for s in a if s.request_id in to_host)
+        batches = tuple(SubBatch("neo", t, seqs, part) for t, seqs, part in ((D, a_dev, "A"), (H, a_host, "A"),
+                                                                               (H, tuple(b), "B")) if seqs)
+        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies), batches, self.last_choice)
 
     def _choose(self, a: list[StepInput], cands: list[HostCandidate]) -> set[str]:
         if not cands:
@@ -162,7 +172,7 @@ class NeoScheduler(Scheduler):
         """Swap a device request out to the host tier, if it would run there (see _host_room);
         else, or when the host is full too, preempt it (recompute later on the device)."""
         waiting_on_host = [HostCandidate(r.request_id, r.num_tokens, self.skipped.get(r.request_id, 0))
-                           for r in self._on(H) if r.num_tokens - r.num_computed_tokens == 1]
+                           for r in self._on(H) if r.decoding]
         moved = None
         if self._host_room(waiting_on_host, [victim], exclude=victim):
             moved = self.kv.migrate(victim.request_id, H, victim.num_computed_tokens + 1)
@@ -183,8 +193,7 @@ class NeoScheduler(Scheduler):
 
 def _work(a: list[StepInput], kv_dtype: str) -> StepShape:
     """Sub-batch A as the cost tables see it."""
-    dec = [s for s in a if len(s.token_ids) == 1]
-    pre = [s for s in a if len(s.token_ids) > 1]
-    pre_tokens = sum(len(s.token_ids) for s in pre)
-    ctx = sum((s.num_computed_tokens + len(s.token_ids)) * len(s.token_ids) for s in pre) / pre_tokens if pre else 0.0
-    return StepShape(pre_tokens, len(pre), ctx, len(dec), sum(s.num_computed_tokens + 1 for s in dec), kv_dtype)
+    pre = prefill_shape([s for s in a if not s.is_decode], kv_dtype)
+    dec = decode_shape([s for s in a if s.is_decode], kv_dtype)
+    return StepShape(pre.prefill_tokens, pre.prefill_seqs, pre.prefill_context, dec.decode_seqs, dec.decode_context,
+                     kv_dtype)

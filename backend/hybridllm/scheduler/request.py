@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 
 from ..sampling_params import SamplingParams
+from .step import is_decode
 
 
 class RequestStatus(enum.Enum):
@@ -49,6 +50,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def decoding(self) -> bool:
+        """Whether its next step is a decode (scheduler.step.is_decode)."""
+        return is_decode(self.num_tokens - self.num_computed_tokens, self.num_computed_tokens, self.num_tokens)
 
     def token_ids(self, start: int, end: int) -> tuple[int, ...]:
         """Tokens [start, end) of prompt + output, without concatenating the two."""

@@ -11,25 +11,38 @@ blocks are freed and it is recomputed from scratch later. Each request's KV
 tiers are chosen when it is admitted: the same for all (the prefill and decode
 policies' tiers), or per request by a StepPlanner (policy="auto"). When its
 prefill and decode tiers differ, its blocks move to the decode tier once its
-prefill is done (a BlockCopy the engine performs before the step).
+prefill is done (a BlockCopy the runtime performs before the step).
+
+The scheduler owns placement: the step's sequences leave in SubBatches that name the tier and the
+executor (the phase's policy, or under auto the StepPlanner's choice for the step's shape on each
+tier). After the step, `update` advances its own requests from the step's result.
 """
 from __future__ import annotations
 
 from collections import deque
+from typing import Mapping, Sequence
 
-from ..kv import KVCacheManager, Tier
+from ..kv import BlockTables, Tier
+from ..policy import StepShape
+from ..policy.registry import POLICIES
 from ..policy.step_planner import StepPlanner
 from .request import Request, RequestStatus
-from .step import BlockCopy, SchedulerOutput, StepInput
+from .step import BlockCopy, SchedulerOutput, StepInput, SubBatch
 
 
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 tier: Tier = Tier.DEVICE, decode_tier: Tier | None = None, planner: StepPlanner | None = None):
+    def __init__(self, kv: BlockTables, max_num_seqs: int, max_num_batched_tokens: int,
+                 prefill_policy: str = "gpu_only", decode_policy: str | None = None,
+                 planner: StepPlanner | None = None):
+        for name, p in (("prefill_policy", prefill_policy), ("decode_policy", decode_policy)):
+            if p is not None and p not in POLICIES:
+                raise ValueError(f"{name}: {p!r} is not a policy")
         self.kv = kv
-        self.tier = tier                            # where prefills' KV goes
-        self.decode_tier = decode_tier or tier      # where decodes' KV must be (moved there after prefill)
-        self.planner = planner                      # places each request instead, when given
+        self.prefill_policy = prefill_policy        # runs prefill chunks (unless the planner chooses)
+        self.decode_policy = decode_policy or prefill_policy
+        self.tier = POLICIES[self.prefill_policy].kv_tier          # where prefills' KV goes
+        self.decode_tier = POLICIES[self.decode_policy].kv_tier    # where decodes' KV must be (moved after prefill)
+        self.planner = planner                      # places each request and picks each step's executors, when given
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Request] = deque()
@@ -44,6 +57,28 @@ class Scheduler:
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
+
+    def has(self, request_id: str) -> bool:
+        return request_id in self.requests
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def update(self, out: SchedulerOutput, failed: Mapping[str, str],
+               sampled: Sequence[str]) -> tuple[list[Request], list[tuple[Request, str]]]:
+        """After the step ran: the scheduled chunks that did not fail are in the cache now. Returns the
+        requests of the step's logits rows (in row order) and the failed requests with their errors."""
+        for s in out.scheduled:
+            req = self.requests.get(s.request_id)
+            if req is not None and s.request_id not in failed:
+                req.num_computed_tokens += len(s.token_ids)
+        return ([self.requests[rid] for rid in sampled],
+                [(self.requests[rid], err) for rid, err in failed.items() if rid in self.requests])
 
     def schedule(self) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
@@ -77,13 +112,37 @@ class Scheduler:
             self._run(req)
             scheduled.append(self._input(req, n))
             budget -= n
-        return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(copies))
+        batches, notes = self._batches(scheduled)
+        return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(copies), batches, notes=notes)
+
+    def _batches(self, seqs: list[StepInput]) -> tuple[tuple[SubBatch, ...], tuple[str, ...]]:
+        """Places the step's sequences: by phase for fixed policies; under auto, per KV tier, by the
+        StepPlanner's choice for that tier's prefill chunks and decodes (memoised by bucketed shape)."""
+        groups: dict[tuple[str, Tier], list[StepInput]] = {}
+        notes = []
+        if self.planner is None:
+            for s in seqs:
+                policy = self.decode_policy if s.is_decode else self.prefill_policy
+                groups.setdefault((policy, self.kv.tier_of(s.request_id)), []).append(s)
+        else:
+            by_tier: dict[Tier, tuple[list[StepInput], list[StepInput]]] = {}
+            for s in seqs:
+                pre, dec = by_tier.setdefault(self.kv.tier_of(s.request_id), ([], []))
+                (dec if s.is_decode else pre).append(s)
+            kv = self.planner.kv_dtype
+            for tier, (pre, dec) in by_tier.items():
+                choice = self.planner.choose(tier, prefill_shape(pre, kv), decode_shape(dec, kv))
+                notes.append(choice.reason)
+                if pre:
+                    groups.setdefault((choice.prefill, tier), []).extend(pre)
+                if dec:
+                    groups.setdefault((choice.decode, tier), []).extend(dec)
+        return tuple(SubBatch(p, t, tuple(g)) for (p, t), g in groups.items()), tuple(notes)
 
     def _reserve(self, req: Request, n: int, copies: list[BlockCopy]) -> bool:
         """Blocks for req's next n tokens, on the tier its phase runs on (moving it there if needed)."""
         total = req.num_computed_tokens + n
-        decoding = n == 1 and total == req.num_tokens and req.num_computed_tokens > 0
-        tier = req.kv_tiers[1] if decoding else req.kv_tiers[0]
+        tier = req.kv_tiers[1] if n == 1 and req.decoding else req.kv_tiers[0]
         if self.kv.has(req.request_id) and self.kv.tier_of(req.request_id) != tier:
             moved = self.kv.migrate(req.request_id, tier, total)
             if moved is None:
@@ -93,17 +152,17 @@ class Scheduler:
             return True
         return self.kv.allocate_slots(req.request_id, total, tier)
 
-    def _input(self, req: Request, n: int, attn: str = "device") -> StepInput:
+    def _input(self, req: Request, n: int) -> StepInput:
         start = req.num_computed_tokens
         return StepInput(req.request_id, req.token_ids(start, start + n), start, self.kv.block_table(req.request_id),
-                         sample=start + n == req.num_tokens, attn=attn)
+                         sample=start + n == req.num_tokens)
 
     def _place(self, req: Request) -> tuple[Tier, Tier]:
         if self.planner is None:
             return self.tier, self.decode_tier
         p = self.planner.place(req.num_tokens, req.params.max_tokens - len(req.output_token_ids),
                                len(self.running) + 1)
-        return Tier(p.prefill_tier), Tier(p.decode_tier)
+        return p.prefill_tier, p.decode_tier
 
     def _run(self, req: Request) -> None:
         req.status = RequestStatus.RUNNING
@@ -137,3 +196,17 @@ class Scheduler:
         if req is not None:
             self.finish(req, RequestStatus.FINISHED_ABORTED)
         return req
+
+
+def prefill_shape(seqs: Sequence[StepInput], kv_dtype: str) -> StepShape:
+    """Prefill chunks as the cost tables see them: tokens, sequences, token-weighted mean context."""
+    tokens = sum(len(s.token_ids) for s in seqs)
+    if not tokens:
+        return StepShape(kv_dtype=kv_dtype)
+    ctx = sum((s.num_computed_tokens + len(s.token_ids)) * len(s.token_ids) for s in seqs) / tokens
+    return StepShape(tokens, len(seqs), ctx, kv_dtype=kv_dtype)
+
+
+def decode_shape(seqs: Sequence[StepInput], kv_dtype: str) -> StepShape:
+    return StepShape(decode_seqs=len(seqs), decode_context=sum(s.num_computed_tokens + 1 for s in seqs),
+                     kv_dtype=kv_dtype)

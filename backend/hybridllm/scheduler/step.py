@@ -1,4 +1,9 @@
-"""What the scheduler hands the engine each step: frozen records, no tensors."""
+"""What the scheduler hands the runtime each step: frozen records, no tensors.
+
+The scheduler owns placement: each StepInput sits in one SubBatch, which says which tier its KV is
+on, which policy's executor runs it and, under NEO, whether it is in sub-batch A (attention on the
+device) or B (attention on the host).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,20 +12,42 @@ from ..kv import Tier
 from ..policy.neo import HostBatchChoice
 
 
+def is_decode(num_new_tokens: int, num_computed_tokens: int, num_tokens: int) -> bool:
+    """A decode runs the one token after everything already cached: not a prompt's first chunk, and
+    the last known token (so a new one is sampled). The one definition every layer uses."""
+    return num_new_tokens == 1 and num_computed_tokens > 0 and num_computed_tokens + 1 == num_tokens
+
+
 @dataclass(frozen=True)
 class StepInput:
     """One sequence's share of a step."""
     request_id: str
     token_ids: tuple[int, ...]      # the new tokens to run
     num_computed_tokens: int        # tokens already in the KV cache; the first new token's position
-    block_table: list[int]          # the KV manager's table itself (no copy): read it, never change it
+    block_table: list[int]          # the block tables' list itself (no copy): read it, never change it
     sample: bool                    # whether this chunk ends the known tokens, so a token is sampled
-    attn: str = "device"            # NEO placement: "device", "device_to_host" (fresh prefill whose KV
-                                    # goes to the host tier) or "host" (attention on the host tier)
 
     @property
     def is_decode(self) -> bool:
-        return len(self.token_ids) == 1 and self.num_computed_tokens > 0 and self.sample
+        n = len(self.token_ids)
+        return self.sample and is_decode(n, self.num_computed_tokens, self.num_computed_tokens + n)
+
+
+NEO_PARTS = ("", "A", "B")
+
+
+@dataclass(frozen=True)
+class SubBatch:
+    """Sequences one executor runs together this step, their KV all on one tier."""
+    policy: str                     # whose executor runs it (the policy table's name)
+    tier: Tier                      # where these sequences' KV lives
+    seqs: tuple[StepInput, ...]
+    part: str = ""                  # NEO: "A" (attention on the device; a host-tier A is a fresh prefill
+                                    # whose K/V is written to the host as each layer ends) or "B" (host attention)
+
+    def __post_init__(self):
+        if self.part not in NEO_PARTS:
+            raise ValueError(f"SubBatch.part: {self.part!r} is not one of {NEO_PARTS}")
 
 
 @dataclass(frozen=True)
@@ -35,11 +62,20 @@ class BlockCopy:
 
 @dataclass(frozen=True)
 class SchedulerOutput:
-    scheduled: tuple[StepInput, ...]
+    scheduled: tuple[StepInput, ...]             # every sequence of the step, in scheduling order
     preempted: tuple[str, ...]
     copies: tuple[BlockCopy, ...] = ()
+    batches: tuple[SubBatch, ...] = ()           # the same sequences, placed
     host_choice: HostBatchChoice | None = None   # NEO's host sub-batch decision, for the debug log and trace
+    notes: tuple[str, ...] = ()                  # the per-step planner's reasons, for the debug log and trace
 
     @property
     def empty(self) -> bool:
         return not self.scheduled
+
+    def by_policy(self) -> dict[str, tuple[SubBatch, ...]]:
+        """The sub-batches grouped by the executor that runs them, in order of first appearance."""
+        out: dict[str, list[SubBatch]] = {}
+        for b in self.batches:
+            out.setdefault(b.policy, []).append(b)
+        return {p: tuple(bs) for p, bs in out.items()}

@@ -12,8 +12,8 @@ with dynamic token counts; each graph has its own infer request, so its
 outputs stay valid until that graph runs again (the next step) and are handed
 on without copies.
 
-Weights and arithmetic follow a HostPrecision (runtime/host_precision.py): f32, bf16 or f16
-weights, or integer codes (a GGUF's own where kept, runtime/ov_weights.py) that FullyConnected
+Weights and arithmetic follow a HostPrecision (runtime/cpu/host_precision.py): f32, bf16 or f16
+weights, or integer codes (a GGUF's own where kept, runtime/cpu/ov_weights.py) that FullyConnected
 decompresses in the kernel; compute in f32, or bf16 where the CPU has it.
 """
 from __future__ import annotations
@@ -37,7 +37,6 @@ from .ov_weights import finish as finish_graph, float_weight, linear
 class HostLinearOptions:
     precision: HostPrecision = EXACT
     cache_dir: str | None = None        # OpenVINO CACHE_DIR (holds a copy of the weights); None: off
-    num_threads: int | None = None
 
 
 def _i64(values):
@@ -196,7 +195,7 @@ class HostLinearModel:
         prec = options.precision
         # DYNAMIC_QUANTIZATION_GROUP_SIZE=0 keeps activations f32 in front of compressed weights (the
         # plugin's default quantises them to int8); integer weights ask for it.
-        config = compile_config(prec.compute, options.cache_dir, options.num_threads,
+        config = compile_config(prec.compute, options.cache_dir, None,
                                 DYNAMIC_QUANTIZATION_GROUP_SIZE=str(prec.dynamic_quant))
         b = _GraphBuilder(model, prec, kept)
         c = core()

@@ -1,24 +1,22 @@
-"""The executor contract: every policy's executor takes a step's StepInputs and returns a StepResult.
+"""The executor contract: every policy's executor runs its sub-batches of a step and returns a StepResult.
 
-Executors are built once, at start-up, from the shared Parts of a runtime (the model on its
-device, the KV tiers and the attention over them), by the builder the policy table names.
+Executors are built once, at start-up, from the shared Parts of a runtime (the resolved spec, the
+model on its device, the KV tiers and the attention over them), by their module's `build(parts)`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
 
 from ...attention import DeviceAttention
 from ...attention.host import HostAttention
-from ...config import EngineConfig
-from ...kv import KVCacheTier
-from ...models.config import ModelConfig
+from ...attention.kv_cache import KVCacheTier
 from ...models.llama import LlamaModel
-from ...scheduler import StepInput
-from ..cpu.host_precision import HostPrecision
+from ...scheduler import StepInput, SubBatch
+from ..kv_copy import KVCopier
+from ..spec import RuntimeSpec
 from ..trace import NullTracer, Tracer
 
 
@@ -46,25 +44,30 @@ def sampled_ids(seqs: Sequence[StepInput]) -> tuple[str, ...]:
     return tuple(s.request_id for s in seqs if s.sample)
 
 
+def seqs_of(batches: Sequence[SubBatch]) -> list[StepInput]:
+    """The sequences of an executor's sub-batches (one, unless prefill and decode share an executor)."""
+    return [s for b in batches for s in b.seqs]
+
+
 class Executor(Protocol):
-    def execute(self, seqs: list[StepInput]) -> StepResult: ...
+    def execute(self, batches: Sequence[SubBatch]) -> StepResult: ...
 
 
 @dataclass(frozen=True)
 class Parts:
     """What a runtime's executors share, made once by the factory."""
-    config: EngineConfig
-    model_path: Path
-    model_config: ModelConfig
+    spec: RuntimeSpec
     model: LlamaModel                       # on the compute device (decoder layers on the host under gpu_offload)
-    device: torch.device
     device_tier: KVCacheTier | None
     device_attention: DeviceAttention | None
     host_attention: HostAttention | None    # owns the host tier
     tracer: Tracer | NullTracer
-    torch_threads: int                      # torch's threads at start-up, for executors whose linear work is torch
-    host_precision: HostPrecision           # the OpenVINO linear graphs' weights and arithmetic (cpu_only)
+    copier: KVCopier                        # the step's tier moves; wait() before the first KV read
     max_model_len: int                      # the longest context a request may reach
+
+    @property
+    def device(self) -> torch.device:
+        return self.spec.device
 
 
 def set_torch_threads(n: int | None) -> None:

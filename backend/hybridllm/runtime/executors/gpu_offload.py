@@ -11,18 +11,21 @@ import copy
 import torch
 
 from ...models.llama import LayerWeights, LlamaModel
-from ...scheduler import StepInput
-from .base import Parts, StepResult, sampled_ids, set_torch_threads
+from ...scheduler import SubBatch
+from ..kv_copy import KVCopier
+from .base import Parts, StepResult, sampled_ids, seqs_of, set_torch_threads
 from ..step_prep import cpu_threads, prepare_step
 
 
 class OffloadRunner:
-    def __init__(self, model: LlamaModel, attention, block_size: int, torch_threads: int | None = None):
+    def __init__(self, model: LlamaModel, attention, block_size: int, torch_threads: int | None = None,
+                 copier: KVCopier | None = None):
         self.model = model                        # layers on the host, the rest on the device
         self.attention = attention                # over the device KV tier
         self.block_size = block_size
         self.device = model.device
         self.torch_threads = torch_threads
+        self.copier = copier
         self.cuda = self.device.type == "cuda"
         # Staging slots, allocated once at start-up.
         self.slots = [self._empty_like(model.layers[0]) for _ in range(2)]
@@ -52,10 +55,13 @@ class OffloadRunner:
             self.ready[slot].record(self.copy_stream)
 
     @torch.inference_mode()
-    def execute(self, seqs: list[StepInput]) -> StepResult:
+    def execute(self, batches: list[SubBatch]) -> StepResult:
+        seqs = seqs_of(batches)
         set_torch_threads(self.torch_threads)
         model = self.model
         st = prepare_step(seqs, self.block_size, model, self.device)
+        if self.copier is not None:
+            self.copier.wait()
         n = model.cfg.num_hidden_layers
         if self.cuda:
             for e in self.free:
@@ -78,4 +84,5 @@ class OffloadRunner:
 
 
 def build(parts: Parts) -> OffloadRunner:
-    return OffloadRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size, cpu_threads(parts))
+    return OffloadRunner(parts.model, parts.device_attention, parts.device_tier.layout.block_size, cpu_threads(parts),
+                         parts.copier)

@@ -23,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from ...kv import KVCacheTier
+from ...attention.kv_cache import KVCacheTier
 from ...models.llama import LlamaModel
-from ...scheduler import StepInput
+from ...kv import Tier
+from ...scheduler import StepInput, SubBatch
+from ..kv_copy import KVCopier
 from .base import Parts, StepResult
 from ..step_prep import prepare_step
 from .partition import to_host
@@ -70,8 +72,9 @@ class _Staging:
 class NeoRunner:
     def __init__(self, model: LlamaModel, device_attention, host_attention, host_tier: KVCacheTier,
                  block_size: int, max_host_tokens: int = 256, max_prefill_tokens: int = 2048,
-                 tracer: Tracer | NullTracer | None = None):
+                 tracer: Tracer | NullTracer | None = None, copier: KVCopier | None = None):
         self.model = model
+        self.copier = copier                          # swaps land before the first layer reads the KV
         self.device_attention = device_attention      # over the device tier
         self.host_attention = host_attention          # HostAttention over the host tier
         self.host_tier = host_tier
@@ -88,11 +91,13 @@ class NeoRunner:
         self._filing_error: str | None = None
 
     @torch.inference_mode()
-    def execute(self, seqs: list[StepInput]) -> StepResult:
+    def execute(self, batches: list[SubBatch]) -> StepResult:
+        """The scheduler's sub-batches: A on the device tier, A's fresh prefills bound for the host tier,
+        and B (host attention)."""
         failed: dict[str, str] = {}
-        a_dev = [s for s in seqs if s.attn == "device"]
-        a_d2h = [s for s in seqs if s.attn == "device_to_host"]
-        b = [s for s in seqs if s.attn == "host"]
+        a_dev = [s for x in batches if x.part == "A" and x.tier == Tier.DEVICE for s in x.seqs]
+        a_d2h = [s for x in batches if x.part == "A" and x.tier == Tier.HOST for s in x.seqs]
+        b = [s for x in batches if x.part == "B" for s in x.seqs]
         m = self.model
         tr = self.tracer
         a = a_dev + a_d2h
@@ -112,6 +117,8 @@ class NeoRunner:
         with on_b():
             h_b = m.embed(st_b.input_ids) if b else None                           # [Tb, hidden]
         d2h = self._d2h_plan(a_d2h, n_dev) if a_d2h else None
+        if self.copier is not None:
+            self.copier.wait()
         for i in range(m.cfg.num_hidden_layers):
             fut = None
             if h_b is not None:
@@ -264,8 +271,8 @@ def _with_fresh_prefills(st, fresh: list[StepInput], offset: int, device: torch.
 
 
 def build(parts: Parts) -> NeoRunner:
-    cfg = parts.config
+    spec = parts.spec
     return NeoRunner(parts.model, parts.device_attention, parts.host_attention, parts.host_attention.tier,
                      parts.device_tier.layout.block_size,
-                     max_host_tokens=cfg.max_num_seqs,          # B holds host decodes: one token each
-                     max_prefill_tokens=cfg.max_num_batched_tokens, tracer=parts.tracer)
+                     max_host_tokens=spec.max_num_seqs,          # B holds host decodes: one token each
+                     max_prefill_tokens=spec.max_num_batched_tokens, tracer=parts.tracer, copier=parts.copier)

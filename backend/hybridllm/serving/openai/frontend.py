@@ -106,7 +106,7 @@ def engine_health(metrics_text: str, model: str, now: float) -> str | None:
 
 
 def _triton_error(message: str) -> APIError:
-    # Our backend's bad-input messages start with the input they name (serving/request_io.py).
+    # Our backend's bad-input messages start with the input they name (serving/triton/request_io.py).
     if message.startswith(("text_input", "input_ids", "sampling_parameters", "parameters")):
         return APIError(400, message)
     if "not ready" in message or "unavailable" in message.lower() or "failed to connect" in message.lower():

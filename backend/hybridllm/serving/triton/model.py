@@ -6,7 +6,6 @@ request gets exactly one response with the FINAL flag: the last token, or an err
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import itertools
 import json
@@ -15,7 +14,7 @@ import logging
 from .engine_loop import CANCELLED, INTERNAL, INVALID, UNAVAILABLE, EngineLoop, Submission
 from ..launch.instances import apply_share, cpu_share
 from .options import parse_parameters
-from .request_io import GenerateRequest, Limits, RequestError, output_arrays, parse_request
+from .request_io import GenerateRequest, RequestError, output_arrays, parse_request
 
 log = logging.getLogger("hybridllm.serving")
 
@@ -116,8 +115,8 @@ class TritonPythonModel:
         self.loop = EngineLoop(make_engine, self.metrics, stall_timeout_s=limits.engine_stall_timeout_s,
                                fault_injection=limits.fault_injection).start()
         self.engine = self.loop.engine
-        caps = {f.name: getattr(limits, f.name) for f in dataclasses.fields(Limits) if f.name != "vocab_size"}
-        self.limits = Limits(self.engine.model_config.vocab_size, **caps)
+        self.limits = limits
+        self.vocab_size = self.engine.model_config.vocab_size
         self._ids = itertools.count()
 
     def execute(self, requests):
@@ -125,7 +124,8 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                req = parse_request(lambda name: _input(pb, request, name), self.limits, request.parameters())
+                req = parse_request(lambda name: _input(pb, request, name), self.limits, request.parameters(),
+                                    vocab_size=self.vocab_size)
                 prompt_text = req.prompt if req.prompt is not None else \
                     (self.engine.tokenizer.decode(list(req.prompt_token_ids)) if req.prepend_input else "")
                 sink = TritonSink(pb, sender, set(request.requested_output_names() or ()), req, prompt_text)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ...config import EngineConfig
+from ...config import EngineConfig, opt
 
 # Options that only the serving layer uses (not engine options).
 DEFAULT_MAX_TOKENS_NON_STREAM = 4096
@@ -21,20 +21,19 @@ FAULTS = ("", "engine_stall", "engine_death")
 @dataclass(frozen=True)
 class ServingLimits:
     # stream=false holds the whole answer (and the client) until the end, so it gets a cap.
-    max_tokens_non_stream: int = DEFAULT_MAX_TOKENS_NON_STREAM
+    max_tokens_non_stream: int = opt(DEFAULT_MAX_TOKENS_NON_STREAM, "max_tokens cap for stream=false")
     # Request-size caps, checked before any parsing or tokenizing; the prompt's token count is capped
     # by the engine's max_model_len.
-    max_text_input_bytes: int = 1 << 20
-    max_input_ids: int = 1 << 17
-    max_sampling_parameters_bytes: int = 1 << 16
-    max_stop: int = 16                  # stop strings plus stop_token_ids
-    max_stop_length: int = 256          # characters per stop string
-    # Engine health: not ready once the engine thread has died or made no progress for this long. It must
-    # outlast the longest real step (a max_num_batched_tokens prefill on a loaded CPU).
-    engine_stall_timeout_s: int = 60
+    max_text_input_bytes: int = opt(1 << 20, "request-size cap: text_input bytes")
+    max_input_ids: int = opt(1 << 17, "request-size cap: input_ids length")
+    max_sampling_parameters_bytes: int = opt(1 << 16, "request-size cap: sampling_parameters bytes")
+    max_stop: int = opt(16, "request-size cap: stop strings plus stop_token_ids")
+    max_stop_length: int = opt(256, "request-size cap: characters per stop string")
+    # Engine health: it must outlast the longest real step (a max_num_batched_tokens prefill on a loaded CPU).
+    engine_stall_timeout_s: int = opt(60, "the engine is not ready after this long without progress")
     # Tests only: "engine_stall" | "engine_death" make the engine thread stall or die on a request whose
     # text_input is engine_loop.FAULT_PROMPT. Empty (off) in every real deployment.
-    fault_injection: str = ""
+    fault_injection: str = opt("", "tests only", FAULTS)
 
     def __post_init__(self):
         for f in fields(self):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
 
 from ...sampling_params import SamplingParams
+from .options import ServingLimits
 
 # vLLM keys that clients such as Triton's OpenAI frontend send and we do not implement. We accept them
 # only at the value that changes nothing, so such clients work and nobody silently gets what they did
@@ -29,18 +29,6 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a request is checked against: the model's vocabulary and options.ServingLimits' caps."""
-    vocab_size: int
-    max_tokens_non_stream: int
-    max_text_input_bytes: int = 1 << 20
-    max_input_ids: int = 1 << 17
-    max_sampling_parameters_bytes: int = 1 << 16
-    max_stop: int = 16
-    max_stop_length: int = 256
 
 
 def _over(field: str, what: str, cap: int, parameter: str) -> RequestError:
@@ -102,7 +90,7 @@ def _coerce(key: str, value):
 
 
 def parse_sampling(raw: str | bytes | dict | None, field: str = "sampling_parameters",
-                   limits: Limits | None = None) -> SamplingParams:
+                   limits: ServingLimits | None = None) -> SamplingParams:
     if raw is None:
         return SamplingParams()
     if isinstance(raw, dict):
@@ -131,8 +119,6 @@ def parse_sampling(raw: str | bytes | dict | None, field: str = "sampling_parame
     kwargs = {k: _coerce(k, v) for k, v in obj.items() if k in _FIELDS}
     if kwargs.get("logprobs") is False:             # vLLM clients' "off"
         kwargs["logprobs"] = None
-    if isinstance(kwargs.get("temperature"), float) and not math.isfinite(kwargs["temperature"]):
-        raise RequestError(f"{field}.temperature", f"must be a finite number >= 0, got {kwargs['temperature']}")
     try:
         params = SamplingParams(**kwargs)
     except (ValueError, TypeError) as e:  # its messages name the key and the limit
@@ -148,7 +134,9 @@ def parse_sampling(raw: str | bytes | dict | None, field: str = "sampling_parame
     return params
 
 
-def parse_request(get: Callable[[str], object], limits: Limits, parameters: str | None = None) -> GenerateRequest:
+def parse_request(get: Callable[[str], object], limits: ServingLimits, parameters: str | None = None, *,
+                  vocab_size: int) -> GenerateRequest:
+    """vocab_size: the model's, for input_ids; limits: the model parameters' request caps."""
     """Validates one request. `parameters`: Triton request parameters (JSON), used like vllm_backend
     does when there is no sampling_parameters input (e.g. HTTP generate's top-level keys)."""
     text_arr = get("text_input")
@@ -162,9 +150,9 @@ def parse_request(get: Callable[[str], object], limits: Limits, parameters: str 
             raise _over("input_ids", f"has {flat.size} ids", limits.max_input_ids, "max_input_ids")
         if flat.size == 0:
             raise RequestError("input_ids", "is empty; give at least 1 token id")
-        bad = flat[(flat < 0) | (flat >= limits.vocab_size)]
+        bad = flat[(flat < 0) | (flat >= vocab_size)]
         if bad.size:
-            raise RequestError("input_ids", f"{int(bad[0])} is not a token id in [0, {limits.vocab_size})")
+            raise RequestError("input_ids", f"{int(bad[0])} is not a token id in [0, {vocab_size})")
         ids = tuple(int(t) for t in flat)
     elif text_arr is not None:
         raw_text = _scalar(lambda n: text_arr, "text_input")
