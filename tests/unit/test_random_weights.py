@@ -19,15 +19,15 @@ def test_recipe_folder_loads_the_same_weights_every_time(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", MARKER, "tokenizer.json"]
     a = LlamaModel.load(folder, "cpu", "float32")
     b = LlamaModel.load(folder, "cpu", "bfloat16", layer_device="cpu")
-    assert a.layers[1].qkv.shape == (4 * 16 + 2 * 2 * 16, 64) and a.lm_head is not a.embed_tokens
+    assert a.layers[1].qkv.shape == (4 * 64 + 2 * 2 * 64, 256) and a.lm_head is not a.embed_tokens
     assert torch.equal(a.layers[1].qkv.bfloat16(), b.layers[1].qkv)
-    assert torch.equal(a.layers[0].input_norm, torch.ones(64))
+    assert torch.equal(a.layers[0].input_norm, torch.ones(256))
     assert 0.015 < a.layers[0].down.std().item() < 0.025
     # Another seed is another model; the fused qkv's parts differ from each other.
     c = LlamaModel.load(make("tiny", tmp_path / "s", "float32", seed=4, in_memory=True), "cpu", "float32")
     assert not torch.equal(a.layers[0].o_proj, c.layers[0].o_proj)
-    q, k = a.layers[0].qkv[:64], a.layers[0].qkv[64:96]
-    assert not torch.equal(q[:32], k)
+    q, k = a.layers[0].qkv[:256], a.layers[0].qkv[256:384]
+    assert not torch.equal(q[:128], k)
 
 
 def test_written_weights_replace_a_recipe(tmp_path):

@@ -88,7 +88,7 @@ def measure_table(shapes: dict[str, tuple[int, int]], dtype: torch.dtype, device
     from . import splitk_gemv as g                     # Triton: imported only where it runs
     choices, report = {}, []
     for name, (n, k) in shapes.items():
-        copies = max(2, COLD_BYTES // (n * k * torch.finfo(dtype).bits // 8))
+        copies = min(64, max(2, COLD_BYTES // (n * k * torch.finfo(dtype).bits // 8)))
         ws = [torch.randn(n, k, device=device, dtype=dtype) * 0.02 for _ in range(copies)]
         for m in rows:
             x = torch.randn(m, k, device=device, dtype=dtype)
