@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -170,7 +171,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(HERE))
     from random_model import make
-    model = make(setup.shape, Path(args.model_dir or out / f"model-{setup.shape}"), setup.dtype, in_memory=True)
+    recipe = Path(args.model_dir or Path(tempfile.gettempdir()) / f"hybridllm-random-{setup.shape}")
+    model = make(setup.shape, recipe, setup.dtype, in_memory=True)
     t0 = time.perf_counter()
     budget = args.budget_s or sum(setup.budgets[s] for s in only)
     planned, results = 0.0, []

@@ -13,6 +13,7 @@ end-to-end latency (prompts in -> last token out) beside what the planner predic
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ from hybridllm.policy import BatchShape, ModelShape, Planner  # noqa: E402
 from hybridllm.profiling.store import load_profile  # noqa: E402
 
 POLICIES = ("auto", "gpu_offload", "cpu_only")
-HEAD = ["policy", "batch", "e2e s", "planner s", "meas / pred", "steps run", "vs gpu_offload"]
+HEAD = ["policy", "batch", "e2e s", "planner s", "meas / pred", "steps run", "latency vs gpu_offload"]
 
 
 def predicted(planner: Planner, policy: str, batch: BatchShape) -> tuple[float, str]:
@@ -83,6 +84,17 @@ def main() -> int:
             f"{args.input_len}, output {args.output_len}; profile {args.profile}")
     print(head, flush=True)
     rows, e2e = [], {}
+
+    def write() -> str:
+        # auto runs before gpu_offload: the comparison column is (re)filled whenever the table is written.
+        for r in rows:
+            base = e2e.get(("gpu_offload", r[1]))
+            r[6] = f"{100 * (float(r[2]) / base - 1):+.0f}%" if base and r[0] != "gpu_offload" else ""
+        out = table(HEAD, rows)
+        if args.out:                    # after every row, so a time-out still leaves the table so far
+            Path(args.out).write_text(head + "\n\n" + out + "\n")
+        return out
+
     for policy in policies:
         t0 = time.perf_counter()
         llm = LLM(args.model, policy=policy, dtype=args.dtype, device=args.device, device_memory_bytes=cap,
@@ -94,23 +106,15 @@ def main() -> int:
             dt, steps = run_batch(llm, b, args.input_len, args.output_len, mc.vocab_size, seed=b)
             pred, what = predicted(planner, policy, BatchShape(b, args.input_len, args.output_len, kv))
             e2e[policy, b] = dt
-            base = e2e.get(("gpu_offload", b))
-            rel = "" if base is None or policy == "gpu_offload" else f"{100 * (1 - dt / base):.0f}% lower"
             rows.append([policy, b, f"{dt:.3f}", f"{pred:.3f} ({what})", f"{dt / pred:.2f}",
-                         ", ".join(f"{k} {v}" for k, v in sorted(steps.items())), rel])
+                         ", ".join(f"{k} {v}" for k, v in sorted(steps.items())), ""])
+            write()
             print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
         del llm
+        gc.collect()                    # the next engine's memory check must not see this one's
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    # auto ran before gpu_offload: its "vs" column is filled in now.
-    for r in rows:
-        base = e2e.get(("gpu_offload", r[1]))
-        if r[0] != "gpu_offload" and base:
-            r[6] = f"{100 * (1 - float(r[2]) / base):.0f}% lower"
-    out = table(HEAD, rows)
-    print("\n" + out)
-    if args.out:
-        Path(args.out).write_text(head + "\n\n" + out + "\n")
+    print("\n" + write())
     return 0
 
 

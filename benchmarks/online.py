@@ -20,6 +20,7 @@ and reports whether the choice was the measured-faster one by throughput.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import sys
@@ -232,6 +233,7 @@ def run_real(args) -> None:
                   f"p99 {1e3 * p99:.1f}), mean batch {batch:.1f}, steps {steps}", flush=True)
         engine.kv.check()
         del llm, engine
+        gc.collect()                    # the next engine's memory check must not see this one's
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     rows = []

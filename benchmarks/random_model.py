@@ -28,7 +28,7 @@ SHAPES = {
     "llama-3-8b": (4096, 32, 32, 8, 14336, 128256, 500000.0, 8192, False),
     "llama-3.2-1b": (2048, 16, 32, 8, 8192, 128256, 500000.0, 8192, True),
     "smollm2-135m": (576, 30, 9, 3, 1536, 49152, 100000.0, 8192, True),
-    "tiny": (256, 2, 4, 2, 512, 1024, 10000.0, 4096, False),      # the dry runs' stand-in (CPU, seconds)
+    "tiny": (256, 8, 4, 2, 512, 1024, 10000.0, 4096, False),      # the dry runs' stand-in (CPU, seconds)
 }
 
 
