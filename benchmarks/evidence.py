@@ -7,7 +7,8 @@ Stages, in order, each a subprocess under its own time limit (a stage's unused s
 next; one that fails or times out leaves its log and whatever rows it printed, and the rest still run):
 
   tests    the CUDA tests that guard what is measured (graphs on/off parity, the GEMV, NEO, offload)
-  profile  the quick first-use profile of the model's shape, host KV in the engine's default format
+  profile  the quick first-use profile of the model's shape, host KV in the engine's default format,
+           plus NEO's pipelining probe (NEO places requests by it)
   step     decode step time at batch 1/16/64/128 against the HBM read measured in the same run
   neo      online.py real: NEO against gpu_only with the device KV capped, latency-vs-throughput plot
   flex     flex_offload.py: auto (FlexInfer's per-phase plan) against forced gpu_offload and cpu_only
@@ -21,6 +22,7 @@ runs it in CI, so a typo or a wrong flag fails there, not on a lent GPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import signal
@@ -58,7 +60,7 @@ GPU = Setup(
     neo=("--device-kv-gb", "1", "--host-kv-gb", "20", "--requests", "50", "--input-len", "500",
          "--out-lo", "50", "--out-hi", "400", "--max-num-seqs", "256"),
     flex=("--batches", "1,8", "--input-len", "512", "--output-len", "32", "--device-fraction", "0.5"),
-    budgets={"tests": 70, "profile": 90, "step": 60, "neo": 170, "flex": 140})
+    budgets={"tests": 60, "profile": 75, "step": 70, "neo": 170, "flex": 135})
 
 DRY = Setup(
     "tiny", "float32", "cpu",
@@ -131,6 +133,7 @@ def profile_stage(args) -> int:
     from hybridllm.models.config import ModelConfig
     from hybridllm.policy import BatchShape, ModelShape, Planner, format_plan
     from hybridllm.profiling.measure import Grid, measure
+    from hybridllm.profiling.measure_neo import pipeline_overhead
     from hybridllm.profiling.store import save_profile
     from hybridllm.runtime.cpu.host_precision import host_precision
     from hybridllm.runtime.spec import host_kv_precision
@@ -144,6 +147,12 @@ def profile_stage(args) -> int:
                 prefill_context=(16, 64)) if args.dry_grid else None
     prof = measure(mc, args.dtype, args.device, progress=False, quick=True, host_linear=precision, host_kv=(host_kv,),
                    grid=grid)
+    # NEO places requests by this profile: the quick grid skips its pipelining probe, so it runs here.
+    t_neo = time.perf_counter()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = pipeline_overhead(mc, prof, args.dtype, device, host_kv)
+    prof = dataclasses.replace(prof, extra={**prof.extra, "host_handoff_s": pipe})
+    print(f"NEO pipelining beyond the tables: {1e3 * pipe:.3f} ms per layer (probe {time.perf_counter() - t_neo:.0f} s)")
     save_profile(prof, args.out)
     print(f"quick profile in {time.perf_counter() - t:.0f} s -> {args.out}: {prof.device_name}; host KV {host_kv}; "
           f"host weights {precision.label}; host read {prof.host_memory_bandwidth / 1e9:.1f} GB/s, h2d pinned "
