@@ -10,6 +10,7 @@ next; one that fails or times out leaves its log and whatever rows it printed, a
   profile  the quick first-use profile of the model's shape, host KV in the engine's default format,
            plus NEO's pipelining probe (NEO places requests by it)
   step     decode step time at batch 1/16/64/128 against the HBM read measured in the same run
+  neo_step NEO's pipelined step on 4 layers: B (host decodes) against A (device work) per layer
   neo      online.py real: NEO against gpu_only with the device KV capped, latency-vs-throughput plot
   flex     flex_offload.py: auto (FlexInfer's per-phase plan) against forced gpu_offload and cpu_only
 
@@ -45,6 +46,7 @@ class Setup:
     device: str | None                    # None: cuda when present
     tests: tuple[str, ...]                # pytest arguments
     step: tuple[str, ...]                 # gpu_step.py arguments
+    neo_step: tuple[str, ...]             # neo_step.py arguments
     neo: tuple[str, ...]                  # online.py real arguments (model, profile, out added)
     flex: tuple[str, ...]                 # flex_offload.py arguments
     budgets: dict[str, int] = field(default_factory=dict)      # seconds per stage
@@ -54,26 +56,28 @@ GPU = Setup(
     "llama-3-8b", "bfloat16", None,
     tests=("tests/cuda", "tests/unit/test_random_weights.py"),
     step=("--batches", "1,16,64,128", "--context", "1024", "--modes", "graphs-torch,graphs-triton,graphs-triton-gemv"),
+    neo_step=("--layers", "4", "--context", "1024", "--cases", "8x8,32x16,64x32"),
     # 1 GB of device KV holds 7.6k tokens of Llama-3-8B (128 KiB each): ~10 requests of 500 + 50-400 tokens,
     # so gpu_only's batch is bound by KV far below max_num_seqs (NEO's memory-bound regime) while the 15 GB
     # of weights fit. Rates: 'auto', around gpu_only's saturation priced by the profile.
     neo=("--device-kv-gb", "1", "--host-kv-gb", "20", "--requests", "50", "--input-len", "500",
          "--out-lo", "50", "--out-hi", "400", "--max-num-seqs", "256"),
     flex=("--batches", "1,8", "--input-len", "512", "--output-len", "32", "--device-fraction", "0.5"),
-    budgets={"tests": 60, "profile": 75, "step": 70, "neo": 170, "flex": 135})
+    budgets={"tests": 60, "profile": 75, "step": 70, "neo_step": 25, "neo": 160, "flex": 130})
 
 DRY = Setup(
     "tiny", "float32", "cpu",
     tests=("--collect-only", "-q", "tests/cuda"),
     step=("--device", "cpu", "--batches", "1,4", "--context", "64", "--steps", "3", "--modes",
           "eager-torch,graphs-torch"),
+    neo_step=("--layers", "2", "--context", "64", "--cases", "2x2,4x2"),
     neo=("--device-blocks", "12", "--host-kv-gb", "0.02", "--requests", "6", "--input-len", "24",
          "--out-lo", "4", "--out-hi", "12", "--max-num-seqs", "16"),
     flex=("--batches", "1,2", "--input-len", "32", "--output-len", "4", "--device-fraction", "0.5",
           "--host-kv-gb", "0.02"),
-    budgets={"tests": 60, "profile": 120, "step": 60, "neo": 120, "flex": 120})
+    budgets={"tests": 60, "profile": 120, "step": 60, "neo_step": 60, "neo": 120, "flex": 120})
 
-STAGES = ("tests", "profile", "step", "neo", "flex")
+STAGES = ("tests", "profile", "step", "neo_step", "neo", "flex")
 
 
 def stage_commands(s: Setup, out: Path, model: Path) -> dict[str, list[str]]:
@@ -84,7 +88,8 @@ def stage_commands(s: Setup, out: Path, model: Path) -> dict[str, list[str]]:
         "profile": [py, str(HERE / "evidence.py"), "_profile", "--model", str(model), "--dtype", s.dtype,
                     "--out", str(prof), *dev, *(["--dry-grid"] if s is DRY else [])],
         "step": [py, str(HERE / "gpu_step.py"), "--shape", s.shape, "--dtype", s.dtype, *s.step,
-                 "--out", str(out / "step.md")],
+                 *(["--profile", str(prof)] if prof.is_file() else []), "--out", str(out / "step.md")],
+        "neo_step": [py, str(HERE / "neo_step.py"), "--shape", s.shape, *s.neo_step, "--out", str(out / "neo_step.md")],
         "neo": [py, str(HERE / "online.py"), "real", "--model", str(model), "--dtype", s.dtype, *dev, *s.neo,
                 *(["--profile", str(prof)] if prof.is_file() else ["--rates", "2,4,8"]),
                 "--plot", str(out / "neo.png"), "--out", str(out / "neo.md")],
@@ -209,7 +214,7 @@ def report(out: Path, setup: Setup, results, dry: bool, total: float) -> None:
              f"command: `bash benchmarks/gpu_run.sh evidence{' --dry-run' if dry else ''}`; {total:.0f} s in all", "",
              "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {n} | {s} | {dt:.0f} |" for n, s, dt in results]
-    for name, what in (("step", "step.md"), ("neo", "neo.md"), ("flex", "flex.md")):
+    for name, what in (("step", "step.md"), ("neo_step", "neo_step.md"), ("neo", "neo.md"), ("flex", "flex.md")):
         f = out / what
         lines += ["", f"## {name}", "", f.read_text().strip() if f.is_file() else "(no table: see the stage's log)"]
     tail = (out / "tests.log").read_text().strip().splitlines()[-3:] if (out / "tests.log").is_file() else []

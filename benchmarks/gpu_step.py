@@ -26,7 +26,11 @@ from random_model import SHAPES  # noqa: E402
 
 from hybridllm.attention import DeviceAttention  # noqa: E402
 from hybridllm.kernels import DeviceOps  # noqa: E402
+from hybridllm.dtypes import KV_OF_MODEL  # noqa: E402
 from hybridllm.kernels.linear import decode_gemv_shapes  # noqa: E402
+from hybridllm.policy import ModelShape  # noqa: E402
+from hybridllm.policy.neo import NeoCostTables, decodes  # noqa: E402
+from hybridllm.profiling.store import load_profile  # noqa: E402
 from hybridllm.kv import Tier  # noqa: E402
 from hybridllm.attention.kv_cache import KVCacheTier, KVLayout  # noqa: E402
 from hybridllm.models.config import ModelConfig  # noqa: E402
@@ -103,6 +107,7 @@ def main() -> int:
     ap.add_argument("--modes", default="eager-torch,graphs-torch,graphs-triton,graphs-triton-gemv")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    ap.add_argument("--profile", default=None, help="a hardware profile: add its predicted step time as a column")
     ap.add_argument("--out", default=None, help="also write the table (markdown) and a JSON beside it here")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -129,6 +134,9 @@ def main() -> int:
     elt = torch.finfo(dtype).bits // 8
     weight_read = model.weight_bytes - (0 if cfg.tie_word_embeddings else model.embed_tokens.numel() * elt)
     kv_per_token = layout.bytes_per_block // BS
+    costs = None
+    if args.profile:
+        costs = NeoCostTables(ModelShape.from_config(cfg, args.dtype), load_profile(args.profile), KV_OF_MODEL[args.dtype])
     print(f"# {machine()}; HBM read {bw:.0f} GB/s; {args.shape} {args.dtype}, weights read {weight_read / 1e9:.2f} GB; "
           f"context {ctx}", flush=True)
     rows, results = [], []
@@ -146,6 +154,8 @@ def main() -> int:
             seqs = [StepInput(f"r{i}", (1,), ctx, list(range(i * per_seq, (i + 1) * per_seq)), True) for i in range(b)]
             ideal = (weight_read + b * (ctx + 1) * kv_per_token) / (bw * 1e9)
             line = {"batch": b, "ideal_ms": ideal * 1e3}
+            if costs is not None:
+                line["predicted_ms"] = 1e3 * costs.step(decodes(b, b * (ctx + 1), costs.kv_dtype), 0, 0)
             for mode in modes:
                 runner, kernels = runners[mode]
                 model.ops = attn[kernels].ops          # the model's own norms and MLP take the same ops
@@ -156,10 +166,13 @@ def main() -> int:
                     line[mode] = float("nan")
             results.append(line)
             cells = " | ".join(f"{line[m]:.2f} ms ({line[m] / line['ideal_ms']:.2f}x)" for m in modes)
-            rows.append(f"| {b} | {line['ideal_ms']:.2f} ms | {cells} |")
+            pred = f" {line['predicted_ms']:.2f} ms |" if costs is not None else ""
+            rows.append(f"| {b} | {line['ideal_ms']:.2f} ms | {cells} |{pred}")
             print(rows[-1], flush=True)
-    head = ["| batch | weights + KV read at HBM speed | " + " | ".join(modes) + " |",
-            "|---|---|" + "---|" * len(modes)]
+    extra = 1 if costs is not None else 0
+    head = ["| batch | weights + KV read at HBM speed | " + " | ".join(modes) + " |"
+            + (" profile's prediction (gpu_only) |" if extra else ""),
+            "|---|---|" + "---|" * (len(modes) + extra)]
     table = "\n".join(head + rows)
     gemv = "\n".join(gemv_rows(ops["triton-gemv"])) if "triton-gemv" in ops else "(no split-K GEMV mode run)"
     print(table + "\n\nsplit-K GEMV table (start-up, weights read cold):\n" + gemv)

@@ -22,10 +22,12 @@ def test_evidence_dry_run_runs_every_stage(tmp_path):
                            str(tmp_path / "model")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     report = (out / "evidence.md").read_text()
-    for stage in ("tests", "profile", "step", "neo", "flex"):
+    for stage in ("tests", "profile", "step", "neo_step", "neo", "flex"):
         assert f"| {stage} | ok |" in report, report
     # Each table has its rows: step per batch, NEO per rate, FlexInfer per policy and batch.
-    assert "| 4 |" in (out / "step.md").read_text()
+    step = (out / "step.md").read_text()
+    assert "| 4 |" in step and "profile's prediction" in step, step
+    assert "| torch | 4 x 2 |" in (out / "neo_step.md").read_text()
     neo = (out / "neo.md").read_text()
     assert neo.count("\n| ") >= 1 + 3 and "NEO steps with host decodes" in neo, neo
     flex = (out / "flex.md").read_text()
