@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-KERNEL_CHOICES = ("auto", "triton", "torch")
+from ..config import DEVICE_KERNELS as KERNEL_CHOICES     # the option's choices, defined once
 
 
 def triton_usable(device: torch.device) -> bool:
