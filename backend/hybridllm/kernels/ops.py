@@ -13,9 +13,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..config import DEVICE_KERNELS as KERNEL_CHOICES     # the option's choices, defined once
 from .linear import GemvTable, linear, measure_table
-
-KERNEL_CHOICES = ("auto", "triton", "torch")
 
 
 def triton_usable(device: torch.device) -> bool:
