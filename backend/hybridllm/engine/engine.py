@@ -25,7 +25,7 @@ from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, Schedul
 from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
 from .profiles import find_profile
-from .sampler import RowHistory, TokenLogprob, sample
+from .sampler import RowHistory, TokenLogprob, prompt_logprobs, sample
 from .stop import find_stop, held_back
 
 log = logging.getLogger("hybridllm")
@@ -127,7 +127,25 @@ class LLMEngine:
         self._num_steps += 1
         # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
         rows, failed = self.scheduler.update(out, result.failed, result.sampled)
+        if result.prompt_spans:
+            self._score_prompt(result)
         return self._outputs(result, rows, failed)
+
+    def _score_prompt(self, result: StepResult) -> None:
+        """Prompt logprobs: row r of a span (request_id, position p, n rows) predicts prompt token p + r + 1.
+        Positions already scored (a prefill recomputed after preemption) are skipped."""
+        row = 0
+        for rid, pos, n in result.prompt_spans:
+            lo, row = row, row + n
+            req = self.scheduler.get(rid)
+            if req is None or rid in result.failed:
+                continue
+            skip = len(req.prompt_logprobs) - pos       # entries so far cover positions 0 .. len - 1
+            if skip < 0 or skip >= n:
+                continue
+            targets = req.prompt_token_ids[pos + 1 + skip:pos + 1 + n]
+            req.prompt_logprobs += prompt_logprobs(result.prompt_logits[lo + skip:lo + n], targets,
+                                                   req.params.prompt_logprobs)
 
     def _note(self, out: SchedulerOutput) -> None:
         self._num_preemptions += len(out.preempted)
@@ -196,6 +214,8 @@ class LLMEngine:
             lp = dict(delta_logprobs=tuple(req.logprobs[start:]), cumulative_logprob=req.cumulative_logprob)
             if done:
                 lp["logprobs"] = tuple(req.logprobs)
+        if req.params.prompt_logprobs is not None and (start == 0 or done):
+            lp["prompt_logprobs"] = tuple(req.prompt_logprobs)     # on the first output, and the final one
         if not done:
             return RequestOutput(req.request_id, delta, new_ids, req.num_prompt_tokens, len(req.output_token_ids),
                                  None, **lp)
