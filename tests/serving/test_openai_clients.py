@@ -118,6 +118,17 @@ def test_echo_with_logprobs_scores_every_prompt_token(client, llm, default_model
     assert all(len(r) in (2, 3) for r in raw[1:])
 
 
+def test_chat_prompt_logprobs_ride_on_the_response_as_vllms(client, default_model_path):
+    import transformers
+    hf = transformers.AutoTokenizer.from_pretrained(default_model_path)
+    messages = [{"role": "user", "content": "Hi"}]
+    ids = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    got = client.chat.completions.create(model=DEFAULT, messages=messages, max_tokens=1,
+                                         extra_body={"prompt_logprobs": 0})
+    rows = got.model_extra["prompt_logprobs"]
+    assert rows[0] is None and [int(next(iter(r))) for r in rows[1:]] == ids[1:]
+
+
 def test_min_p_one_keeps_only_the_top_token(client, llm):
     greedy = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)[0]
     got = client.completions.create(model=DEFAULT, prompt=PROMPTS[0], max_tokens=8, temperature=1.0, seed=3,

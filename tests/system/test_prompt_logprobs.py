@@ -97,6 +97,24 @@ def test_a_prefill_recomputed_after_preemption_scores_each_token_once(tiny):
         check(out.prompt_logprobs, ids, reference(hf, ids), 1e-4, k=1)
 
 
+def test_unscored_prompt_positions_end_the_request_with_an_error(tiny):
+    # What a prefix-cache hit would do to a request asking for prompt logprobs: positions whose logits never
+    # ran. The request must fail loudly, never answer with a short list (a silently wrong score).
+    folder, _ = tiny
+    llm = LLM(str(folder), policy="gpu_only", max_num_batched_tokens=16)
+    engine = llm.engine
+    engine.add_request("a", PROMPTS[0], SamplingParams(max_tokens=3, temperature=0.0, prompt_logprobs=0))
+    engine.add_request("b", PROMPTS[3], SamplingParams(max_tokens=3, temperature=0.0))
+    engine.step()                                                # the first 16-token chunk of "a"
+    engine.scheduler.get("a").prompt_logprobs.clear()            # as if its first chunk came from a cache
+    outs = {}
+    while engine.has_unfinished_requests():
+        outs.update({o.request_id: o for o in engine.step() if o.finished})
+    assert outs["a"].finish_reason == "error" and "prompt_logprobs: positions 0..15" in outs["a"].error
+    assert outs["b"].finish_reason == "length"                   # the others carry on
+    assert sum(engine.stats().blocks_used.values()) == 0
+
+
 def test_prompt_logprobs_and_min_p_are_checked():
     with pytest.raises(ValueError, match=r"prompt_logprobs must be None or an integer in \[0, 20\], got 21"):
         SamplingParams(prompt_logprobs=21)

@@ -106,7 +106,9 @@ def completion(call: Call, rid: str, model: str, choices: list[tuple[Choice, str
                           usage=usage(n_in, n_out))
     from openai.types.chat import ChatCompletion, ChatCompletionMessage
     from openai.types.chat.chat_completion import Choice as ChatChoice
-    return ChatCompletion(id=rid, object="chat.completion", created=created, model=model,
+    # vLLM puts chat's prompt_logprobs on the response (one prompt per chat call)
+    extra = {"prompt_logprobs": choices[0][0].prompt_logprobs} if call.prompt_logprobs is not None and choices else {}
+    return ChatCompletion(id=rid, object="chat.completion", created=created, model=model, **extra,
                           choices=[ChatChoice(index=c.index, finish_reason=c.finish_reason or "stop", logprobs=lp,
                                               message=ChatCompletionMessage(role="assistant", content=text))
                                    for c, text, lp in choices],
