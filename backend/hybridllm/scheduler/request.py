@@ -42,6 +42,9 @@ class Request:
         self.kv_tiers = None            # (prefill tier, decode tier), set when admitted
         self.logprobs: list = []        # engine.sampler.TokenLogprob per output token, when params.logprobs is set
         self.cumulative_logprob = 0.0
+        # params.prompt_logprobs: engine.sampler.TokenLogprob of prompt tokens 1.., in order (filled by
+        # the engine as prefill chunks run; the scheduler asks for the rows not scored yet).
+        self.prompt_logprobs: list = []
 
     @property
     def num_prompt_tokens(self) -> int:
