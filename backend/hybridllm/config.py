@@ -16,7 +16,8 @@ POLICIES = ("auto",) + POLICY_NAMES
 DTYPES = MODEL_DTYPES
 KV_CACHE_DTYPES = ("auto",) + KV_PRECISIONS
 WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # see runtime/cpu/host_precision.py
-HOST_ATTENTION_PATHS = ("auto", "ov_paged", "ov_sdpa", "torch")
+HOST_ATTENTION_PATHS = ("auto", "native", "ov_paged", "ov_sdpa", "torch")
+HOST_ISAS = ("auto", "avx512", "avx2", "scalar")     # the native kernel's (attention/host_native.cpp)
 DEVICE_KERNELS = ("auto", "triton", "torch")     # see kernels/ops.py
 DEVICE_BLOCK_SIZE = 16      # the device tier's; the host tier takes the block size its attention backend reports
 

@@ -25,6 +25,7 @@ from ..kv import Tier
 
 from .kv_cache import KVCacheTier, KVLayout
 from ..utils import check_host_kv_bytes
+from .host_native import NativeAttention
 from .host_ov_paged import PagedOVAttention
 from .host_ov_sdpa import SdpaOVAttention
 from .host_torch import TorchHostAttention
@@ -36,7 +37,7 @@ __all__ = ["HostAttention", "HostAttentionSpec", "HostStep", "make_step", "selec
 log = logging.getLogger("hybridllm")
 
 # In the order "auto" tries them.
-BACKENDS = {"ov_paged": PagedOVAttention, "ov_sdpa": SdpaOVAttention, "torch": TorchHostAttention}
+BACKENDS = {"ov_paged": PagedOVAttention, "native": NativeAttention, "ov_sdpa": SdpaOVAttention, "torch": TorchHostAttention}
 
 
 class HostAttention:

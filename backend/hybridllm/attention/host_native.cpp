@@ -1,0 +1,350 @@
+// Paged decode attention and the KV write over the host tier's blocks (OpenVINO's PagedAttention layout).
+//
+// Built once per source hash by attention/native_build.py and called through ctypes, which releases the
+// GIL. The file is compiled three times: with HL_BUILD_AVX512 (-mavx512f -mavx512bw ...), with
+// HL_BUILD_AVX2 (-mavx2 -mfma -mf16c) and plainly (the scalar kernel, the dispatcher and the writer);
+// hl_decode picks the best kernel the CPU has, or the one `isa` asks for (tests force AVX2 and scalar).
+//
+// Per layer, block n of K is key[n] and of V value[n]:
+//   f32 / f16 / bf16: both [KVH, BS, D].
+//   u8: key [KVH, 8 + BS, D] bytes: an f32 scale per channel (rows 0-3), an f32 zero point per channel
+//       (rows 4-7), then the tokens; value [KVH, BS, 8 + D]: per token an f32 scale, an f32 zero point,
+//       then the bytes. x = (u - zero_point) * scale.
+// Decode: q [B, H, D] f32; token t of sequence b sits in block block_tables[b * max_blocks + t / BS],
+// row t % BS; the query is position seq_lens[b] - 1 and sees [max(0, seq_len - window), seq_len).
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <float.h>
+
+enum { F32 = 0, F16 = 1, BF16 = 2, U8 = 3 };
+enum { ISA_AUTO = 0, ISA_SCALAR = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
+static const int MAX_G = 16;            // query heads per KV head handled together
+static const int MAX_D = 256;
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+    if (e == 0) {
+        if (m == 0) { bits = s; }
+        else { float f = (float)m * (1.0f / 16777216.0f); memcpy(&bits, &f, 4); bits |= s; }
+    } else if (e == 31) { bits = s | 0x7f800000u | (m << 13); }
+    else { bits = s | ((e + 112) << 23) | (m << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+static inline float bf16_to_f32(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
+static inline uint16_t f32_to_bf16(float f) {       // round to nearest even
+    uint32_t b; memcpy(&b, &f, 4);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1)) >> 16);
+}
+static inline uint16_t f32_to_f16(float f) {     // round to nearest even
+
+    uint32_t b; memcpy(&b, &f, 4);
+    uint32_t s = (b >> 16) & 0x8000u; int e = (int)((b >> 23) & 0xff) - 127 + 15; uint32_t m = b & 0x7fffffu;
+    if (((b >> 23) & 0xff) == 0xff) return (uint16_t)(s | 0x7c00u | (m ? 0x200u : 0));
+    if (e >= 31) return (uint16_t)(s | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)s;
+        m |= 0x800000u; int shift = 14 - e; uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(s | r);
+    }
+    uint32_t r = ((uint32_t)e << 10) | (m >> 13), rem = m & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (r & 1))) r++;
+    return (uint16_t)(s | r);
+}
+
+struct Geo {
+    int B, H, KVH, D, BS, max_blocks, window, fmt;
+    float scale;
+    int64_t kblock, vblock;              // bytes of one block (all heads) in K and V
+    int64_t khead, vhead;                // bytes of one head's part of a block
+};
+
+namespace {
+
+// One (sequence, KV head): G query heads against the visible tokens, online softmax per block.
+template <class T, int FMT>
+static inline void attend(const Geo& g, int b, int kh, const float* q, const uint8_t* kc, const uint8_t* vc,
+                          const int32_t* table, int seq_len, float* out) {
+    const int D = g.D, BS = g.BS, G = g.H / g.KVH, W = T::W;
+    alignas(64) float qs[MAX_G * MAX_D];          // q * scale (u8: * the block's key scale too)
+    alignas(64) float qk[MAX_G * MAX_D];
+    alignas(64) float acc[MAX_G * MAX_D];
+    float m[MAX_G], l[MAX_G], bias[MAX_G], s[MAX_G * 64], qzp[MAX_G];
+    for (int j = 0; j < G; j++) {
+        const float* qj = q + ((int64_t)b * g.H + kh * G + j) * D;
+        for (int d = 0; d < D; d++) { qs[j * D + d] = qj[d] * g.scale; acc[j * D + d] = 0.f; }
+        m[j] = -FLT_MAX; l[j] = 0.f; bias[j] = 0.f;
+    }
+    int first = g.window > 0 && seq_len > g.window ? seq_len - g.window : 0;
+    for (int blk = first / BS; blk * BS < seq_len; blk++) {
+        int t0 = blk * BS > first ? blk * BS : first, t1 = (blk + 1) * BS < seq_len ? (blk + 1) * BS : seq_len;
+        int64_t n = table[blk];
+        const uint8_t* kb = kc + n * g.kblock + kh * g.khead;
+        const uint8_t* vb = vc + n * g.vblock + kh * g.vhead;
+        const float* qq = qs;
+        if (FMT == U8) {                          // q . ((u - zp) * sc) = (q * sc) . u - (q * sc) . zp
+            const float* sc = (const float*)kb;
+            const float* zp = sc + D;
+            for (int j = 0; j < G; j++) {
+                float z = 0.f;
+                for (int d = 0; d < D; d++) { float x = qs[j * D + d] * sc[d]; qk[j * D + d] = x; z += x * zp[d]; }
+                qzp[j] = z;
+            }
+            qq = qk;
+        }
+        int nt = t1 - t0;
+        for (int t = 0; t < nt; t++) {            // scores s[j][t]
+            int row = t0 - blk * BS + t;
+            typename T::V a[MAX_G];
+            for (int j = 0; j < G; j++) a[j] = T::zero();
+            for (int d = 0; d < D; d += W) {
+                typename T::V kv;
+                if (FMT == F32) kv = T::ld((const float*)kb + (int64_t)row * D + d);
+                else if (FMT == U8) kv = T::ldu8(kb + 8 * D + (int64_t)row * D + d);
+                else kv = T::ld((const uint16_t*)kb + (int64_t)row * D + d, FMT);
+                for (int j = 0; j < G; j++) a[j] = T::fma(T::ld(qq + j * D + d), kv, a[j]);
+            }
+            for (int j = 0; j < G; j++) s[j * 64 + t] = T::sum(a[j]) - (FMT == U8 ? qzp[j] : 0.f);
+        }
+        for (int j = 0; j < G; j++) {             // online softmax: rescale what came before
+            float mx = m[j];
+            for (int t = 0; t < nt; t++) mx = s[j * 64 + t] > mx ? s[j * 64 + t] : mx;
+            float c = expf(m[j] - mx), sum = 0.f;
+            for (int t = 0; t < nt; t++) { float p = expf(s[j * 64 + t] - mx); s[j * 64 + t] = p; sum += p; }
+            l[j] = l[j] * c + sum; m[j] = mx; bias[j] *= c;
+            if (c != 1.f) for (int d = 0; d < D; d++) acc[j * D + d] *= c;
+        }
+        if (FMT == U8) {                          // p * ((u - zp) * sc) = (p * sc) * u - (p * sc) * zp
+            for (int t = 0; t < nt; t++) {
+                const float* par = (const float*)(vb + (int64_t)(t0 - blk * BS + t) * (D + 8));
+                for (int j = 0; j < G; j++) { float w = s[j * 64 + t] * par[0]; s[j * 64 + t] = w; bias[j] += w * par[1]; }
+            }
+        }
+        for (int d = 0; d < D; d += W) {          // acc[j][d:d+W] += sum_t p[j][t] * v[t][d:d+W]
+            typename T::V a[MAX_G];
+            for (int j = 0; j < G; j++) a[j] = T::ld(acc + j * D + d);
+            for (int t = 0; t < nt; t++) {
+                int row = t0 - blk * BS + t;
+                typename T::V vv;
+                if (FMT == F32) vv = T::ld((const float*)vb + (int64_t)row * D + d);
+                else if (FMT == U8) vv = T::ldu8(vb + (int64_t)row * (D + 8) + 8 + d);
+                else vv = T::ld((const uint16_t*)vb + (int64_t)row * D + d, FMT);
+                for (int j = 0; j < G; j++) a[j] = T::fma(T::set1(s[j * 64 + t]), vv, a[j]);
+            }
+            for (int j = 0; j < G; j++) T::st(acc + j * D + d, a[j]);
+        }
+    }
+    for (int j = 0; j < G; j++) {
+        float* o = out + ((int64_t)b * g.H + kh * G + j) * D;
+        float inv = l[j] > 0.f ? 1.f / l[j] : 0.f;
+        for (int d = 0; d < D; d++) o[d] = (acc[j * D + d] - bias[j]) * inv;
+    }
+}
+
+template <class T, int FMT>
+static void decode_all(const Geo& g, const float* q, const uint8_t* kc, const uint8_t* vc, const int32_t* tables,
+                       const int32_t* seq_lens, float* out, int threads) {
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads)
+    for (int b = 0; b < g.B; b++)
+        for (int kh = 0; kh < g.KVH; kh++)
+            attend<T, FMT>(g, b, kh, q, kc, vc, tables + (int64_t)b * g.max_blocks, seq_lens[b], out);
+}
+
+#if defined(HL_BUILD_AVX512)
+#define HL_TRAIT Avx512
+#define HL_NAME hl_decode_avx512
+struct Avx512 {
+    static const int W = 16;
+    typedef __m512 V;
+    static V zero() { return _mm512_setzero_ps(); }
+    static V set1(float x) { return _mm512_set1_ps(x); }
+    static V ld(const float* p) { return _mm512_loadu_ps(p); }
+    static V ld(const uint16_t* p, int fmt) {
+        __m256i h = _mm256_loadu_si256((const __m256i*)p);
+        if (fmt == F16) return _mm512_cvtph_ps(h);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    static V ldu8(const uint8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p))); }
+    static void st(float* p, V v) { _mm512_storeu_ps(p, v); }
+    static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+    static float sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+
+#elif defined(HL_BUILD_AVX2)
+#define HL_TRAIT Avx2
+#define HL_NAME hl_decode_avx2
+struct Avx2 {
+    static const int W = 8;
+    typedef __m256 V;
+    static V zero() { return _mm256_setzero_ps(); }
+    static V set1(float x) { return _mm256_set1_ps(x); }
+    static V ld(const float* p) { return _mm256_loadu_ps(p); }
+    static V ld(const uint16_t* p, int fmt) {
+        __m128i h = _mm_loadu_si128((const __m128i*)p);
+        if (fmt == F16) return _mm256_cvtph_ps(h);
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    static V ldu8(const uint8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
+    static void st(float* p, V v) { _mm256_storeu_ps(p, v); }
+    static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+    static float sum(V v) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+};
+
+#else
+#define HL_TRAIT Scalar
+#define HL_NAME hl_decode_scalar
+struct Scalar {
+    static const int W = 1;
+    typedef float V;
+    static V zero() { return 0.f; }
+    static V set1(float x) { return x; }
+    static V ld(const float* p) { return *p; }
+    static V ld(const uint16_t* p, int fmt) { return fmt == F16 ? f16_to_f32(*p) : bf16_to_f32(*p); }
+    static V ldu8(const uint8_t* p) { return (float)*p; }
+    static void st(float* p, V v) { *p = v; }
+    static V fma(V a, V b, V c) { return a * b + c; }
+    static V mul(V a, V b) { return a * b; }
+    static float sum(V v) { return v; }
+};
+
+#endif
+
+}  // namespace
+
+extern "C" void HL_NAME(const Geo& g, const float* q, const uint8_t* kc, const uint8_t* vc, const int32_t* tb,
+                        const int32_t* sl, float* out, int th) {
+    switch (g.fmt) {
+        case F32: decode_all<HL_TRAIT, F32>(g, q, kc, vc, tb, sl, out, th); break;
+        case F16: decode_all<HL_TRAIT, F16>(g, q, kc, vc, tb, sl, out, th); break;
+        case BF16: decode_all<HL_TRAIT, BF16>(g, q, kc, vc, tb, sl, out, th); break;
+        default: decode_all<HL_TRAIT, U8>(g, q, kc, vc, tb, sl, out, th); break;
+    }
+}
+
+#if !defined(HL_BUILD_AVX512) && !defined(HL_BUILD_AVX2)
+extern "C" void hl_decode_avx512(const Geo&, const float*, const uint8_t*, const uint8_t*, const int32_t*,
+                                 const int32_t*, float*, int);
+extern "C" void hl_decode_avx2(const Geo&, const float*, const uint8_t*, const uint8_t*, const int32_t*,
+                               const int32_t*, float*, int);
+
+static int best_isa() {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+    return ISA_SCALAR;
+}
+
+static Geo geometry(int B, int H, int KVH, int D, int BS, int max_blocks, int window, int fmt, float scale) {
+    Geo g = {B, H, KVH, D, BS, max_blocks, window, fmt, scale, 0, 0, 0, 0};
+    int es = fmt == F32 ? 4 : fmt == U8 ? 1 : 2;
+    g.khead = (int64_t)(fmt == U8 ? BS + 8 : BS) * D * es;
+    g.vhead = (int64_t)BS * (fmt == U8 ? D + 8 : D) * es;
+    g.kblock = g.khead * KVH;
+    g.vblock = g.vhead * KVH;
+    return g;
+}
+
+extern "C" {
+
+int hl_best_isa() { return best_isa(); }
+
+// Returns the ISA it ran (1 scalar, 2 AVX2, 3 AVX-512), or -1 for a shape it cannot take.
+int hl_decode(int isa, int threads, int fmt, int B, int H, int KVH, int D, int BS, int max_blocks, int window,
+              float scale, const float* q, const void* key_cache, const void* value_cache, const int32_t* tables,
+              const int32_t* seq_lens, float* out) {
+    if (KVH < 1 || H % KVH || H / KVH > MAX_G || D > MAX_D || BS > 64 || fmt < F32 || fmt > U8) return -1;
+    int best = best_isa();
+    if (isa == ISA_AUTO || isa > best) isa = best;
+    if (isa == ISA_AVX512 && D % 16) isa = ISA_AVX2;
+    if (isa == ISA_AVX2 && D % 8) isa = ISA_SCALAR;
+    Geo g = geometry(B, H, KVH, D, BS, max_blocks, window, fmt, scale);
+    if (threads < 1) threads = omp_get_max_threads();
+    const uint8_t* kc = (const uint8_t*)key_cache;
+    const uint8_t* vc = (const uint8_t*)value_cache;
+    if (isa == ISA_AVX512) hl_decode_avx512(g, q, kc, vc, tables, seq_lens, out, threads);
+    else if (isa == ISA_AVX2) hl_decode_avx2(g, q, kc, vc, tables, seq_lens, out, threads);
+    else hl_decode_scalar(g, q, kc, vc, tables, seq_lens, out, threads);
+    return isa;
+}
+
+// Writes T new tokens' k/v [T, KVH, D] (f32) at slot_mapping[t] (block * BS + row) of one layer's caches.
+// u8 keys are quantized per channel over the block: a token outside the block's range widens it and the
+// block's earlier rows are requantized (rows < row only: later rows hold no token yet).
+void hl_write(int fmt, int T, int KVH, int D, int BS, const float* k, const float* v, const int64_t* slots,
+              void* key_cache, void* value_cache) {
+    Geo g = geometry(1, KVH, KVH, D, BS, 1, 0, fmt, 1.f);
+    uint8_t* kc = (uint8_t*)key_cache;
+    uint8_t* vc = (uint8_t*)value_cache;
+    for (int t = 0; t < T; t++) {
+        int64_t n = slots[t] / BS; int row = (int)(slots[t] % BS);
+        for (int h = 0; h < KVH; h++) {
+            const float* kt = k + ((int64_t)t * KVH + h) * D;
+            const float* vt = v + ((int64_t)t * KVH + h) * D;
+            uint8_t* kb = kc + n * g.kblock + h * g.khead;
+            uint8_t* vb = vc + n * g.vblock + h * g.vhead;
+            if (fmt == F32) {
+                memcpy((float*)kb + (int64_t)row * D, kt, D * 4);
+                memcpy((float*)vb + (int64_t)row * D, vt, D * 4);
+            } else if (fmt == F16 || fmt == BF16) {
+                uint16_t* ko = (uint16_t*)kb + (int64_t)row * D;
+                uint16_t* vo = (uint16_t*)vb + (int64_t)row * D;
+                for (int d = 0; d < D; d++) {
+                    ko[d] = fmt == BF16 ? f32_to_bf16(kt[d]) : f32_to_f16(kt[d]);
+                    vo[d] = fmt == BF16 ? f32_to_bf16(vt[d]) : f32_to_f16(vt[d]);
+                }
+            } else {
+                // V: per token, 8-bit over [min, max].
+                float lo = vt[0], hi = vt[0];
+                for (int d = 1; d < D; d++) { lo = vt[d] < lo ? vt[d] : lo; hi = vt[d] > hi ? vt[d] : hi; }
+                float sc = (hi - lo) / 255.f; if (sc <= 0.f) sc = 1e-8f;
+                float zp = roundf(-lo / sc);
+                uint8_t* vr = vb + (int64_t)row * (D + 8);
+                memcpy(vr, &sc, 4); memcpy(vr + 4, &zp, 4);
+                for (int d = 0; d < D; d++) { float u = roundf(vt[d] / sc + zp); vr[8 + d] = (uint8_t)(u < 0 ? 0 : u > 255 ? 255 : u); }
+                // K: per channel over the block's rows 0..row. The first row's range is [min(x, 0), max(x, 0)].
+                float* sck = (float*)kb; float* zpk = sck + D; uint8_t* rows = kb + 8 * D;
+                for (int d = 0; d < D; d++) {
+                    float x = kt[d];
+                    bool widen = row == 0;
+                    if (!widen) {
+                        float u = x / sck[d] + zpk[d];
+                        widen = u < -0.5f || u > 255.5f;
+                    }
+                    if (widen) {
+                        float lo = x < 0.f ? x : 0.f, hi = x > 0.f ? x : 0.f;
+                        if (row > 0) { lo = hi = x; }
+                        for (int r = 0; r < row; r++) {   // the earlier rows' values span this much
+                            float val = ((float)rows[(int64_t)r * D + d] - zpk[d]) * sck[d];
+                            lo = val < lo ? val : lo; hi = val > hi ? val : hi;
+                        }
+                        float nsc = (hi - lo) / 255.f; if (!(nsc > 1e-8f)) nsc = 1e-8f;
+                        float nzp = roundf(-lo / nsc);
+                        for (int r = 0; r < row; r++) {
+                            float val = ((float)rows[(int64_t)r * D + d] - zpk[d]) * sck[d];
+                            float u = roundf(val / nsc + nzp);
+                            rows[(int64_t)r * D + d] = (uint8_t)(u < 0 ? 0 : u > 255 ? 255 : u);
+                        }
+                        sck[d] = nsc; zpk[d] = nzp;
+                    }
+                    float u = roundf(x / sck[d] + zpk[d]);
+                    rows[(int64_t)row * D + d] = (uint8_t)(u < 0 ? 0 : u > 255 ? 255 : u);
+                }
+            }
+        }
+    }
+}
+
+}  // extern "C"
+#endif
