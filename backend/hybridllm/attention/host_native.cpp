@@ -66,14 +66,16 @@ struct Geo {
 namespace {
 
 // One (sequence, KV head): G query heads against the visible tokens, online softmax per block.
-template <class T, int FMT>
+// GG > 0: the group size as a constant, so the per-head accumulators stay in registers; 0: any (g.H / g.KVH).
+template <class T, int FMT, int GG>
 static inline void attend(const Geo& g, int b, int kh, const float* q, const uint8_t* kc, const uint8_t* vc,
                           const int32_t* table, int seq_len, float* out) {
-    const int D = g.D, BS = g.BS, G = g.H / g.KVH, W = T::W;
+    const int D = g.D, BS = g.BS, G = GG > 0 ? GG : g.H / g.KVH, W = T::W;
     alignas(64) float qs[MAX_G * MAX_D];          // q * scale (u8: * the block's key scale too)
     alignas(64) float qk[MAX_G * MAX_D];
     alignas(64) float acc[MAX_G * MAX_D];
-    float m[MAX_G], l[MAX_G], bias[MAX_G], s[MAX_G * 64], qzp[MAX_G];
+    float m[MAX_G], l[MAX_G], bias[MAX_G], qzp[MAX_G];
+    alignas(64) float s[MAX_G * 64];
     for (int j = 0; j < G; j++) {
         const float* qj = q + ((int64_t)b * g.H + kh * G + j) * D;
         for (int d = 0; d < D; d++) { qs[j * D + d] = qj[d] * g.scale; acc[j * D + d] = 0.f; }
@@ -85,6 +87,13 @@ static inline void attend(const Geo& g, int b, int kh, const float* q, const uin
         int64_t n = table[blk];
         const uint8_t* kb = kc + n * g.kblock + kh * g.khead;
         const uint8_t* vb = vc + n * g.vblock + kh * g.vhead;
+        if (blk + 1 < (seq_len + BS - 1) / BS) {   // the next block's slabs: tables scatter blocks, so the
+            int64_t nn = table[blk + 1];          // hardware prefetcher cannot guess them
+            const char* nk = (const char*)(kc + nn * g.kblock + kh * g.khead);
+            const char* nv = (const char*)(vc + nn * g.vblock + kh * g.vhead);
+            for (int64_t o = 0; o < g.khead; o += 64) _mm_prefetch(nk + o, _MM_HINT_T0);
+            for (int64_t o = 0; o < g.vhead; o += 64) _mm_prefetch(nv + o, _MM_HINT_T0);
+        }
         const float* qq = qs;
         if (FMT == U8) {                          // q . ((u - zp) * sc) = (q * sc) . u - (q * sc) . zp
             const float* sc = (const float*)kb;
@@ -97,25 +106,52 @@ static inline void attend(const Geo& g, int b, int kh, const float* q, const uin
             qq = qk;
         }
         int nt = t1 - t0;
-        for (int t = 0; t < nt; t++) {            // scores s[j][t]
-            int row = t0 - blk * BS + t;
-            typename T::V a[MAX_G];
+        const int r0 = t0 - blk * BS;              // the block's first visible row
+        auto ldk = [&](int row, int d) -> typename T::V {
+            if (FMT == F32) return T::ld((const float*)kb + (int64_t)row * D + d);
+            if (FMT == U8) return T::ldu8(kb + 8 * D + (int64_t)row * D + d);
+            return T::ld((const uint16_t*)kb + (int64_t)row * D + d, FMT);
+        };
+        // Scores s[j][t], TT tokens at a time: TT * G independent FMA chains hide the FMA latency.
+        constexpr int TT = T::W >= 16 ? 4 : T::W >= 8 ? 2 : 1;
+        int t = 0;
+        for (; t + TT <= nt; t += TT) {
+            typename T::V a[TT][GG > 0 ? GG : MAX_G];
+            for (int u = 0; u < TT; u++) for (int j = 0; j < G; j++) a[u][j] = T::zero();
+            for (int d = 0; d < D; d += W) {
+                typename T::V kv[TT];
+                for (int u = 0; u < TT; u++) kv[u] = ldk(r0 + t + u, d);
+                for (int j = 0; j < G; j++) {
+                    typename T::V qv = T::ld(qq + j * D + d);
+                    for (int u = 0; u < TT; u++) a[u][j] = T::fma(qv, kv[u], a[u][j]);
+                }
+            }
+            for (int j = 0; j < G; j++) {
+                float r[TT];
+                T::template sums<TT>(a, j, r);
+                for (int u = 0; u < TT; u++) s[j * 64 + t + u] = r[u] - (FMT == U8 ? qzp[j] : 0.f);
+            }
+        }
+        for (; t < nt; t++) {
+            typename T::V a[GG > 0 ? GG : MAX_G];
             for (int j = 0; j < G; j++) a[j] = T::zero();
             for (int d = 0; d < D; d += W) {
-                typename T::V kv;
-                if (FMT == F32) kv = T::ld((const float*)kb + (int64_t)row * D + d);
-                else if (FMT == U8) kv = T::ldu8(kb + 8 * D + (int64_t)row * D + d);
-                else kv = T::ld((const uint16_t*)kb + (int64_t)row * D + d, FMT);
+                typename T::V kv = ldk(r0 + t, d);
                 for (int j = 0; j < G; j++) a[j] = T::fma(T::ld(qq + j * D + d), kv, a[j]);
             }
             for (int j = 0; j < G; j++) s[j * 64 + t] = T::sum(a[j]) - (FMT == U8 ? qzp[j] : 0.f);
         }
+        const int ntw = (nt + W - 1) / W * W;     // scores padded to whole vectors with -inf-like values
         for (int j = 0; j < G; j++) {             // online softmax: rescale what came before
-            float mx = m[j];
-            for (int t = 0; t < nt; t++) mx = s[j * 64 + t] > mx ? s[j * 64 + t] : mx;
-            float c = expf(m[j] - mx), sum = 0.f;
-            for (int t = 0; t < nt; t++) { float p = expf(s[j * 64 + t] - mx); s[j * 64 + t] = p; sum += p; }
-            l[j] = l[j] * c + sum; m[j] = mx; bias[j] *= c;
+            float* sj = s + j * 64;
+            for (int t = nt; t < ntw; t++) sj[t] = -FLT_MAX;
+            typename T::V vm = T::set1(m[j]);
+            for (int t = 0; t < ntw; t += W) vm = T::max(vm, T::ld(sj + t));
+            float mx = T::hmax(vm);
+            float c = expf(m[j] - mx);
+            typename T::V vs = T::zero(), vmx = T::set1(mx);
+            for (int t = 0; t < ntw; t += W) { typename T::V p = T::exp(T::sub(T::ld(sj + t), vmx)); T::st(sj + t, p); vs = T::add(vs, p); }
+            l[j] = l[j] * c + T::sum(vs); m[j] = mx; bias[j] *= c;
             if (c != 1.f) for (int d = 0; d < D; d++) acc[j * D + d] *= c;
         }
         if (FMT == U8) {                          // p * ((u - zp) * sc) = (p * sc) * u - (p * sc) * zp
@@ -124,15 +160,32 @@ static inline void attend(const Geo& g, int b, int kh, const float* q, const uin
                 for (int j = 0; j < G; j++) { float w = s[j * 64 + t] * par[0]; s[j * 64 + t] = w; bias[j] += w * par[1]; }
             }
         }
-        for (int d = 0; d < D; d += W) {          // acc[j][d:d+W] += sum_t p[j][t] * v[t][d:d+W]
-            typename T::V a[MAX_G];
+        auto ldv = [&](int row, int d) -> typename T::V {
+            if (FMT == F32) return T::ld((const float*)vb + (int64_t)row * D + d);
+            if (FMT == U8) return T::ldu8(vb + (int64_t)row * (D + 8) + 8 + d);
+            return T::ld((const uint16_t*)vb + (int64_t)row * D + d, FMT);
+        };
+        // acc[j][d:d+CC*W] += sum_t p[j][t] * v[t][d:d+CC*W]: CC * G independent chains.
+        constexpr int CC = T::W >= 8 ? 2 : 1;
+        int d = 0;
+        for (; d + CC * W <= D; d += CC * W) {
+            typename T::V a[CC][GG > 0 ? GG : MAX_G];
+            for (int c = 0; c < CC; c++) for (int j = 0; j < G; j++) a[c][j] = T::ld(acc + j * D + d + c * W);
+            for (int t = 0; t < nt; t++) {
+                typename T::V vv[CC];
+                for (int c = 0; c < CC; c++) vv[c] = ldv(r0 + t, d + c * W);
+                for (int j = 0; j < G; j++) {
+                    typename T::V p = T::set1(s[j * 64 + t]);
+                    for (int c = 0; c < CC; c++) a[c][j] = T::fma(p, vv[c], a[c][j]);
+                }
+            }
+            for (int c = 0; c < CC; c++) for (int j = 0; j < G; j++) T::st(acc + j * D + d + c * W, a[c][j]);
+        }
+        for (; d < D; d += W) {
+            typename T::V a[GG > 0 ? GG : MAX_G];
             for (int j = 0; j < G; j++) a[j] = T::ld(acc + j * D + d);
             for (int t = 0; t < nt; t++) {
-                int row = t0 - blk * BS + t;
-                typename T::V vv;
-                if (FMT == F32) vv = T::ld((const float*)vb + (int64_t)row * D + d);
-                else if (FMT == U8) vv = T::ldu8(vb + (int64_t)row * (D + 8) + 8 + d);
-                else vv = T::ld((const uint16_t*)vb + (int64_t)row * D + d, FMT);
+                typename T::V vv = ldv(r0 + t, d);
                 for (int j = 0; j < G; j++) a[j] = T::fma(T::set1(s[j * 64 + t]), vv, a[j]);
             }
             for (int j = 0; j < G; j++) T::st(acc + j * D + d, a[j]);
@@ -145,13 +198,26 @@ static inline void attend(const Geo& g, int b, int kh, const float* q, const uin
     }
 }
 
-template <class T, int FMT>
-static void decode_all(const Geo& g, const float* q, const uint8_t* kc, const uint8_t* vc, const int32_t* tables,
-                       const int32_t* seq_lens, float* out, int threads) {
+template <class T, int FMT, int GG>
+static void decode_g(const Geo& g, const float* q, const uint8_t* kc, const uint8_t* vc, const int32_t* tables,
+                     const int32_t* seq_lens, float* out, int threads) {
     #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads)
     for (int b = 0; b < g.B; b++)
         for (int kh = 0; kh < g.KVH; kh++)
-            attend<T, FMT>(g, b, kh, q, kc, vc, tables + (int64_t)b * g.max_blocks, seq_lens[b], out);
+            attend<T, FMT, GG>(g, b, kh, q, kc, vc, tables + (int64_t)b * g.max_blocks, seq_lens[b], out);
+}
+
+template <class T, int FMT>
+static void decode_all(const Geo& g, const float* q, const uint8_t* kc, const uint8_t* vc, const int32_t* tables,
+                       const int32_t* seq_lens, float* out, int threads) {
+    switch (g.H / g.KVH) {
+        case 1: decode_g<T, FMT, 1>(g, q, kc, vc, tables, seq_lens, out, threads); break;
+        case 2: decode_g<T, FMT, 2>(g, q, kc, vc, tables, seq_lens, out, threads); break;
+        case 3: decode_g<T, FMT, 3>(g, q, kc, vc, tables, seq_lens, out, threads); break;
+        case 4: decode_g<T, FMT, 4>(g, q, kc, vc, tables, seq_lens, out, threads); break;
+        case 8: decode_g<T, FMT, 8>(g, q, kc, vc, tables, seq_lens, out, threads); break;
+        default: decode_g<T, FMT, 0>(g, q, kc, vc, tables, seq_lens, out, threads); break;
+    }
 }
 
 #if defined(HL_BUILD_AVX512)
@@ -173,6 +239,35 @@ struct Avx512 {
     static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
     static float sum(V v) { return _mm512_reduce_add_ps(v); }
+    static V add(V a, V b) { return _mm512_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+    static V max(V a, V b) { return _mm512_max_ps(a, b); }
+    static float hmax(V v) { return _mm512_reduce_max_ps(v); }
+    template <int N, class A> static void sums(const A& a, int j, float* r) {
+        if (N == 4) {               // four horizontal sums in one pass: pairwise unpacks, then the 128-bit lanes
+            __m512 x01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0][j], a[1][j]), _mm512_unpackhi_ps(a[0][j], a[1][j]));
+            __m512 x23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2][j], a[3][j]), _mm512_unpackhi_ps(a[2][j], a[3][j]));
+            __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x01), _mm512_castps_pd(x23))),
+                                     _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x01), _mm512_castps_pd(x23))));
+            __m256 z = _mm256_add_ps(_mm512_castps512_ps256(y), _mm512_extractf32x8_ps(y, 1));
+            __m128 w = _mm_add_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));   // [a0, a1, a2, a3]
+            _mm_storeu_ps(r, w);
+        } else for (int u = 0; u < N; u++) r[u] = sum(a[u][j]);
+    }
+    static V exp(V x) {         // as Avx2::exp, with scalef for the 2^n
+        x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+        V n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        V r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+        V p = _mm512_set1_ps(1.9875691500e-4f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+        p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+        return _mm512_scalef_ps(p, n);
+    }
 };
 
 #elif defined(HL_BUILD_AVX2)
@@ -199,6 +294,38 @@ struct Avx2 {
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
         return _mm_cvtss_f32(s);
     }
+    static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static V max(V a, V b) { return _mm256_max_ps(a, b); }
+    static float hmax(V v) {
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        return _mm_cvtss_f32(m);
+    }
+    template <int N, class A> static void sums(const A& a, int j, float* r) {
+        if (N == 2) {               // both horizontal sums in one pass
+            __m256 h = _mm256_hadd_ps(a[0][j], a[1][j]);            // a0 pairs, a1 pairs per 128-bit lane
+            __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            x = _mm_hadd_ps(x, x);
+            r[0] = _mm_cvtss_f32(x); r[1] = _mm_cvtss_f32(_mm_shuffle_ps(x, x, 1));
+        } else for (int u = 0; u < N; u++) r[u] = sum(a[u][j]);
+    }
+    static V exp(V x) {         // 2^n * p(r), |rel err| < 2e-7 over the range softmax uses (x <= 0)
+        x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+        V n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        V r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+        V p = _mm256_set1_ps(1.9875691500e-4f);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+        p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    }
 };
 
 #else
@@ -216,6 +343,12 @@ struct Scalar {
     static V fma(V a, V b, V c) { return a * b + c; }
     static V mul(V a, V b) { return a * b; }
     static float sum(V v) { return v; }
+    static V add(V a, V b) { return a + b; }
+    static V sub(V a, V b) { return a - b; }
+    static V max(V a, V b) { return a > b ? a : b; }
+    static float hmax(V v) { return v; }
+    static V exp(V x) { return expf(x); }
+    template <int N, class A> static void sums(const A& a, int j, float* r) { for (int u = 0; u < N; u++) r[u] = a[u][j]; }
 };
 
 #endif

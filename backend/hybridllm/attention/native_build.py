@@ -16,7 +16,7 @@ from ..utils import cache_root, file_lock
 
 SOURCE = Path(__file__).with_name("host_native.cpp")
 # The one source compiled three times: AVX-512 and AVX2 kernels, then the scalar kernel + dispatcher + writer.
-VARIANTS = (("avx512", ["-DHL_BUILD_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]),
+VARIANTS = (("avx512", ["-DHL_BUILD_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]),
             ("avx2", ["-DHL_BUILD_AVX2", "-mavx2", "-mfma", "-mf16c"]),
             ("base", []))
 FLAGS = ["-O3", "-fopenmp", "-fPIC", "-std=c++17", "-fno-math-errno"]
