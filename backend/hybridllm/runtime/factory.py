@@ -124,6 +124,7 @@ def build(spec: RuntimeSpec, profile: HardwareProfile | None = None, tracer: Tra
         host_attn = host_attention(spec)
         tiers[Tier.HOST] = host_attn.tier
         reason += f"; host attention {host_attn.name} ({host_attn.reason})"
+        log.info("host KV tier: %s (%s)", spec.host_kv, spec.host_kv_reason)
     max_len = _max_model_len(spec, specs, tiers)
     copier = KVCopier(tiers, device)
     parts = Parts(spec, model, tiers.get(Tier.DEVICE), dev_attn, host_attn, tracer, copier, max_len)
@@ -182,5 +183,5 @@ def host_attention(spec: RuntimeSpec) -> HostAttention:
         num_layers=mc.num_hidden_layers, num_heads=mc.num_attention_heads, num_kv_heads=mc.num_key_value_heads,
         head_dim=mc.head_dim, kv_precision=spec.host_kv, sliding_window=mc.sliding_window,
         block_size=spec.block_size, cache_dir=spec.attention_cache_dir, num_threads=spec.host_threads,
-        path=spec.host_attention)
+        path=spec.host_attention, isa=spec.host_isa)
     return HostAttention.create(hspec, num_bytes=spec.host_kv_bytes, pin_memory=spec.device.type == "cuda")

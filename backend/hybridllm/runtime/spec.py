@@ -40,6 +40,7 @@ class RuntimeSpec:
     per_step: bool                      # auto with a profile: the StepPlanner chooses each step
     device_kv: str                      # the device tier's KV precision (f32 | f16 | bf16)
     host_kv: str                        # the host tier's (f32 | f16 | bf16 | u8)
+    host_kv_reason: str                 # why (logged at start-up)
     host_precision: HostPrecision       # the OpenVINO linear graphs' weights and arithmetic (cpu_only)
     max_model_len: int                  # the model's and the config's limit; KV capacity may lower it further
     block_size: int                     # the device tier's; the host tier takes its backend's
@@ -52,7 +53,8 @@ class RuntimeSpec:
     host_threads: int | None            # OpenVINO's threads for host attention (None: all cores)
     torch_threads: int                  # torch's threads at start-up (torch linear layers on the CPU)
     cpu_torch_threads: int              # torch's threads under cpu_only
-    host_attention: str                 # auto | ov_paged | ov_sdpa | torch
+    host_attention: str                 # auto | native | ov_paged | ov_sdpa | torch
+    host_isa: str                       # the native kernel's: auto | avx512 | avx2 | scalar
     device_kernels: str
     enforce_eager: bool | None
     cpu_fused: bool
@@ -93,15 +95,16 @@ def resolve(config: EngineConfig, model_path: Path, mc: ModelConfig, profile: Ha
         raise ValueError(f"policies {', '.join(policies)}: gpu_offload keeps the decoder layers in "
                          "host memory, which a policy with device linear layers cannot run")
     device = HOST if host_only else compute_device(config)
+    host_kv = host_kv_precision(config, precision, host_only)
     return RuntimeSpec(
         model_path=Path(model_path), model=mc, dtype=config.dtype, device=device, policies=tuple(policies),
         prefill_policy=prefill, decode_policy=decode, reason=reason, per_step=per_step, device_kv=kv,
-        host_kv=host_kv_precision(config, precision, host_only), host_precision=precision, max_model_len=limit,
+        host_kv=host_kv, host_kv_reason=host_kv_reason(config, host_kv), host_precision=precision, max_model_len=limit,
         block_size=DEVICE_BLOCK_SIZE, device_kv_bytes=config.device_kv_bytes, host_kv_bytes=config.host_kv_bytes,
         device_memory_bytes=config.device_memory_bytes, planner_memory_bytes=device_memory(config),
         max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
         host_threads=host_threads(config.host_threads, device), torch_threads=torch.get_num_threads(),
-        cpu_torch_threads=config.cpu_torch_threads, host_attention=config.host_attention,
+        cpu_torch_threads=config.cpu_torch_threads, host_attention=config.host_attention, host_isa=config.host_isa,
         device_kernels=config.device_kernels, enforce_eager=config.enforce_eager, cpu_fused=config.cpu_fused,
         ov_cache_dir=config.ov_cache_dir, attention_cache_dir=config.ov_cache_dir or str(cache_root() / "ov"),
         streamed=streamed, host_only=host_only)
@@ -121,10 +124,30 @@ def host_threads(requested: int | None, device: torch.device) -> int | None:
     return None
 
 
+# The host tier's format under kv_cache_dtype=auto, where a path that reads it serves (native, ov_paged).
+# benchmarks/RESULTS.md, "issue 22": u8 is the format the native kernel decodes fastest here (1.4-2.0x its
+# f32 at batch 32 x context 2048, and OpenVINO's fused cpu_only graph 1.13x on real contexts), and on the
+# default model it keeps perplexity within 1% of f32 KV and the greedy tokens (tests/system/test_host_kv.py).
+HOST_KV_AUTO = "u8"
+U8_PATHS = ("auto", "native", "ov_paged")
+
+
 def host_kv_precision(config: EngineConfig, precision: HostPrecision, host_only: bool) -> str:
-    """The host tier's KV precision. kv_cache_dtype=auto follows the model's dtype, except on a host-only
-    runtime computing in bf16, where f32 KV would cost a conversion in every attention call (a batch-1
-    step took 1.7x longer than with bf16 KV)."""
+    """The host tier's KV precision. kv_cache_dtype=auto: u8 (HOST_KV_AUTO) where the host attention path
+    reads it; else the model's dtype, except on a host-only runtime computing in bf16, where f32 KV would
+    cost a conversion in every attention call (a batch-1 step took 1.7x longer than with bf16 KV)."""
+    if config.kv_cache_dtype == "auto" and config.host_attention in U8_PATHS:
+        return HOST_KV_AUTO
     if config.kv_cache_dtype == "auto" and host_only and precision.compute == "bf16":
         return "bf16"
     return kv_precision(config.kv_cache_dtype, config.dtype)
+
+
+def host_kv_reason(config: EngineConfig, host_kv: str) -> str:
+    """Why the host tier has this format (the start-up log)."""
+    if config.kv_cache_dtype != "auto":
+        return f"kv_cache_dtype={config.kv_cache_dtype}"
+    if host_kv == HOST_KV_AUTO and config.host_attention in U8_PATHS:
+        return ("kv_cache_dtype=auto: u8, the format the host decode reads fastest here at perplexity within 1% "
+                "of f32 KV (benchmarks/RESULTS.md, issue 22)")
+    return f"kv_cache_dtype=auto: {host_kv} (host_attention={config.host_attention} reads no u8)"
