@@ -20,7 +20,7 @@ def reference(default_model_path):
 
 
 def neo(path, device_blocks=12, host_blocks=400, **kw):
-    return LLM(str(path), policy="neo", device_kv_bytes=device_blocks * BLOCK_BYTES,
+    return LLM(str(path), policy="neo", kv_cache_dtype="f32", device_kv_bytes=device_blocks * BLOCK_BYTES,
                host_kv_bytes=host_blocks * BLOCK_BYTES, max_num_seqs=32, **kw)
 
 
