@@ -90,16 +90,17 @@ def test_neo_with_sliding_window_matches_hf(tmp_path):
     assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0
 
 
-def test_neo_default_host_tier_is_u8_and_stays_close_to_hf(tmp_path):
-    """kv_cache_dtype=auto: the host tier is u8 (device f32 KV quantized on the way down, decoded by the
-    native kernel), the device tier f32. Random tiny weights make near-ties common, so the bar is most
-    greedy tokens, not all."""
+@pytest.mark.parametrize("kv, host", [("auto", "f16"), ("u8", "u8")])
+def test_neo_compact_host_tier_stays_close_to_hf(tmp_path, kv, host):
+    """The host tier in a compact format (auto: f16; u8: device f32 KV quantized on the way down), decoded
+    by the native kernel; the device tier stays f32. Random tiny weights make near-ties common, so the
+    bar is most greedy tokens, not all."""
     import transformers
     folder = make_tiny(tmp_path / "mistral", "mistral", sliding_window=24, head_dim=16)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     block = 16 * 2 * 2 * 2 * 16 * 4
-    llm = LLM(str(folder), policy="neo", device_kv_bytes=3 * block, host_kv_bytes=256 * block)
-    assert llm.engine.runtime.tiers[Tier.HOST].layout.precision == "u8"
+    llm = LLM(str(folder), policy="neo", kv_cache_dtype=kv, device_kv_bytes=3 * block, host_kv_bytes=256 * block)
+    assert llm.engine.runtime.tiers[Tier.HOST].layout.precision == host
     assert llm.engine.runtime.tiers[Tier.DEVICE].layout.precision == "f32"
     assert "host attention native" in llm.engine.runtime.reason
     prompts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs " * 3,

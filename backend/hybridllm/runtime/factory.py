@@ -158,9 +158,6 @@ def _max_model_len(spec: RuntimeSpec, specs, tiers: dict[Tier, KVCacheTier]) -> 
 
 def _device_tier(spec: RuntimeSpec, model: LlamaModel) -> KVCacheTier:
     mc = spec.model
-    if spec.device_kv == "u8":
-        raise ValueError("kv_cache_dtype 'u8' needs a host KV tier only (policy cpu_only or partition); "
-                         "the device tier holds f32/f16/bf16")
     layout = KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, spec.block_size,
                       torch_dtype(spec.device_kv))
     on_device = model.weight_bytes
