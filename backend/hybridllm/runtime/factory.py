@@ -135,9 +135,9 @@ def build(spec: RuntimeSpec, profile: HardwareProfile | None = None, tracer: Tra
     costs = planner = None
     if spec.per_step:
         planner = StepPlanner(ModelShape.from_config(mc, spec.dtype), profile, tuple(executors), spec.kv_dtype,
-                              spec.planner_memory_bytes)
+                              spec.planner_memory_bytes, spec.host_kv)
     elif specs[0].scheduler == "neo":
-        costs = NeoCostTables(ModelShape.from_config(mc, spec.dtype), profile, spec.kv_dtype) \
+        costs = NeoCostTables(ModelShape.from_config(mc, spec.dtype), profile, spec.kv_dtype, spec.host_kv) \
             if profile is not None else None
         reason += ("; load-aware host sub-batches from the profile" if costs else
                    "; no hardware profile, so every host decode joins each step")

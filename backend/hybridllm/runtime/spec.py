@@ -77,7 +77,8 @@ def resolve(config: EngineConfig, model_path: Path, mc: ModelConfig, profile: Ha
     limit = int(min(mc.max_position_embeddings, config.max_model_len or math.inf))
     if per_step:
         cands, why = auto_candidates(config, mc)
-        planner = StepPlanner(ModelShape.from_config(mc, config.dtype), profile, cands, kv, device_memory(config))
+        planner = StepPlanner(ModelShape.from_config(mc, config.dtype), profile, cands, kv, device_memory(config),
+                              host_kv_precision(config, precision, False))
         policies = useful_policies(planner, config.max_num_batched_tokens, config.max_num_seqs, limit)
         prefill = decode = "auto"
         reason = (f"per step on profile {profile.name} among {', '.join(policies)} (candidates {', '.join(cands)}: "
