@@ -45,7 +45,8 @@ def main() -> None:
             base = base or (ppl, toks)
             same = sum(a == b for a, b in zip(toks, base[1]))
             rows.append([plane, kv, f"{ppl:.4f}", f"{100 * (ppl / base[0] - 1):+.2f}%", f"{same}/{len(prompts)}",
-                         "native" if "host attention native" in llm.engine.runtime.reason else "op"])
+                         "native" if plane == "native" and "host attention native" in llm.engine.runtime.reason
+                         else "op"])
             print(" | ".join(rows[-1]), flush=True)
             del llm
     print()
