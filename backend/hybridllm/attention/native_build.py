@@ -15,6 +15,7 @@ from pathlib import Path
 from ..utils import cache_root, file_lock
 
 SOURCE = Path(__file__).with_name("host_native.cpp")
+HEADERS = (Path(__file__).with_name("host_native_isa.h"),)
 # The one source compiled three times: AVX-512 and AVX2 kernels, then the scalar kernel + dispatcher + writer.
 VARIANTS = (("avx512", ["-DHL_BUILD_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]),
             ("avx2", ["-DHL_BUILD_AVX2", "-mavx2", "-mfma", "-mf16c"]),
@@ -36,7 +37,7 @@ def compiler() -> str:
 
 def build(out_dir: Path | None = None) -> Path:
     """The shared library for this source, built if missing; returns its path."""
-    src = SOURCE.read_bytes()
+    src = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
     cxx = compiler()
     key = hashlib.sha256(src + " ".join(FLAGS).encode() + cxx.encode()).hexdigest()[:16]
     out_dir = Path(out_dir or cache_root() / "native")
