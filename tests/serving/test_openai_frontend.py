@@ -107,7 +107,7 @@ def test_sampling_keys_and_logprobs(client, llm, default_model_path):
 
 
 @pytest.mark.parametrize("kwargs, status, fragment", [
-    ({"temperature": -1}, 400, "temperature must be a number >= 0"),
+    ({"temperature": -1}, 400, "temperature must be a finite number >= 0"),
     ({"n": 2}, 400, "n: 2 is not supported"),
     ({"model": "gpt-4"}, 404, "'gpt-4' does not exist"),
     ({"max_tokens": 0}, 400, "max_tokens must be an integer >= 1"),

@@ -216,7 +216,7 @@ def test_metrics_expose_the_custom_families(triton):
 
 BAD = [  # (sampling parameters or None, prompt, expected fragment of the error)
     ({"max_tokens": 0}, "ok", "max_tokens must be an integer >= 1"),
-    ({"temperature": -1}, "ok", "temperature must be a number >= 0"),
+    ({"temperature": -1}, "ok", "temperature must be a finite number >= 0"),
     ({"top_p": 0}, "ok", "top_p must be in (0, 1]"),
     ({"bogus": 1}, "ok", "unknown key(s) bogus"),
     ({"max_tokens": 4}, "y" * 600, "at most 511"),
