@@ -1,15 +1,17 @@
 """Host attention speed: decode KV read rate against this machine's read bandwidth, prefill GFLOP/s.
 
-    python benchmarks/host_attention.py [--batches 1,8,32] [--contexts 512,2048,8192] [--kv f32,f16,u8]
+    python benchmarks/host_attention.py [--batches 32] [--contexts 2048] [--kv f32,f16,bf16,u8]
+                                        [--heads llama8b,smollm2] [--paths ov_paged,native]
                                         [--prefill 128,512,2048] [--path ov_paged] [--levers] [--repeats 5]
 
-Decode: one step of B sequences, each with `context` tokens already cached, 32/8
-heads of 128 (a Llama-8B layer), through HostAttention.forward (the public call,
-metadata check and KV write included). "KV GB/s" is the bytes of the blocks the
-step reads (u8 counts its scale/zero-point bytes) over the median time; "% of
-read BW" divides it by the read bandwidth measured right before and after that
-row, because these machines drift. "vs torch" is torch SDPA (f32, contiguous
-[B, KVH, ctx, D] cache, enable_gqa) time over ours: > 1 means we are faster.
+Decode: one step of B sequences, each with `context` tokens already cached, for each head
+geometry (llama8b: 32/8 heads of 128; smollm2: 9/3 of 64), path and KV format, through
+HostAttention.forward (the public call, metadata check and KV write included). "KV GB/s" is the
+bytes of the blocks the step reads (u8 counts its scale/zero-point bytes) over the median time;
+"% of read BW" divides it by the read bandwidth measured right before and after that row, because
+these machines drift. "vs ..." is the first path's first format (the peer, same heads) over this
+row's time: > 1 is faster. "1 thread / all": the same step on one thread; near 1 means the
+kernel is bound by memory bandwidth, near the core count means it is compute-bound.
 
 Prefill: one sequence of L new tokens, causal; GFLOP/s counts 4*H*D*L*(L+1)/2.
 
@@ -54,9 +56,13 @@ def bandwidth() -> float:
     return read_bandwidth_gbs(512 << 20, repeats=3)
 
 
-def make_attention(precision: str, path: str, num_blocks: int) -> HostAttention:
-    spec = HostAttentionSpec(num_layers=1, num_heads=H, num_kv_heads=KVH, head_dim=D, kv_precision=precision,
-                             path=path)
+HEADS = {"llama8b": (32, 8, 128), "smollm2": (9, 3, 64)}
+
+
+def make_attention(precision: str, path: str, num_blocks: int, heads=(H, KVH, D), threads=None) -> HostAttention:
+    h, kvh, d = heads
+    spec = HostAttentionSpec(num_layers=1, num_heads=h, num_kv_heads=kvh, head_dim=d, kv_precision=precision,
+                             path=path, num_threads=threads)
     ha = HostAttention.create(spec, num_blocks=num_blocks)
     for t in (ha.tier._k, ha.tier._v):      # values: finite, and the pages really allocated
         if t.dtype == torch.uint8:
@@ -65,39 +71,49 @@ def make_attention(precision: str, path: str, num_blocks: int) -> HostAttention:
             t.uniform_(-1, 1)
     if precision == "u8":                    # sane scales / zero points: f32 1/64 and 128
         kb, vb = ha.tier._k, ha.tier._v
-        kb[..., 0:4, :] = torch.tensor([0.015625], dtype=torch.float32).view(torch.uint8).repeat(D).view(4, D)
-        kb[..., 4:8, :] = torch.tensor([128.0], dtype=torch.float32).view(torch.uint8).repeat(D).view(4, D)
+        kb[..., 0:4, :] = torch.tensor([0.015625], dtype=torch.float32).view(torch.uint8).repeat(d).view(4, d)
+        kb[..., 4:8, :] = torch.tensor([128.0], dtype=torch.float32).view(torch.uint8).repeat(d).view(4, d)
         vb[..., 0:8] = torch.tensor([0.015625, 128.0], dtype=torch.float32).view(torch.uint8)
     return ha
 
 
+def decode_time(precision, path, heads, b, ctx, repeats, threads=None):
+    """(median seconds, KV bytes read) of one decode step of b sequences x ctx cached tokens."""
+    h, kvh, d = heads
+    bs = 16 if path in ("ov_sdpa", "torch") else 32
+    nb = ceil_div(ctx + 1, bs)
+    ha = make_attention(precision, path, b * nb, heads, threads)
+    tables = torch.arange(b * nb).view(b, nb)[:, torch.randperm(nb)].tolist()   # scattered blocks
+    md = build_metadata([1] * b, [ctx + 1] * b, tables, bs, CPU)
+    q, k, v = torch.randn(b, h, d), torch.randn(b, kvh, d), torch.randn(b, kvh, d)
+    t = timed(lambda: ha.forward(0, q, k, v, md), repeats)
+    return t, b * nb * ha.layout.bytes_per_block
+
+
 def decode_rows(args) -> list[list]:
+    """Every path x format x heads; "vs f32" is the peer's (ov_paged, f32) time over this row's, same heads."""
     rows = []
-    for precision in args.kv:
+    for heads_name in args.heads:
+        heads = HEADS[heads_name]
         for ctx in args.contexts:
             for b in args.batches:
-                bs = 32 if args.path == "ov_paged" else 16
-                nb = ceil_div(ctx + 1, bs)
-                ha = make_attention(precision, args.path, b * nb)
-                tables = torch.arange(b * nb).view(b, nb)[:, torch.randperm(nb)].tolist()   # scattered blocks
-                md = build_metadata([1] * b, [ctx + 1] * b, tables, bs, CPU)
-                q, k, v = torch.randn(b, H, D), torch.randn(b, KVH, D), torch.randn(b, KVH, D)
-                bw0 = bandwidth()
-                t_ours = timed(lambda: ha.forward(0, q, k, v, md), args.repeats)
-                bw1 = bandwidth()
-                per_block = ha.layout.bytes_per_block            # one layer
-                kv_bytes = b * nb * per_block
-                del ha
-                kt = torch.empty(b, KVH, ctx + 1, D).uniform_(-1, 1)
-                vt = torch.empty(b, KVH, ctx + 1, D).uniform_(-1, 1)
-                qt = q.unsqueeze(2)
-                t_torch = timed(lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True), args.repeats)
-                del kt, vt
-                bw = median([bw0, bw1])
-                gbs = kv_bytes / t_ours / 1e9
-                rows.append([precision, b, ctx, f"{t_ours * 1e3:.2f}", f"{gbs:.1f}", f"{bw:.1f}",
-                             f"{100 * gbs / bw:.0f}%", f"{t_torch * 1e3:.2f}", f"{t_torch / t_ours:.2f}x"])
-                print(" | ".join(str(c) for c in rows[-1]), flush=True)
+                base = None
+                for path in args.paths:
+                    for precision in args.kv:
+                        bw0 = bandwidth()
+                        try:
+                            t_all, kv_bytes = decode_time(precision, path, heads, b, ctx, args.repeats)
+                            t_one = decode_time(precision, path, heads, b, ctx, args.repeats, threads=1)[0]
+                        except Exception as e:  # noqa: BLE001 - a format a path refuses is a row too
+                            rows.append([heads_name, path, precision, b, ctx, "refused: " + str(e)[:50]] + [""] * 6)
+                            continue
+                        bw = median([bw0, bandwidth()])
+                        base = base or t_all
+                        gbs = kv_bytes / t_all / 1e9
+                        rows.append([heads_name, path, precision, b, ctx, f"{t_all * 1e3:.2f}", f"{gbs:.1f}",
+                                     f"{bw:.1f}", f"{100 * gbs / bw:.0f}%", f"{base / t_all:.2f}x",
+                                     f"{t_one * 1e3:.2f}", f"{t_one / t_all:.2f}x"])
+                        print(" | ".join(str(c) for c in rows[-1]), flush=True)
     return rows
 
 
@@ -185,25 +201,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--contexts", default="512,2048,8192")
-    ap.add_argument("--kv", default="f32,f16,u8")
+    ap.add_argument("--kv", default="f32,f16,bf16,u8")
+    ap.add_argument("--heads", default="llama8b,smollm2", help="llama8b (32/8 x 128), smollm2 (9/3 x 64)")
+    ap.add_argument("--paths", default="ov_paged,native", help="the first path's first format is the peer")
     ap.add_argument("--prefill", default="128,512,2048")
-    ap.add_argument("--path", default="ov_paged", choices=["ov_paged", "ov_sdpa", "torch"])
+    ap.add_argument("--path", default="ov_paged", choices=["native", "ov_paged", "ov_sdpa", "torch"],
+                    help="prefill rows' path")
     ap.add_argument("--levers", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     args.batches = [int(x) for x in args.batches.split(",")]
     args.contexts = [int(x) for x in args.contexts.split(",")]
     args.kv = args.kv.split(",")
+    args.heads = args.heads.split(",")
+    args.paths = args.paths.split(",")
     args.prefill = [int(x) for x in args.prefill.split(",") if x]
     torch.manual_seed(0)
 
-    print(f"machine: {machine()}; path {args.path}; heads {H}/{KVH}, head_dim {D}; median of {args.repeats}\n")
+    print(f"machine: {machine()}; median of {args.repeats}\n")
+    bw_start = bandwidth()
     dec = decode_rows(args)
     pre = prefill_rows(args) if args.prefill else []
     lev = lever_rows(args) if args.levers else []
-    print("\n### Decode\n")
-    print(table(["KV", "batch", "context", "ms", "KV GB/s", "read BW GB/s", "% of read BW", "torch SDPA ms",
-                 "vs torch"], dec))
+    print(f"\nread bandwidth {bw_start:.1f} GB/s at start, {bandwidth():.1f} GB/s at end")
+    print("\n### Decode (one layer)\n")
+    print(table(["heads", "path", "KV", "batch", "context", "ms", "KV GB/s", "read BW GB/s", "% of read BW",
+                 f"vs {args.paths[0]} {args.kv[0]}", "ms, 1 thread", "1 thread / all"], dec))
     if pre:
         print("\n### Prefill (causal, one sequence, f32 KV)\n")
         print(table(["tokens", "ms", "GFLOP/s", "torch SDPA ms", "torch GFLOP/s", "vs torch"], pre))

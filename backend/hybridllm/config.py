@@ -1,7 +1,7 @@
 """EngineConfig: every engine option, checked once.
 
 A few options may take their default from an environment variable (HYBRIDLLM_WEIGHT_DTYPE,
-HYBRIDLLM_CPU_FUSED, HYBRIDLLM_HOST_ATTENTION, HYBRIDLLM_HOST_THREADS, HYBRIDLLM_CPU_TORCH_THREADS,
+HYBRIDLLM_CPU_FUSED, HYBRIDLLM_HOST_ATTENTION, HYBRIDLLM_HOST_ISA, HYBRIDLLM_HOST_THREADS, HYBRIDLLM_CPU_TORCH_THREADS,
 HYBRIDLLM_OV_CACHE_DIR), read when the config is made; the field is what counts.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ POLICIES = ("auto",) + POLICY_NAMES
 DTYPES = MODEL_DTYPES
 KV_CACHE_DTYPES = ("auto",) + KV_PRECISIONS
 WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # used by runtime/cpu/host_precision.py
-HOST_ATTENTION_PATHS = ("auto", "ov_paged", "ov_sdpa", "torch")
+HOST_ATTENTION_PATHS = ("auto", "native", "ov_paged", "ov_sdpa", "torch")
+HOST_ISAS = ("auto", "avx512", "avx2", "scalar")     # the native kernel's (attention/host_native.cpp)
 DEVICE_KERNELS = ("auto", "triton", "torch")     # kernels/ops.py checks against this tuple
 DEVICE_BLOCK_SIZE = 16      # the device tier's; the host tier takes the block size its attention backend reports
 
@@ -55,7 +56,8 @@ class EngineConfig:
     model: str = opt("default", '"default" (SmolLM2-135M), an HF folder or a .gguf file')
     policy: str = opt("auto", "which executors run prefill and decode (docs/architecture.md)", POLICIES)
     dtype: str = opt("float32", "the torch layers' dtype", DTYPES)
-    kv_cache_dtype: str = opt("auto", "KV precision (u8: host tier only; auto: the dtype's, bf16 for a bf16 CPU plane)",
+    kv_cache_dtype: str = opt("auto", "KV precision (u8: host tier only; auto: the device tier in the dtype's, the host "
+                                      "tier in u8 where the host attention path reads it)",
                               KV_CACHE_DTYPES)
     device_kv_bytes: int | None = opt(None, "device KV tier bytes (default: what fits beside the weights)")
     host_kv_bytes: int = opt(2 * GiB, "host KV tier bytes")
@@ -79,6 +81,8 @@ class EngineConfig:
                                                      "columns (0: f32; default 32 for int8, 0 for int4)")
     cpu_fused: bool = opt(True, "cpu_only as one whole-model OpenVINO graph", env="HYBRIDLLM_CPU_FUSED", kind=bool)
     host_attention: str = opt("auto", "host attention path", HOST_ATTENTION_PATHS, env="HYBRIDLLM_HOST_ATTENTION")
+    host_isa: str = opt("auto", "the native host attention kernel's instruction set (auto: the best this CPU has; "
+                                "avx2 / scalar force a slower one)", HOST_ISAS, env="HYBRIDLLM_HOST_ISA")
     host_threads: int | None = opt(None, "OpenVINO threads for host attention (default: all cores; all but one "
                                          "beside a GPU)", env="HYBRIDLLM_HOST_THREADS", kind=int)
     cpu_torch_threads: int = opt(1, "torch threads under cpu_only", env="HYBRIDLLM_CPU_TORCH_THREADS", kind=int)

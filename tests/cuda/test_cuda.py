@@ -43,7 +43,7 @@ def test_neo_stream_and_pinned_handoff_match_hf(model, monkeypatch):
     monkeypatch.setattr(neo_runner._Staging, "down", lambda self, *qkv: staged.append(1) or down(self, *qkv))
     monkeypatch.setattr(neo_runner, "_file_kv", lambda *args: filed.append(1) or file_kv(*args))
     # Four device blocks for ten requests: most decode on the host tier, handed off through the staging.
-    llm = LLM(str(folder), policy="neo", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+    llm = LLM(str(folder), policy="neo", kv_cache_dtype="f32", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
     runner = llm.engine.runtime.executors["neo"]
     assert runner.staging is not None and runner.staging.q.is_pinned()
@@ -58,7 +58,7 @@ def test_neo_stream_and_pinned_handoff_match_hf(model, monkeypatch):
 
 def test_neo_more_tokens_than_staging_falls_back_to_plain_copies(model):
     folder, want = model
-    llm = LLM(str(folder), policy="neo", device_kv_bytes=2 * BLOCK, host_kv_bytes=400 * BLOCK,
+    llm = LLM(str(folder), policy="neo", kv_cache_dtype="f32", device_kv_bytes=2 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
     stg = llm.engine.runtime.executors["neo"].staging
     stg.max_tokens = stg.max_prefill_tokens = 1          # every B and every host-bound prefill is larger
@@ -70,7 +70,7 @@ def test_neo_more_tokens_than_staging_falls_back_to_plain_copies(model):
 def test_each_policy_on_a_cuda_machine_matches_hf(model, policy):
     folder, want = model
     # fp32 host weights: weight_dtype=auto picks bf16 on a CPU with AMX/AVX512_BF16 (the GPU machines' Xeons).
-    llm = LLM(str(folder), policy=policy, max_num_batched_tokens=64, host_kv_bytes=64 << 20,
+    llm = LLM(str(folder), policy=policy, kv_cache_dtype="f32", max_num_batched_tokens=64, host_kv_bytes=64 << 20,
               weight_dtype="float32")
     assert tokens(llm) == want
     assert llm.engine.stats().steps_by_policy == {policy: llm.engine.stats().num_steps}
@@ -81,7 +81,7 @@ def test_neo_bfloat16_on_cuda_finishes_and_frees_everything(model):
     # run itself (lengths, host steps, blocks) and that prefill's first tokens agree with gpu_only's.
     folder, _ = model
     ref = tokens(LLM(str(folder), policy="gpu_only", dtype="bfloat16"))
-    llm = LLM(str(folder), policy="neo", dtype="bfloat16", device_kv_bytes=2 * BLOCK,
+    llm = LLM(str(folder), policy="neo", dtype="bfloat16", kv_cache_dtype="bf16", device_kv_bytes=2 * BLOCK,
               host_kv_bytes=400 * BLOCK, max_num_seqs=8)
     got = tokens(llm)
     assert [len(t) for t in got] == [GREEDY.max_tokens] * len(PROMPTS)
@@ -102,7 +102,7 @@ def test_failed_prefill_kv_filing_fails_only_those_requests(model, monkeypatch):
         return file_kv(*args)
 
     monkeypatch.setattr(neo_runner, "_file_kv", flaky)
-    llm = LLM(str(folder), policy="neo", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+    llm = LLM(str(folder), policy="neo", kv_cache_dtype="f32", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8)
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     errors = [o for o in outs if o.finish_reason == "error"]
@@ -123,7 +123,7 @@ def test_trace_times_device_spans_with_cuda_events(model, tmp_path):
     from hybridllm.runtime import Tracer
     folder, _ = model
     tracer = Tracer()
-    llm = LLM(str(folder), policy="neo", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
+    llm = LLM(str(folder), policy="neo", kv_cache_dtype="f32", device_kv_bytes=4 * BLOCK, host_kv_bytes=400 * BLOCK,
               max_num_seqs=8, tracer=tracer)
     assert tracer.cuda                                                 # attached to the runtime's device
     llm.generate(PROMPTS, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
@@ -142,7 +142,7 @@ def test_auto_mixing_the_gpu_and_the_host_per_step_matches_hf(model, tmp_path):
     from ..helpers.profiles import size_dependent
     folder, want = model
     save_profile(size_dependent(), tmp_path / "p.json")
-    llm = LLM(str(folder), hardware_profile=str(tmp_path / "p.json"), host_kv_bytes=64 << 20,
+    llm = LLM(str(folder), kv_cache_dtype="f32", hardware_profile=str(tmp_path / "p.json"), host_kv_bytes=64 << 20,
               weight_dtype="float32")
     assert llm.engine.runtime.device.type == "cuda" and llm.engine.runtime.planner is not None
     assert tokens(llm) == want

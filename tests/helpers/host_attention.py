@@ -12,8 +12,9 @@ from hybridllm.utils import ceil_div
 # OpenVINO's CPU PagedAttention takes bf16 KV only where the CPU has bf16 arithmetic (AVX512_BF16 or AMX);
 # elsewhere a forced ov_paged with bf16 KV refuses at compile time (test_host_attention_paths checks that).
 OV_BF16 = "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-PRECISIONS = {"ov_paged": ("f32", "f16") + (("bf16",) if OV_BF16 else ()) + ("u8",), "ov_sdpa": ("f32", "f16", "bf16"),
-              "torch": ("f32", "f16", "bf16")}
+_OP = ("f32", "f16") + (("bf16",) if OV_BF16 else ()) + ("u8",)
+# native: our decode kernel; its prefills run in the op, so it has the op's formats.
+PRECISIONS = {"native": _OP, "ov_paged": _OP, "ov_sdpa": ("f32", "f16", "bf16"), "torch": ("f32", "f16", "bf16")}
 # Max abs error on unit-variance q/k/v; the output is a convex mix of V rows. f32 is limited by the
 # kernels' summation order, the others by rounding (bf16 also runs q in bf16, u8 quantises K/V to 8 bits).
 TOL = {"f32": 1e-5, "f16": 5e-3, "bf16": 4e-2, "u8": 6e-2}
@@ -23,12 +24,12 @@ HEAD_IDS = {(9, 3, 64): "h9-3-d64", (32, 8, 128): "h32-8-d128"}
 _backends = {}
 
 
-def backend(path, precision, heads=(9, 3, 64), window=None):
-    key = (path, precision, heads, window)
+def backend(path, precision, heads=(9, 3, 64), window=None, isa="auto"):
+    key = (path, precision, heads, window, isa)
     if key not in _backends:
         h, kvh, d = heads
         spec = HostAttentionSpec(num_layers=2, num_heads=h, num_kv_heads=kvh, head_dim=d,
-                                 kv_precision=precision, sliding_window=window, path=path)
+                                 kv_precision=precision, sliding_window=window, path=path, isa=isa)
         _backends[key] = select_backend(spec)[0]
     return _backends[key]
 

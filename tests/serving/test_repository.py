@@ -60,7 +60,7 @@ def test_parameters_round_trip():
     ({"policy": "fastest"}, "policy: 'fastest' is not one of"),
     ({"max_tokens_non_stream": "0"}, "max_tokens_non_stream must be an integer >= 1"),
     ({"cpu_fused": "maybe"}, "model parameter cpu_fused: 'maybe' is not true or false"),
-    ({"host_attention": "fast"}, "host_attention: 'fast' is not one of auto, ov_paged, ov_sdpa, torch"),
+    ({"host_attention": "fast"}, "host_attention: 'fast' is not one of auto, native, ov_paged, ov_sdpa, torch"),
     ({"host_threads": "0"}, "host_threads must be None or an integer >= 1"),
 ])
 def test_bad_parameters_name_the_parameter(params, match):

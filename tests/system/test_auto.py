@@ -31,7 +31,8 @@ def test_long_and_short_prompts_take_different_executors_in_one_run(tmp_path, de
     want = [o.token_ids for o in ref.generate(prompts, GREEDY, use_tqdm=False)]
     del ref
     tracer = Tracer()
-    llm = LLM(str(default_model_path), weight_dtype="float32", hardware_profile=str(tmp_path / "p.json"), tracer=tracer, **sizes())
+    llm = LLM(str(default_model_path), weight_dtype="float32", kv_cache_dtype="f32", hardware_profile=str(tmp_path / "p.json"),
+              tracer=tracer, **sizes())
     rt = llm.engine.runtime
     assert rt.planner is not None and {"gpu_only", "cpu_only"} <= set(rt.executors), rt.reason
     engine = llm.engine
@@ -102,7 +103,8 @@ def test_flexinfer_long_prompt_plan_gpu_offload_prefill_cpu_only_decode(tmp_path
     ref = LLM(str(default_model_path), weight_dtype="float32", policy="gpu_only", **sizes())
     want = [o.token_ids for o in ref.generate(prompts, GREEDY, use_tqdm=False)]
     del ref
-    llm = LLM(str(default_model_path), weight_dtype="float32", hardware_profile=str(tmp_path / "p.json"), device_memory_bytes=400 << 20,
+    llm = LLM(str(default_model_path), weight_dtype="float32", kv_cache_dtype="f32", hardware_profile=str(tmp_path / "p.json"),
+              device_memory_bytes=400 << 20,
               **sizes(device_kv_bytes=32 << 20))
     assert set(llm.engine.runtime.executors) == {"gpu_offload", "cpu_only"}, llm.engine.runtime.reason
     assert [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)] == want

@@ -40,7 +40,7 @@ def test_runs_on_the_host_with_the_paged_op_fused(cpu_llm):
     engine = cpu_llm.engine
     assert engine.runtime.policy == "cpu_only" and list(engine.kv.tiers) == [Tier.HOST]
     runner = engine.runtime.executors["cpu_only"]
-    assert runner.attention.name == "ov_paged" and runner.linear.fused
+    assert runner.attention.name == "native" and runner.linear.fused        # its tier is the op's layout
     assert runner.attention.tier is engine.runtime.tiers[Tier.HOST]     # the op's caches are the tier
     assert engine.kv.block_size == runner.attention.layout.block_size
 
@@ -67,7 +67,8 @@ def test_chunked_prefill_and_preemption_equal_default_path(reference_tokens):
     assert engine.kv.num_used(Tier.HOST) == 0
 
 
-@pytest.mark.parametrize("options, attention", [({"cpu_fused": False}, "ov_paged"),
+@pytest.mark.parametrize("options, attention", [({"cpu_fused": False}, "native"),
+                                                ({"cpu_fused": False, "host_attention": "ov_paged"}, "ov_paged"),
                                                 ({"host_attention": "ov_sdpa"}, "ov_sdpa"),
                                                 ({"host_attention": "torch"}, "torch")])
 def test_split_graphs_with_each_attention_path_equal_default_path(options, attention, reference_tokens):

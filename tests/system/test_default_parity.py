@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow      # the real default model
 
 @pytest.fixture(scope="module")
 def llm():
-    return LLM(model="default", weight_dtype="float32")
+    return LLM(model="default", weight_dtype="float32", kv_cache_dtype="f32")   # exact: f32 KV
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ def reference(default_model_path):
 
 @pytest.mark.parametrize("policy", ["gpu_offload"])   # partition (NEO) is tested in test_neo.py
 def test_forced_policy_matches_gpu_only(default_model_path, reference, policy):
-    llm = LLM(str(default_model_path), weight_dtype="float32", policy=policy, max_num_batched_tokens=48)
+    llm = LLM(str(default_model_path), weight_dtype="float32", kv_cache_dtype="f32", policy=policy,
+              max_num_batched_tokens=48)
     assert tokens(llm) == reference
     stats = llm.engine.stats()
     assert stats.steps_by_policy == {policy: stats.num_steps}
@@ -41,7 +42,8 @@ def slowed(reference: str, table: str, tmp_path) -> str:
 
 
 def auto_llm(path, profile: str) -> LLM:
-    return LLM(str(path), weight_dtype="float32", policy="auto", hardware_profile=profile, max_num_batched_tokens=48)
+    return LLM(str(path), weight_dtype="float32", kv_cache_dtype="f32", policy="auto", hardware_profile=profile,
+               max_num_batched_tokens=48)
 
 
 def test_auto_switches_device_prefill_to_host_decode(default_model_path, reference, tmp_path):

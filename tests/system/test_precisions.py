@@ -36,7 +36,8 @@ def hf_tokens(default_model_path):
 @pytest.mark.parametrize("weight_dtype", list(MIN_AGREE))
 def test_greedy_agreement_with_hf_fp32(weight_dtype, default_model_path, hf_tokens):
     label, min_all, min_first = MIN_AGREE[weight_dtype]
-    llm = LLM(str(default_model_path), policy="cpu_only", weight_dtype=weight_dtype, host_kv_bytes=1 << 26)
+    llm = LLM(str(default_model_path), policy="cpu_only", weight_dtype=weight_dtype, kv_cache_dtype="f32",
+              host_kv_bytes=1 << 26)
     precision = llm.engine.runtime.executors["cpu_only"].linear.options.precision
     assert precision.label.startswith(label + "/"), precision
     outs = llm.generate(CASES, GREEDY, use_tqdm=False)

@@ -80,7 +80,7 @@ def test_neo_with_sliding_window_matches_hf(tmp_path):
     folder = make_tiny(tmp_path / "mistral", "mistral", sliding_window=24, head_dim=16)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     block = 16 * 2 * 2 * 2 * 16 * 4                    # tokens x layers x (K, V) x kv heads x head_dim x fp32
-    llm = LLM(str(folder), policy="neo", device_kv_bytes=3 * block, host_kv_bytes=256 * block)
+    llm = LLM(str(folder), policy="neo", kv_cache_dtype="f32", device_kv_bytes=3 * block, host_kv_bytes=256 * block)
     prompts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs " * 3,
                "sphinx of black quartz, judge my vow! " * 4, "hi", "how vexingly quick daft zebras jump " * 3]
     outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False)
@@ -88,6 +88,28 @@ def test_neo_with_sliding_window_matches_hf(tmp_path):
         assert list(out.token_ids) == hf_greedy(hf, llm.tokenizer.encode(p).ids, 12), p
     assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0     # host decodes ran
     assert llm.engine.kv.num_used(Tier.DEVICE) == 0 and llm.engine.kv.num_used(Tier.HOST) == 0
+
+
+@pytest.mark.parametrize("kv, host", [("auto", "f16"), ("u8", "u8")])
+def test_neo_compact_host_tier_stays_close_to_hf(tmp_path, kv, host):
+    """The host tier in a compact format (auto: f16; u8: device f32 KV quantized on the way down), decoded
+    by the native kernel; the device tier stays f32. Random tiny weights make near-ties common, so the
+    bar is most greedy tokens, not all."""
+    import transformers
+    folder = make_tiny(tmp_path / "mistral", "mistral", sliding_window=24, head_dim=16)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    block = 16 * 2 * 2 * 2 * 16 * 4
+    llm = LLM(str(folder), policy="neo", kv_cache_dtype=kv, device_kv_bytes=3 * block, host_kv_bytes=256 * block)
+    assert llm.engine.runtime.tiers[Tier.HOST].layout.precision == host
+    assert llm.engine.runtime.tiers[Tier.DEVICE].layout.precision == "f32"
+    assert "host attention native" in llm.engine.runtime.reason
+    prompts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs " * 3,
+               "sphinx of black quartz, judge my vow! " * 4, "how vexingly quick daft zebras jump " * 3]
+    outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False)
+    same = sum(a == b for p, out in zip(prompts, outs)
+               for a, b in zip(out.token_ids, hf_greedy(hf, llm.tokenizer.encode(p).ids, 12)))
+    assert same >= 0.75 * 12 * len(prompts), f"{same} of {12 * len(prompts)} greedy tokens equal HF's"
+    assert llm.engine.stats().steps_by_policy.get("neo", 0) > 0
 
 
 def test_padded_bucketed_decodes_match_hf_logits(tiny):

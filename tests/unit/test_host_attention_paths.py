@@ -19,11 +19,11 @@ def spec(precision="f32", **kw):
     return HostAttentionSpec(num_layers=2, num_heads=9, num_kv_heads=3, head_dim=64, kv_precision=precision, **kw)
 
 
-def test_auto_picks_the_paged_op_and_logs_why(caplog):
+def test_auto_picks_the_native_kernel_over_the_ops_layout_and_logs_why(caplog):
     with caplog.at_level(logging.INFO, logger="hybridllm"):
         ha = HostAttention.create(spec(), num_blocks=4)
-    assert ha.name == "ov_paged" and ha.layout.block_size == 32
-    assert "host attention: ov_paged" in caplog.text and "self-check" in caplog.text
+    assert ha.name == "native" and ha.layout.block_size == 32
+    assert "host attention: native" in caplog.text and "self-check" in caplog.text
 
 
 @pytest.mark.parametrize("path", list(PRECISIONS))
@@ -46,7 +46,7 @@ def test_bf16_kv_without_cpu_bf16_refuses_the_op_and_auto_falls_back():
 
 
 def test_path_typo_is_rejected_by_name():
-    with pytest.raises(ValueError, match="host_attention: 'paged' is not one of auto, ov_paged"):
+    with pytest.raises(ValueError, match="host_attention: 'paged' is not one of auto, native, ov_paged"):
         spec(path="paged")
 
 
@@ -70,7 +70,7 @@ def test_compile_failures_fall_through_to_torch(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="hybridllm"):
         ha = HostAttention.create(spec(), num_blocks=4)
     assert ha.name == "torch"
-    assert caplog.text.count("compile failed on purpose") == 2
+    assert caplog.text.count("compile failed on purpose") == 3      # native's prefills need the op too
 
 
 def test_wrong_results_fail_the_self_check(monkeypatch):

@@ -120,12 +120,34 @@ def test_copier_runs_off_the_calling_thread_and_reraises_in_wait(monkeypatch):
     copier.close()
 
 
-def test_copy_blocks_refuses_a_quantized_tier():
-    u8 = KVLayout(num_layers=2, num_kv_heads=3, head_dim=8, block_size=16, dtype=torch.uint8)
-    st = Store(4, 4, host_layout=u8)
-    assert st.kv.allocate_slots("r", 10, Tier.HOST)
-    with pytest.raises(ValueError, match="the host tier is u8-quantised"):
-        st.move("r", Tier.DEVICE, 10)
+@pytest.mark.parametrize("n", [1, 15, 33, 64])
+def test_copy_into_a_u8_tier_quantizes_on_the_way_and_back(n):
+    """Device f32 (16-token blocks) -> host u8 (32-token blocks, the op's layout) -> device: every token
+    within the 8-bit step of its block's range (keys per channel, values per token), others untouched."""
+    u8 = KVLayout(num_layers=2, num_kv_heads=3, head_dim=16, block_size=32, dtype=torch.uint8)
+    dev = KVLayout(num_layers=2, num_kv_heads=3, head_dim=16, block_size=16, dtype=torch.float32)
+    tiers = {Tier.DEVICE: KVCacheTier(Tier.DEVICE, dev, 8, "cpu"), Tier.HOST: KVCacheTier(Tier.HOST, u8, 4, "cpu")}
+    g = torch.Generator().manual_seed(n)
+    k, v = torch.randn(2, n, 3, 16, generator=g), torch.randn(2, n, 3, 16, generator=g)
+    src = [5, 2, 7, 0][:ceil_div(n, 16)]
+    pos = torch.arange(n)
+    slots = torch.tensor(src)[pos // 16] * 16 + pos % 16
+    for layer in range(2):
+        tiers[Tier.DEVICE].write_tokens(layer, slots, k[layer], v[layer])
+    dst = [3, 1][:ceil_div(n, 32)]
+    copy_blocks(tiers[Tier.DEVICE], src, tiers[Tier.HOST], dst)
+    # 8 bits over a range of a few units: half a step is under 0.02; requantizing when a block's range
+    # widens can add a few half-steps more.
+    for layer in range(2):
+        hk, hv = tiers[Tier.HOST].read_tokens(layer, torch.tensor(dst), n)
+        assert (hk - k[layer]).abs().max() < 0.06 and (hv - v[layer]).abs().max() < 0.02
+    assert not tiers[Tier.HOST].key_cache[0][[0, 2]].any()             # blocks not in dst: untouched
+    back = [6, 4, 1, 3][:ceil_div(n, 16)]
+    copy_blocks(tiers[Tier.HOST], dst, tiers[Tier.DEVICE], back)
+    hk, hv = tiers[Tier.HOST].read_tokens(1, torch.tensor(dst), n)
+    dk, dv = tiers[Tier.DEVICE].read_tokens(1, torch.tensor(back), n)
+    torch.testing.assert_close(dk, hk, rtol=0, atol=0)                 # u8 -> f32 is exact dequantization
+    torch.testing.assert_close(dv, hv, rtol=0, atol=0)
 
 
 def test_tier_pool_has_the_tiers_blocks_without_the_pad_block():

@@ -25,10 +25,10 @@ def test_measured_profile_is_valid_and_round_trips(tmp_path):
     prof = measure(ModelConfig.from_dict(TINY), progress=False)
     assert prof.source == "measured" and prof.device_is_host
     assert prof.host_memory_bandwidth > 0 and prof.h2d_pinned > 0
-    # Host attention is timed through HostAttention (OpenVINO here) for the model dtype and f16 KV;
+    # Host attention is timed through HostAttention (the native kernel here) for the model dtype and f16 KV;
     # host GEMMs through OpenVINO FullyConnected, which cpu_only runs.
     assert set(prof.host_attention_decode) == {"f32", "f16"} == set(prof.host_attention_prefill)
-    assert "host attention: ov_paged" in prof.notes
+    assert "host attention: native" in prof.notes
     shape = ModelShape.from_config(ModelConfig.from_dict(TINY))
     assert set(prof.device_gemm.y) == {float(n * k) for n, k in shape.gemms} | {float(512 * 64)}
     # NEO's pipelining overhead, timed on the real NeoRunner: per layer, non-negative.

@@ -1,6 +1,7 @@
 """HostAttention: attention over the host KV tier, with one of three backends.
 
-- "ov_paged": a graph around OpenVINO's PagedAttention op (private API; fastest).
+- "native":   our paged decode kernel (host_native.cpp) for decode-only steps, the op below for the rest.
+- "ov_paged": a graph around OpenVINO's PagedAttention op (private API).
 - "ov_sdpa":  a public-opset OpenVINO graph (gather blocks, matmul, softmax, matmul).
 - "torch":    torch SDPA on the CPU, the last resort.
 
@@ -25,6 +26,7 @@ from ..kv import Tier
 
 from .kv_cache import KVCacheTier, KVLayout
 from ..utils import check_host_kv_bytes
+from .host_native import NativeAttention
 from .host_ov_paged import PagedOVAttention
 from .host_ov_sdpa import SdpaOVAttention
 from .host_torch import TorchHostAttention
@@ -36,7 +38,7 @@ __all__ = ["HostAttention", "HostAttentionSpec", "HostStep", "make_step", "selec
 log = logging.getLogger("hybridllm")
 
 # In the order "auto" tries them.
-BACKENDS = {"ov_paged": PagedOVAttention, "ov_sdpa": SdpaOVAttention, "torch": TorchHostAttention}
+BACKENDS = {"native": NativeAttention, "ov_paged": PagedOVAttention, "ov_sdpa": SdpaOVAttention, "torch": TorchHostAttention}
 
 
 class HostAttention:
@@ -157,12 +159,13 @@ def self_check(backend) -> None:
         return torch.randn(*shape, generator=gen)
 
     n0 = bs + 3                                            # crosses a block boundary
-    keys = [rand(n0 + 1, s.num_kv_heads, s.head_dim), rand(2, s.num_kv_heads, s.head_dim)]
-    vals = [rand(n0 + 1, s.num_kv_heads, s.head_dim), rand(2, s.num_kv_heads, s.head_dim)]
+    keys = [rand(n0 + 2, s.num_kv_heads, s.head_dim), rand(2, s.num_kv_heads, s.head_dim)]
+    vals = [rand(n0 + 2, s.num_kv_heads, s.head_dim), rand(2, s.num_kv_heads, s.head_dim)]
     tables = [[2, 0], [3]]
     steps = [  # (query_lens, seq_lens, tables, rows of each sequence's K/V)
         ([n0], [n0], [tables[0]], [(0, 0, n0)]),
         ([1, 2], [n0 + 1, 2], tables, [(0, n0, n0 + 1), (1, 0, 2)]),
+        ([1], [n0 + 2], [tables[0]], [(0, n0 + 1, n0 + 2)]),     # decode only (the native kernel's step)
     ]
     for qlens, slens, tbls, rows in steps:
         md = build_metadata(qlens, slens, tbls, bs, torch.device("cpu"), s.sliding_window)

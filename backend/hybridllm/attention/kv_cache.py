@@ -106,6 +106,40 @@ class KVCacheTier:
     def num_bytes(self) -> int:
         return self.num_blocks * self.layout.bytes_per_block
 
+    def read_tokens(self, layer: int, blocks: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [0, n) of a block table (int64 [nb], nb * block_size >= n) as float32 K, V
+        [n, kv_heads, head_dim] on the host; u8 blocks are dequantized with their own parameters."""
+        kb, vb = self.key_cache[layer][blocks], self.value_cache[layer][blocks]     # [nb, KVH, *, *]
+        if self.layout.quantized:
+            f32 = torch.float32
+            k_scale = kb[:, :, 0:4].contiguous().flatten(-2).view(f32)[:, :, None]   # [nb, KVH, 1, D]
+            k_zp = kb[:, :, 4:8].contiguous().flatten(-2).view(f32)[:, :, None]
+            kb = (kb[:, :, U8_PARAM_BYTES:].float() - k_zp) * k_scale                 # [nb, KVH, bs, D]
+            v_par = vb[..., :U8_PARAM_BYTES].contiguous().view(f32)                  # [nb, KVH, bs, 2]
+            vb = (vb[..., U8_PARAM_BYTES:].float() - v_par[..., 1:2]) * v_par[..., 0:1]
+        shape = (-1, self.layout.num_kv_heads, self.layout.head_dim)
+        k = kb.transpose(1, 2).reshape(shape)[:n].to("cpu", torch.float32)             # [n, KVH, D]
+        v = vb.transpose(1, 2).reshape(shape)[:n].to("cpu", torch.float32)
+        return k, v
+
+    def write_tokens(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [n, kv_heads, head_dim] into slots (int64 [n], block * block_size + row), in order; u8
+        quantizes on the way (per-channel keys over each block, per-token values: host_native.cpp)."""
+        bs = self.layout.block_size
+        if self.layout.quantized:
+            from .native_build import FORMATS, library     # the writer the native decode kernel uses
+            k32 = k.to("cpu", torch.float32).contiguous()
+            v32 = v.to("cpu", torch.float32).contiguous()
+            sl = slots.to("cpu", torch.int64).contiguous()
+            kc, vc = self.key_cache[layer], self.value_cache[layer]
+            library().hl_write(FORMATS["u8"], k32.shape[0], self.layout.num_kv_heads, self.layout.head_dim, bs,
+                               k32.data_ptr(), v32.data_ptr(), sl.data_ptr(), kc.data_ptr(), vc.data_ptr())
+            return
+        blk, off = (slots // bs).to(self.device), (slots % bs).to(self.device)
+        nb = self.device.type == "cuda"
+        self.key_cache[layer][blk, :, off] = k.to(self.device, self.layout.dtype, non_blocking=nb)
+        self.value_cache[layer][blk, :, off] = v.to(self.device, self.layout.dtype, non_blocking=nb)
+
     def new_pool(self) -> BlockPool:
         """The bookkeeping for this tier's blocks (kv.BlockPool; the pad block is never in it)."""
         return BlockPool(self.num_blocks, self.layout.block_size, self.tier.value)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import HOST_ATTENTION_PATHS
+from ..config import HOST_ATTENTION_PATHS, HOST_ISAS
 from ..dtypes import KV_PRECISIONS, torch_dtype
 from .kv_cache import KVLayout
 from ..utils import ceil_div
@@ -24,13 +24,16 @@ class HostAttentionSpec:
     block_size: int = 16                # for the fallbacks; ov_paged uses the op's own block size
     cache_dir: str | None = None        # OpenVINO CACHE_DIR; None: no model cache
     num_threads: int | None = None      # OpenVINO INFERENCE_NUM_THREADS; None: all cores
-    path: str = "auto"                  # EngineConfig.host_attention: auto | ov_paged | ov_sdpa | torch
+    path: str = "auto"                  # EngineConfig.host_attention: auto | native | ov_paged | ov_sdpa | torch
+    isa: str = "auto"                   # the native kernel's: auto (the best this CPU has) | avx512 | avx2 | scalar
 
     def __post_init__(self):
         if self.kv_precision not in KV_PRECISIONS:
             raise ValueError(f"kv_cache_dtype: {self.kv_precision!r} is not one of {', '.join(KV_PRECISIONS)}")
         if self.path not in HOST_ATTENTION_PATHS:
             raise ValueError(f"host_attention: {self.path!r} is not one of {', '.join(HOST_ATTENTION_PATHS)}")
+        if self.isa not in HOST_ISAS:
+            raise ValueError(f"host_isa: {self.isa!r} is not one of {', '.join(HOST_ISAS)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
 

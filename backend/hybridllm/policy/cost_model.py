@@ -68,8 +68,11 @@ def phase_step(phase: str, b: BatchShape) -> tuple[StepShape, int]:
 
 
 class CostModel:
-    def __init__(self, profile: HardwareProfile, device_memory_bytes: int | None = None):
+    def __init__(self, profile: HardwareProfile, device_memory_bytes: int | None = None, host_kv_dtype: str | None = None):
+        """host_kv_dtype: the host tier's own format, which host attention is priced in (its table and its
+        bytes); None: the step's kv_dtype, as the device tier's."""
         self.hw = profile
+        self.host_kv_dtype = host_kv_dtype
         self.device_memory = min(profile.device_memory_bytes, device_memory_bytes or profile.device_memory_bytes)
 
     # -- building blocks (per step) ------------------------------------------------
@@ -83,12 +86,13 @@ class CostModel:
 
     def attention(self, where: str, m: ModelShape, s: StepShape) -> float:
         hw, t = self.hw, 0.0
+        kv = s.kv_dtype if where == "device" or self.host_kv_dtype is None else self.host_kv_dtype
         if s.decode_seqs:
-            table = hw.device_attention_decode if where == "device" else hw.host_attention("decode", s.kv_dtype)
-            t += table(s.decode_seqs, s.decode_context * 2 * m.num_kv_heads * m.head_dim * _kv_bytes(s))
+            table = hw.device_attention_decode if where == "device" else hw.host_attention("decode", kv)
+            t += table(s.decode_seqs, s.decode_context * 2 * m.num_kv_heads * m.head_dim * BYTES[kv])
         if s.prefill_tokens:
             # Causal: a new token sees (context + 1) / 2 keys on average; QK^T and PV are 2 FLOPs per MAC each.
-            table = hw.device_attention_prefill if where == "device" else hw.host_attention("prefill", s.kv_dtype)
+            table = hw.device_attention_prefill if where == "device" else hw.host_attention("prefill", kv)
             t += table(s.prefill_tokens, 4 * (s.prefill_context + 1) / 2 * m.num_heads * m.head_dim)
         return m.num_layers * t
 

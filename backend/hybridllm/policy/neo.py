@@ -43,9 +43,9 @@ class NeoCostTables:
     Sub-batch A (prefill chunks, device decodes) is a StepShape; B is host decodes only.
     """
 
-    def __init__(self, m: ModelShape, hw: HardwareProfile, kv_dtype: str):
+    def __init__(self, m: ModelShape, hw: HardwareProfile, kv_dtype: str, host_kv_dtype: str | None = None):
         self.m, self.hw, self.kv_dtype = m, hw, kv_dtype
-        self.cost = CostModel(hw)
+        self.cost = CostModel(hw, host_kv_dtype=host_kv_dtype)      # B's attention in the host tier's format
         # Measured profiles time, on the real runner, what a pipelined step costs per layer beyond
         # these tables (hand-offs, event waits, B's launches); spec profiles have none.
         self.handoff_s = float(hw.extra.get("host_handoff_s", 0.0))

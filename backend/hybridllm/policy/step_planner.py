@@ -41,12 +41,12 @@ def bucket(n: float) -> int:
 
 class StepPlanner:
     def __init__(self, model: ModelShape, profile: HardwareProfile, candidates: tuple[str, ...], kv_dtype: str,
-                 device_memory_bytes: int | None = None):
+                 device_memory_bytes: int | None = None, host_kv_dtype: str | None = None):
         bad = [p for p in candidates if p not in POLICIES or not POLICIES[p].plannable]
         if bad:
             raise ValueError(f"candidates: {bad[0]!r} is not a plannable policy")
         self.model, self.kv_dtype = model, kv_dtype
-        self.cost = CostModel(profile, device_memory_bytes)
+        self.cost = CostModel(profile, device_memory_bytes, host_kv_dtype)   # host attention in the host tier's format
         self.by_tier: dict[Tier, tuple[str, ...]] = {}
         for p in candidates:
             tier = POLICIES[p].kv_tier

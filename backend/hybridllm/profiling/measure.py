@@ -201,9 +201,10 @@ def _meminfo_total() -> int:
 def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, progress: bool = True,
             name: str | None = None, host_kv: tuple[str, ...] | None = None, quick: bool = False,
             host_linear: HostPrecision = EXACT, grid: Grid | None = None) -> HardwareProfile:
-    """host_kv: the host KV precisions to time (default: the model dtype's, plus f16 for float32 models).
+    """host_kv: the host KV precisions to time (default: the model dtype's, plus f16, the host tier's format
+    under kv_cache_dtype=auto, so auto and NEO price host attention in the format the tier has).
     host_linear: cpu_only's weights and arithmetic, which the host GEMMs are timed at.
-    quick: the profile-on-first-use grid (QUICK), the model dtype's host KV only, and no NEO probe
+    quick: the profile-on-first-use grid (QUICK), the same host KV formats, and no NEO probe
     (auto never plans NEO): well under 90 s for the default model on 2 cores.
     grid: where the tables are sampled instead (a dry run's few points)."""
     grid = grid or (QUICK if quick else FULL)
@@ -214,7 +215,7 @@ def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, 
     n_gemm = (len(shape.gemms) + 1) * len(grid.gemm_tokens)
     n_attn = len(grid.decode_seqs) * len(grid.decode_total_tokens) + len(grid.prefill_tokens) * len(grid.prefill_context)
     own = KV_OF_MODEL[dtype]
-    host_kv = tuple(host_kv or ((own, "f16") if own == "f32" and not quick else (own,)))
+    host_kv = tuple(host_kv or ((own, "f16") if own != "f16" else (own,)))
     for k in host_kv:
         if k not in BYTES:
             raise ValueError(f"host_kv: {k!r} is not one of {', '.join(BYTES)}")

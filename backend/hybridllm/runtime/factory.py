@@ -128,6 +128,7 @@ def build(spec: RuntimeSpec, profile: HardwareProfile | None = None, tracer: Tra
         host_attn = host_attention(spec)
         tiers[Tier.HOST] = host_attn.tier
         reason += f"; host attention {host_attn.name} ({host_attn.reason})"
+        log.info("host KV tier: %s (%s)", spec.host_kv, spec.host_kv_reason)
     max_len = _max_model_len(spec, specs, tiers)
     copier = KVCopier(tiers, device)
     parts = Parts(spec, model, tiers.get(Tier.DEVICE), dev_attn, host_attn, tracer, copier, max_len)
@@ -138,9 +139,9 @@ def build(spec: RuntimeSpec, profile: HardwareProfile | None = None, tracer: Tra
     costs = planner = None
     if spec.per_step:
         planner = StepPlanner(ModelShape.from_config(mc, spec.dtype), profile, tuple(executors), spec.kv_dtype,
-                              spec.planner_memory_bytes)
+                              spec.planner_memory_bytes, spec.host_kv)
     elif specs[0].scheduler == "neo":
-        costs = NeoCostTables(ModelShape.from_config(mc, spec.dtype), profile, spec.kv_dtype) \
+        costs = NeoCostTables(ModelShape.from_config(mc, spec.dtype), profile, spec.kv_dtype, spec.host_kv) \
             if profile is not None else None
         reason += ("; load-aware host sub-batches from the profile" if costs else
                    "; no hardware profile, so every host decode joins each step")
@@ -161,9 +162,6 @@ def _max_model_len(spec: RuntimeSpec, specs, tiers: dict[Tier, KVCacheTier]) -> 
 
 def _device_tier(spec: RuntimeSpec, model: LlamaModel) -> KVCacheTier:
     mc = spec.model
-    if spec.device_kv == "u8":
-        raise ValueError("kv_cache_dtype 'u8' needs a host KV tier only (policy cpu_only or partition); "
-                         "the device tier holds f32/f16/bf16")
     layout = KVLayout(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, spec.block_size,
                       torch_dtype(spec.device_kv))
     on_device = model.weight_bytes
@@ -186,5 +184,5 @@ def host_attention(spec: RuntimeSpec) -> HostAttention:
         num_layers=mc.num_hidden_layers, num_heads=mc.num_attention_heads, num_kv_heads=mc.num_key_value_heads,
         head_dim=mc.head_dim, kv_precision=spec.host_kv, sliding_window=mc.sliding_window,
         block_size=spec.block_size, cache_dir=spec.attention_cache_dir, num_threads=spec.host_threads,
-        path=spec.host_attention)
+        path=spec.host_attention, isa=spec.host_isa)
     return HostAttention.create(hspec, num_bytes=spec.host_kv_bytes, pin_memory=spec.device.type == "cuda")

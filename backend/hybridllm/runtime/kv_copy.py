@@ -23,12 +23,20 @@ def copy_blocks(a: KVCacheTier, src: Sequence[int], b: KVCacheTier, dst: Sequenc
     """Copies a request's K/V from blocks src (of tier a) to blocks dst (of tier b), every layer.
 
     Same block size: whole blocks. Different block sizes: token by token, position p going
-    from src[p // src_bs] to dst[p // dst_bs], for every position both tables hold.
+    from src[p // src_bs] to dst[p // dst_bs], for every position both tables hold. A u8 tier on
+    either side: token by token through float32, dequantized from a u8 source and quantized into a u8
+    destination on the way (the host tier's format is its own; the device tier keeps its dtype).
     """
-    for t in (a, b):
-        if t.layout.quantized:
-            raise ValueError(f"copy_blocks: the {t.tier.value} tier is u8-quantised; only plain tiers copy")
     sbs, dbs = a.layout.block_size, b.layout.block_size
+    if a.layout.quantized or b.layout.quantized:
+        n = min(len(src) * sbs, len(dst) * dbs)
+        s_idx = torch.tensor(list(src), dtype=torch.int64).to(a.device)
+        pos = torch.arange(n)
+        slots = torch.tensor(list(dst), dtype=torch.int64)[pos // dbs] * dbs + pos % dbs
+        for layer in range(a.layout.num_layers):
+            k, v = a.read_tokens(layer, s_idx, n)                  # [n, KVH, D] float32 on the host
+            b.write_tokens(layer, slots, k, v)
+        return
     nb = b.device.type == "cuda" or a.device.type == "cuda"     # pinned host memory: async transfers
     if sbs == dbs:
         n = min(len(src), len(dst))

@@ -216,7 +216,7 @@ class HostLinearModel:
     def _bind_fused(self, b: _GraphBuilder, c: ov.Core, config: dict, attention) -> None:
         spec = attention.spec
         bf16_kv = spec.kv_precision == "bf16" and self.options.precision.compute != "bf16"
-        if attention.name != "ov_paged" or bf16_kv:
+        if attention.name not in ("ov_paged", "native") or bf16_kv:
             # bf16 KV needs a bf16 kernel, which would also round the linear layers.
             raise ValueError(f"the fused model needs ov_paged attention with f32/f16/u8 KV (or bf16 compute), not "
                              f"{attention.name} with {spec.kv_precision}")

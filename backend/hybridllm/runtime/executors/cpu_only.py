@@ -80,7 +80,7 @@ def build(parts: Parts) -> CpuOnlyRunner:
     options = HostLinearOptions(precision=precision, cache_dir=spec.ov_cache_dir)
     kept = QuantizedCheckpoint.open(spec.model_path) if precision.source else None
     linear = None
-    if attention.name == "ov_paged" and spec.cpu_fused:
+    if attention.name in ("ov_paged", "native") and spec.cpu_fused:   # native's tier is the op's layout
         try:
             linear = HostLinearModel(model, options, fuse_with=attention, kept=kept)
         except Exception as e:  # noqa: BLE001 - the split graphs run with any attention path

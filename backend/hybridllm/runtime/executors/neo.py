@@ -86,7 +86,8 @@ class NeoRunner:
         self.tracer = tracer or NullTracer()
         cfg = model.cfg
         self.staging = (_Staging(max_host_tokens, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                                 self.device, max_prefill_tokens, host_tier.layout.dtype)
+                                 self.device, max_prefill_tokens,
+                                 torch.float32 if host_tier.layout.quantized else host_tier.layout.dtype)
                         if self.device.type == "cuda" else None)
         self._filing: list = [None, None]                # per slot: the worker's job filing K/V into the host tier
         self._filing_error: str | None = None
@@ -209,7 +210,6 @@ class NeoRunner:
         if n_dev:
             out[:n_dev] = self.device_attention.forward(i, q[:n_dev], k[:n_dev], v[:n_dev], st.md)
         spans, blk, off = d2h
-        kc, vc = self.host_tier.key_cache[i], self.host_tier.value_cache[i]
         for lo, hi, mask in spans:
             # A fresh prefill attends only to itself: causal SDPA over its own K/V, on the device.
             o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None],
@@ -219,18 +219,17 @@ class NeoRunner:
         lo = spans[0][0]
         stg = self.staging
         if stg is None or not stg.kv or q.shape[0] - lo > stg.max_prefill_tokens:
-            kc[blk, :, off] = k[lo:].to(HOST, kc.dtype)                       # this layer's K/V to the host tier
-            vc[blk, :, off] = v[lo:].to(HOST, vc.dtype)
+            _file(self.host_tier, i, k[lo:], v[lo:], blk, off)                  # this layer's K/V to the host tier
             return out
         # CUDA: an async copy to a pinned slot; the worker files it into the host tier once it lands,
         # so this thread goes on launching the layer instead of waiting for it.
         slot = i % 2
         self._await_slot(slot)
         buf = stg.kv[slot][:, :q.shape[0] - lo]                                 # [2, Tp, KVH, D]
-        buf[0].copy_(k[lo:].to(kc.dtype), non_blocking=True)
-        buf[1].copy_(v[lo:].to(vc.dtype), non_blocking=True)
+        buf[0].copy_(k[lo:].to(buf.dtype), non_blocking=True)
+        buf[1].copy_(v[lo:].to(buf.dtype), non_blocking=True)
         stg.kv_ready[slot].record()
-        self._filing[slot] = self.pool.submit(_file_kv, stg.kv_ready[slot], buf, kc, vc, blk, off)
+        self._filing[slot] = self.pool.submit(_file_kv, stg.kv_ready[slot], buf, self.host_tier, i, blk, off)
         return out
 
     def _await_slot(self, slot: int) -> None:
@@ -251,10 +250,18 @@ class NeoRunner:
         return error
 
 
-def _file_kv(ready, buf: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, blk: torch.Tensor, off: torch.Tensor):
+def _file(tier, layer: int, k: torch.Tensor, v: torch.Tensor, blk: torch.Tensor, off: torch.Tensor) -> None:
+    """k, v [T, KVH, D] into the host tier's slots (blk, off); a u8 tier quantizes them on the way."""
+    if tier.layout.quantized:
+        tier.write_tokens(layer, blk * tier.block_size + off, k, v)
+        return
+    tier.key_cache[layer][blk, :, off] = k.to(HOST, tier.layout.dtype)
+    tier.value_cache[layer][blk, :, off] = v.to(HOST, tier.layout.dtype)
+
+
+def _file_kv(ready, buf: torch.Tensor, tier, layer: int, blk: torch.Tensor, off: torch.Tensor):
     ready.synchronize()
-    kc[blk, :, off] = buf[0]
-    vc[blk, :, off] = buf[1]
+    _file(tier, layer, buf[0], buf[1], blk, off)
 
 
 def _stream_ctx(stg: _Staging | None):
