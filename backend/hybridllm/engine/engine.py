@@ -45,7 +45,7 @@ class LLMEngine:
         self.model = rt.model
         self.device = rt.device
         self.kv = rt.block_tables()          # the scheduler's bookkeeping over the runtime's tiers
-        self.scheduler = make_scheduler(rt, self.kv)
+        self.scheduler = make_scheduler(rt, self.kv, config.enable_prefix_caching, str(self.model_path))
         self.max_model_len = rt.max_model_len
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
         self._eos_list = sorted(self.eos_token_ids)      # what min_tokens masks
@@ -113,7 +113,16 @@ class LLMEngine:
             blocks_used={t.value: self.kv.num_used(t) for t in self.kv.tiers},
             blocks_total={t.value: self.kv.pool(t).num_blocks for t in self.kv.tiers},
             num_preemptions=self._num_preemptions, num_steps=self._num_steps,
-            steps_by_policy=dict(self.runtime.steps_by_policy))
+            steps_by_policy=dict(self.runtime.steps_by_policy), **self._cache_stats())
+
+    def _cache_stats(self) -> dict:
+        c = self.scheduler.cache
+        tiers = [t.value for t in self.kv.tiers]
+        return dict(prefix_cache_queries={t: c.tier(t).queries for t in tiers},
+                    prefix_cache_hits={t: c.tier(t).hits for t in tiers},
+                    blocks_cached={t.value: self.kv.num_cached(t) for t in self.kv.tiers},
+                    cache_evictions={t.value: self.kv.pool(t).stats.evictions for t in self.kv.tiers},
+                    kv_promotions=c.promotions, kv_demotions=c.demotions, host_hit_placements=c.host_placements)
 
     # -- the loop --------------------------------------------------------------
 
@@ -207,14 +216,16 @@ class LLMEngine:
         return self._next_seed
 
 
-def make_scheduler(rt: Runtime, kv) -> Scheduler:
+def make_scheduler(rt: Runtime, kv, prefix_caching: bool = False, model_id: str = "") -> Scheduler:
     """The scheduler the policy table names, placing by the runtime's policies (or its planner)."""
     spec = rt.spec
+    cache = dict(prefix_caching=prefix_caching, model_id=model_id)
     if rt.scheduler == "neo":
-        return NeoScheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.neo_costs)
+        return NeoScheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.neo_costs, **cache)
     if rt.planner is not None:
-        return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, planner=rt.planner)
-    return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.prefill_policy, rt.decode_policy)
+        return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, planner=rt.planner, **cache)
+    return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.prefill_policy, rt.decode_policy,
+                     **cache)
 
 
 def _load_tokenizer(folder: Path) -> Tokenizer:

@@ -28,8 +28,10 @@ D, H = Tier.DEVICE, Tier.HOST
 
 class NeoScheduler(Scheduler):
     def __init__(self, kv: BlockTables, max_num_seqs: int, max_num_batched_tokens: int,
-                 costs: NeoCostTables | None = None, swap_in_free_fraction: float = 0.25):
-        super().__init__(kv, max_num_seqs, max_num_batched_tokens, "neo", "neo")
+                 costs: NeoCostTables | None = None, swap_in_free_fraction: float = 0.25,
+                 prefix_caching: bool = False, model_id: str = ""):
+        super().__init__(kv, max_num_seqs, max_num_batched_tokens, "neo", "neo", prefix_caching=prefix_caching,
+                         model_id=model_id)
         self.costs = costs
         self.swap_in_free_fraction = swap_in_free_fraction
         self.skipped: dict[str, int] = {}
@@ -90,16 +92,20 @@ class NeoScheduler(Scheduler):
         host_room = None                     # waiting requests the load-aware choice would run on the host
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1, D)
-            if self.kv.num_free(D) - reserve >= need and self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
+            hit = self._hit(req, D)          # the device tier's cached prefix of req, if any
+            need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1, D) - len(hit)
+            room = self.kv.num_free(D) - self.kv.pool(D).cached_among(hit) - reserve
+            n = self._admit(req, D, budget, hit=hit) if room >= need else None
+            if n is not None:
                 part = a
                 reserve += 1
             else:
                 if host_room is None:
                     queue = list(self.waiting)[:max(0, self.max_num_seqs - len(self.running))]
                     host_room = self._host_room(cands, queue)
-                if host_room <= 0 or not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
+                # On the host tier a cached prefix is attended where it is (sub-batch B's host attention).
+                n = self._admit(req, H, budget) if host_room > 0 else None
+                if n is None:
                     break
                 host_room -= 1
                 part = a if req.num_computed_tokens == 0 else b     # a fresh prefill attends on the device

@@ -42,6 +42,13 @@ class Request:
         self.kv_tiers = None            # (prefill tier, decode tier), set when admitted
         self.logprobs: list = []        # engine.sampler.TokenLogprob per output token, when params.logprobs is set
         self.cumulative_logprob = 0.0
+        # Prefix caching (kv/prefix_cache.py): the chunk hash chain of its tokens so far, and how many
+        # of its blocks on named_tier are named in the cache.
+        self.prefix_chain: list[bytes] = []
+        self.named_tier = None
+        self.num_named_blocks = 0
+        # True: never start from cached blocks (a request that needs every prompt token's logits).
+        self.skip_cache_hits = False
 
     @property
     def num_prompt_tokens(self) -> int:
