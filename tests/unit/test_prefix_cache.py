@@ -232,3 +232,10 @@ class CacheMachine(RuleBasedStateMachine):
 
 TestCacheMachine = CacheMachine.TestCase
 TestCacheMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_openai_requests_carry_cache_salt_to_the_sampling_parameters():
+    from hybridllm.serving.openai.protocol import parse_call
+    call = parse_call({"prompt": "hi", "cache_salt": "tenant-7"}, "completion")
+    assert call.sampling["cache_salt"] == "tenant-7"
+    assert "cache_salt" not in parse_call({"prompt": "hi"}, "completion").sampling

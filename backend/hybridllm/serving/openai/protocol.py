@@ -16,7 +16,7 @@ IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "
 COMMON = {"max_tokens", "temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty",
           "logit_bias", "n", "logprobs",
           # vLLM's extra sampling keys (aiperf and genai-perf send some of them)
-          "top_k", "min_tokens", "repetition_penalty", "ignore_eos", "stop_token_ids"}
+          "top_k", "min_tokens", "repetition_penalty", "ignore_eos", "stop_token_ids", "cache_salt"}
 COMPLETION_KEYS = COMMON | {"prompt", "echo", "best_of", "suffix"}
 CHAT_KEYS = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt",
                       "tools", "tool_choice", "response_format"}
@@ -113,7 +113,8 @@ def parse_call(body, kind: str, render_chat=None) -> Call:
     if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool)):
         raise _bad(f"must be an integer, got {logprobs!r}", "logprobs")
     sampling = {k: body[k] for k in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty",
-                                     "top_k", "min_tokens", "repetition_penalty", "ignore_eos", "stop_token_ids")
+                                     "top_k", "min_tokens", "repetition_penalty", "ignore_eos", "stop_token_ids",
+                                     "cache_salt")
                 if body.get(k) is not None}
     max_tokens = body.get("max_completion_tokens") if kind == "chat" else None
     max_tokens = max_tokens if max_tokens is not None else body.get("max_tokens")
