@@ -97,3 +97,20 @@ def test_cancelling_a_sharer_mid_prefill_leaves_the_others_tokens(tiny, cold):
             outs[o.request_id] = o
     assert outs["keep"].token_ids == cold[0] and "drop" not in outs
     engine.kv.check()
+
+
+def test_neo_demotes_evicted_device_blocks_and_promotes_host_hits_with_real_copies(tiny):
+    # 6 device blocks: a second long prompt evicts the first's cached blocks, which are copied to the host
+    # tier; the first prompt's next turn then fits on the device and copies them back instead of recomputing.
+    first = "".join(chr(65 + i % 26) for i in range(64))
+    other = "".join(chr(97 + i % 26) for i in range(90))
+    prompts = [first, other, first + " and more", first + "?"]
+    ref = LLM(str(tiny), policy="gpu_only", enable_prefix_caching=False)
+    want = [o.token_ids for o in ref.generate(prompts, GREEDY, use_tqdm=False)]
+    llm = LLM(str(tiny), policy="neo", device_kv_bytes=6 * BLOCK_BYTES)
+    got = [llm.generate([p], GREEDY, use_tqdm=False)[0].token_ids for p in prompts]
+    stats = llm.engine.stats()
+    assert got == want
+    assert stats.kv_demotions >= 2 and stats.kv_promotions >= 2, stats
+    assert stats.prefix_cache_hits["device"] >= 2 * 64, stats
+    llm.engine.kv.check()

@@ -65,7 +65,7 @@ def test_pool_keeps_freed_named_blocks_and_evicts_least_recently_used_first():
     assert pool.lookup([b"x0", b"x1", b"zz"]) == a and pool.lookup([b"x1"]) == [a[1]]
     pool.check()
     got = pool.allocate(2, "c")                  # the empty block first, then the least recently freed (a's tail)
-    assert got[1] == a[1] and pool.stats.evictions == 1 and pool.evicted == [(b"x1", a[1])]
+    assert got[1] == a[1] and pool.stats.evictions == 1 and pool.evicted == [(b"x1", a[1], None, 0)]
     assert pool.lookup([b"x0", b"x1"]) == [a[0]]
     pool.share([a[0]], "d")                      # a cached block leaves the LRU when shared
     assert pool.refcount(a[0]) == 1 and pool.num_cached == 1
@@ -239,3 +239,99 @@ def test_openai_requests_carry_cache_salt_to_the_sampling_parameters():
     call = parse_call({"prompt": "hi", "cache_salt": "tenant-7"}, "completion")
     assert call.sampling["cache_salt"] == "tenant-7"
     assert "cache_salt" not in parse_call({"prompt": "hi"}, "completion").sampling
+
+
+def two_level(device_blocks=6, host_blocks=8):
+    kv = BlockTables({Tier.DEVICE: BlockPool(device_blocks, 16), Tier.HOST: BlockPool(host_blocks, 32)})
+    return NeoScheduler(kv, 8, 256, prefix_caching=True, model_id="m"), kv
+
+
+A = list(range(500, 564))                       # 64 tokens: 4 device blocks, 2 host blocks
+
+
+def chain_of(ids):
+    return extend_chain([], root_hash("m", None), lambda s, e: ids[s:e], len(ids), 16)
+
+
+def test_evicted_device_blocks_are_demoted_to_the_host_and_hit_there():
+    sched, kv = two_level()
+    sched.add(req("a", A, max_tokens=1))
+    drain(sched)
+    assert kv.num_cached(Tier.DEVICE) == 4 and kv.num_cached(Tier.HOST) == 0
+    a_blocks = kv.pool(Tier.DEVICE).lookup(block_keys(chain_of(A), 16, 16))
+    assert len(a_blocks) == 4
+    sched.add(req("b", list(range(900, 990)), max_tokens=4))     # takes the whole device tier: evicts a's blocks
+    out = sched.schedule()
+    assert placement(out) == {"b": "device"} and kv.num_cached(Tier.DEVICE) == 0
+    demoted = [c for c in out.copies if c.request_id == "(demotion)"]
+    # Two host blocks, each from the two device blocks it is made of, in order; they run before anything else.
+    assert [c.src_blocks for c in demoted] == [tuple(a_blocks[2:4]), tuple(a_blocks[0:2])]
+    assert out.copies[:2] == tuple(demoted) and all(c.dst_tier is Tier.HOST for c in demoted)
+    assert kv.num_cached(Tier.HOST) == 2 and sched.cache.demotions == 2
+    run_step(sched, out)
+    # a's prompt again while b holds the device: placed on the host, its cached blocks attended in place.
+    out, s = first_chunk(sched, req("c", A + [1, 2, 3]))
+    assert placement(out)["c"] == "host" and s.num_computed_tokens == 64
+    assert sched.cache.host_placements == 1 and sched.cache.tier("host").hits == 64
+    assert any("attends 64 host-cached tokens in place" in n for n in out.notes)
+    kv.check()
+
+
+def test_a_host_hit_is_promoted_to_the_device_when_it_fits_there():
+    sched, kv = two_level()
+    sched.add(req("a", A, max_tokens=1))
+    drain(sched)
+    sched.add(req("b", list(range(900, 990)), max_tokens=1))
+    drain(sched)                                  # a's blocks demoted; b's cached on the device
+    assert kv.num_cached(Tier.HOST) == 2
+    host_blocks = kv.pool(Tier.HOST).lookup(block_keys(chain_of(A), 32, 16))
+    out, s = first_chunk(sched, req("c", A + [7] * 8))
+    assert placement(out)["c"] == "device" and s.num_computed_tokens == 64 and s.token_ids == (7,) * 8
+    (promo,) = [c for c in out.copies if c.request_id == "c"]
+    assert (promo.src_tier, promo.src_blocks, promo.dst_tier) == (Tier.HOST, tuple(host_blocks), Tier.DEVICE)
+    assert promo.dst_blocks == tuple(kv.block_table("c")[:4]) and sched.cache.promotions == 2
+    assert out.copies[-1] == promo                # after the demotions this step's evictions made
+    assert any("promote 64 host-cached tokens" in n for n in out.notes)
+    run_step(sched, out)
+    drain(sched)
+    _, s = first_chunk(sched, req("d", A + [8]))  # now a device hit
+    assert s.num_computed_tokens == 64 and kv.tier_of("d") is Tier.DEVICE
+    kv.check()
+
+
+class TwoLevelMachine(CacheMachine):
+    """The same under NEO over two tiers with promotions and demotions; each step's copies never write a
+    block that a later copy of the step reads, nor read a block an earlier one wrote."""
+
+    def __init__(self):
+        RuleBasedStateMachine.__init__(self)
+        self.sched, self.kv = two_level(device_blocks=7, host_blocks=6)
+        self.sched.max_num_batched_tokens = 48
+        self.next_id = 0
+
+    @rule()
+    def step(self):
+        out = self.sched.schedule()
+        written: set = set()
+        for c in out.copies:
+            assert not {(c.src_tier, b) for b in c.src_blocks} & written, c
+            written |= {(c.dst_tier, b) for b in c.dst_blocks}
+        run_step(self.sched, out)
+
+    @rule(n=st.integers(1, 10))
+    def evict(self, n):
+        for tier in (Tier.DEVICE, Tier.HOST):
+            got = self.kv.pool(tier).allocate(min(n, self.kv.num_free(tier)), "outsider")
+            self.kv.pool(tier).free(got, "outsider")
+            self.kv.pool(tier).evicted.clear()      # overwritten: nothing left to demote
+
+    @invariant()
+    def books_are_exact(self):
+        self.kv.check()
+        for tier in (Tier.DEVICE, Tier.HOST):
+            pool = self.kv.pool(tier)
+            assert pool.num_empty + pool.num_used + pool.num_cached == pool.num_blocks
+
+
+TestTwoLevelMachine = TwoLevelMachine.TestCase
+TestTwoLevelMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

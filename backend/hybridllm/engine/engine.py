@@ -142,7 +142,8 @@ class LLMEngine:
         self._num_preemptions += len(out.preempted)
         if self.tracer is None and not log.isEnabledFor(logging.DEBUG):
             return
-        notes = [("planner", n) for n in out.notes]          # the StepPlanner's choices, per tier
+        # The StepPlanner's choices per tier; the prefix cache's promotions, demotions and host placements.
+        notes = [("scheduler" if n.startswith("prefix cache") else "planner", n) for n in out.notes]
         if out.host_choice is not None:                      # NEO's host sub-batch; formatted only when read
             notes.append(("scheduler", out.host_choice.describe()))
         for lane, note in notes:
@@ -219,7 +220,9 @@ class LLMEngine:
 def make_scheduler(rt: Runtime, kv, prefix_caching: bool = False, model_id: str = "") -> Scheduler:
     """The scheduler the policy table names, placing by the runtime's policies (or its planner)."""
     spec = rt.spec
-    cache = dict(prefix_caching=prefix_caching, model_id=model_id)
+    # Promotion and demotion are BlockCopys, which copy_blocks does only between plain (not u8) tiers.
+    copies = not any(t.layout.quantized for t in rt.tiers.values())
+    cache = dict(prefix_caching=prefix_caching, model_id=model_id, tier_copies=copies)
     if rt.scheduler == "neo":
         return NeoScheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.neo_costs, **cache)
     if rt.planner is not None:

@@ -35,8 +35,11 @@ class BlockPool:
         self._by_hash: dict[bytes, int] = {}          # prefix hash -> the block holding it
         self._hash_of: dict[int, bytes] = {}
         self._lru: OrderedDict[int, None] = OrderedDict()   # cached blocks, least recently freed first
+        self._meta: dict[int, tuple[bytes | None, int]] = {}  # named block -> (its parent block's name, index)
         self.stats = PrefixCacheStats()
-        self.evicted: list[tuple[bytes, int]] = []    # (hash, block) evicted since the caller last cleared it
+        # (name, block, parent name, index) of blocks evicted since the caller last cleared it: their
+        # contents are intact until the step that reuses them runs (what demotion copies out).
+        self.evicted: list[tuple[bytes, int, bytes | None, int]] = []
 
     @property
     def num_free(self) -> int:
@@ -79,7 +82,7 @@ class BlockPool:
         h = self._hash_of.pop(b)
         del self._by_hash[h]
         self.stats.evictions += 1
-        self.evicted.append((h, b))
+        self.evicted.append((h, b, *self._meta.pop(b)))
         return b
 
     # -- the prefix cache ------------------------------------------------------
@@ -98,19 +101,25 @@ class BlockPool:
         """How many of blocks nobody holds (taking them lowers num_free)."""
         return sum(b in self._lru for b in blocks)
 
-    def register(self, block: int, key: bytes) -> bool:
-        """Names a used, full block by its prefix hash, so later requests can share it. False (nothing
-        changed) when the block already has a name or another block already holds that prefix."""
+    def register(self, block: int, key: bytes, parent: bytes | None = None, index: int = 0) -> bool:
+        """Names a used, full block by its prefix hash, so later requests can share it (parent: the name
+        of the block before it in its request's table, index: its place there). False (nothing changed)
+        when the block already has a name or another block already holds that prefix."""
         if block not in self._holders:
             raise KVLeakError(f"{self.name} pool: block {block} is not in use; only a used block can be cached")
         if block in self._hash_of or key in self._by_hash:
             return False
         self._hash_of[block] = key
         self._by_hash[key] = block
+        self._meta[block] = (parent, index)
         return True
 
     def key_of(self, block: int) -> bytes | None:
         return self._hash_of.get(block)
+
+    def meta_of(self, block: int) -> tuple[bytes | None, int]:
+        """(parent name, index) of a named block."""
+        return self._meta[block]
 
     # -- holders ---------------------------------------------------------------
 
@@ -156,17 +165,6 @@ class BlockPool:
                 released.append(b)
         return released[::-1]
 
-    def clear_cache(self) -> int:
-        """Forgets every cached prefix (used blocks keep theirs until freed, then go empty); returns how many."""
-        n = len(self._lru)
-        for b in self._lru:
-            del self._by_hash[self._hash_of.pop(b)]
-            self._free.append(b)
-        self._lru.clear()
-        for b in list(self._hash_of):
-            del self._by_hash[self._hash_of.pop(b)]
-        return n
-
     def check(self) -> None:
         """Raise if the free list, the holders and the cache disagree: every block is empty, used or
         cached, exactly once (free + used + cached == total), and the prefix names are one to one."""
@@ -186,5 +184,7 @@ class BlockPool:
                               f"({len(lru)}) != total ({self.num_blocks})")
         if any(self._by_hash.get(h) != b for b, h in self._hash_of.items()) or len(self._by_hash) != len(self._hash_of):
             raise KVLeakError(f"{self.name} pool: the prefix names are not one to one")
+        if self._meta.keys() != self._hash_of.keys():
+            raise KVLeakError(f"{self.name} pool: named blocks and their parents disagree")
         if free & self._hash_of.keys() or not lru <= self._hash_of.keys():
             raise KVLeakError(f"{self.name} pool: an empty block is named, or a cached one is not")

@@ -107,7 +107,7 @@ class BlockTables:
         end = min(num_tokens // self.block_size_of(tier), len(table), len(keys))
         pool = self.pools[tier]
         for i in range(start, end):
-            pool.register(table[i], keys[i])
+            pool.register(table[i], keys[i], keys[i - 1] if i else None, i)
         return max(start, end)
 
     def num_cached(self, tier: Tier = Tier.DEVICE) -> int:

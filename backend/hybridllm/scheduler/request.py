@@ -40,6 +40,7 @@ class Request:
         self.num_preemptions = 0
         self.error: str | None = None
         self.kv_tiers = None            # (prefill tier, decode tier), set when admitted
+        self.promote_hit = False        # copy its host-cached prefix to the device tier when admitted there
         self.logprobs: list = []        # engine.sampler.TokenLogprob per output token, when params.logprobs is set
         self.cumulative_logprob = 0.0
         # Prefix caching (kv/prefix_cache.py): the chunk hash chain of its tokens so far, and how many

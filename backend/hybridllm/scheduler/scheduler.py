@@ -22,18 +22,20 @@ from __future__ import annotations
 from collections import deque
 from typing import Mapping, Sequence
 
-from ..kv import BlockTables, CacheCounters, Tier, extend_chain, root_hash
+from ..kv import BlockTables, Tier
 from ..policy import StepShape
 from ..policy.registry import POLICIES
 from ..policy.step_planner import StepPlanner
+from .prefix import PrefixCaching
 from .request import Request, RequestStatus
 from .step import BlockCopy, SchedulerOutput, StepInput, SubBatch
 
 
-class Scheduler:
+class Scheduler(PrefixCaching):
     def __init__(self, kv: BlockTables, max_num_seqs: int, max_num_batched_tokens: int,
                  prefill_policy: str = "gpu_only", decode_policy: str | None = None,
-                 planner: StepPlanner | None = None, prefix_caching: bool = False, model_id: str = ""):
+                 planner: StepPlanner | None = None, prefix_caching: bool = False, model_id: str = "",
+                 tier_copies: bool = True):
         for name, p in (("prefill_policy", prefill_policy), ("decode_policy", decode_policy)):
             if p is not None and p not in POLICIES:
                 raise ValueError(f"{name}: {p!r} is not a policy")
@@ -48,9 +50,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}       # oldest first (insertion order)
         self.requests: dict[str, Request] = {}
-        self.prefix_caching = prefix_caching
-        self.model_id = model_id                    # part of every prefix hash: no reuse across models
-        self.cache = CacheCounters()
+        self._init_cache(prefix_caching, model_id, tier_copies)
 
     def add(self, req: Request) -> None:
         if req.request_id in self.requests:
@@ -110,8 +110,8 @@ class Scheduler:
             req = self.waiting[0]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if req.kv_tiers is None:
-                req.kv_tiers = self._place(req)
-            n = self._admit(req, req.kv_tiers[0], budget)
+                req.kv_tiers, req.promote_hit = self._place(req)
+            n = self._admit(req, req.kv_tiers[0], budget, promote=req.promote_hit)
             if n is None:
                 break
             self.waiting.popleft()
@@ -119,7 +119,8 @@ class Scheduler:
             scheduled.append(self._input(req, n))
             budget -= n
         batches, notes = self._batches(scheduled)
-        return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(copies), batches, notes=notes)
+        copies, cache_notes = self._with_cache_copies(copies)
+        return SchedulerOutput(tuple(scheduled), tuple(preempted), copies, batches, notes=notes + cache_notes)
 
     def _batches(self, seqs: list[StepInput]) -> tuple[tuple[SubBatch, ...], tuple[str, ...]]:
         """Places the step's sequences: by phase for fixed policies; under auto, per KV tier, by the
@@ -158,60 +159,25 @@ class Scheduler:
             return True
         return self.kv.allocate_slots(req.request_id, total, tier)
 
-    # -- prefix caching ----------------------------------------------------------
-
-    def _chain(self, req: Request, num_tokens: int) -> list[bytes]:
-        return extend_chain(req.prefix_chain, root_hash(self.model_id, req.params.cache_salt), req.token_ids,
-                            num_tokens, self.kv.chunk)
-
-    def _hit(self, req: Request, tier: Tier) -> list[int]:
-        """The cached blocks req may start from on tier (none when caching is off or req asks for none).
-        The last token is never a hit: its step makes the logits the first output token comes from."""
-        if not self.prefix_caching or req.skip_cache_hits or self.kv.has(req.request_id):
-            return []
-        return self.kv.prefix_hit(self._chain(req, req.num_tokens - 1), tier, req.num_tokens - 1)
-
-    def _admit(self, req: Request, tier: Tier, budget: int, reserve: int = 0, hit: list[int] | None = None) -> int | None:
-        """Blocks on tier for req's first chunk, starting from its cached prefix there; returns the chunk's
-        length, or None with nothing taken when tier has not got `reserve` blocks to spare beyond them."""
-        hit = self._hit(req, tier) if hit is None else hit
-        bs = self.kv.block_size_of(tier)
-        start = max(len(hit) * bs, req.num_computed_tokens)
-        n = min(req.num_tokens - start, budget)
-        need = self.kv.blocks_needed(req.request_id, start + n, tier) - len(hit)
-        if self.kv.num_free(tier) - self.kv.pool(tier).cached_among(hit) - reserve < need:
-            return None
-        if hit:
-            self.kv.share(req.request_id, hit, tier)
-            req.num_computed_tokens = start
-        if not self.kv.allocate_slots(req.request_id, start + n, tier):
-            raise AssertionError(f"{tier.value}: {need} blocks were free for {req.request_id!r} and then were not")
-        req.named_tier, req.num_named_blocks = tier, len(hit)
-        if self.prefix_caching:
-            stats = self.cache.tier(tier.value)
-            stats.queries += req.num_tokens
-            stats.hits += len(hit) * bs
-        return n
-
-    def _name_blocks(self, req: Request) -> None:
-        """Names req's newly full blocks so later requests can share them."""
-        tier = self.kv.tier_of(req.request_id)
-        if req.named_tier != tier:                  # moved tier: its blocks there are new
-            req.named_tier, req.num_named_blocks = tier, 0
-        n = req.num_computed_tokens
-        req.num_named_blocks = self.kv.cache_blocks(req.request_id, self._chain(req, n), n, req.num_named_blocks)
-
     def _input(self, req: Request, n: int) -> StepInput:
         start = req.num_computed_tokens
         return StepInput(req.request_id, req.token_ids(start, start + n), start, self.kv.block_table(req.request_id),
                          sample=start + n == req.num_tokens)
 
-    def _place(self, req: Request) -> tuple[Tier, Tier]:
+    def _place(self, req: Request) -> tuple[tuple[Tier, Tier], bool]:
+        """(prefill tier, decode tier), and whether to promote its host-cached prefix to the device."""
         if self.planner is None:
-            return self.tier, self.decode_tier
+            return (self.tier, self.decode_tier), True
+        tiers = self.kv.tiers
+        dev = self._hit(req, Tier.DEVICE) if Tier.DEVICE in tiers else None
+        host = self._hit(req, Tier.HOST) if Tier.HOST in tiers else None
         p = self.planner.place(req.num_tokens, req.params.max_tokens - len(req.output_token_ids),
-                               len(self.running) + 1)
-        return p.prefill_tier, p.decode_tier
+                               len(self.running) + 1, device_hit=dev.tokens if dev else 0,
+                               host_hit=host.tokens if host else 0,
+                               promotable=dev.promoted_tokens - dev.tokens if dev and dev.promote else 0)
+        if dev and dev.promote or host and host.tokens:
+            self._cache_notes.append(f"prefix cache: {req.request_id}: {p.reason}")
+        return (p.prefill_tier, p.decode_tier), p.promote
 
     def _run(self, req: Request) -> None:
         req.status = RequestStatus.RUNNING
@@ -225,6 +191,7 @@ class Scheduler:
         self.running.pop(req.request_id, None)
         self.kv.free(req.request_id)
         req.kv_tiers = None                         # placed afresh when readmitted
+        req.promote_hit = False
         req.named_tier = None
         req.num_computed_tokens = 0
         req.num_preemptions += 1
