@@ -12,7 +12,7 @@ TPOT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 
 
 # name -> (kind, help); kinds are pb_utils.MetricFamily attribute names.
 FAMILIES = {
-    "hybridllm_prompt_tokens_total": ("COUNTER", "Prompt tokens prefilled"),
+    "hybridllm_prompt_tokens_total": ("COUNTER", "Prompt tokens of requests that got their first token (cached ones included)"),
     "hybridllm_generation_tokens_total": ("COUNTER", "Output tokens generated"),
     "hybridllm_time_to_first_token_seconds": ("HISTOGRAM", "Time from request arrival to its first token"),
     "hybridllm_time_per_output_token_seconds": ("HISTOGRAM", "Time between consecutive tokens of a request"),
