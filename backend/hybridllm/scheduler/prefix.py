@@ -114,7 +114,8 @@ class PrefixCaching:
         if req.named_tier != tier:                  # moved tier: its blocks there are new
             req.named_tier, req.num_named_blocks = tier, 0
         n = req.num_computed_tokens
-        req.num_named_blocks = self.kv.cache_blocks(req.request_id, self._chain(req, n), n, req.num_named_blocks)
+        if n // self.kv.block_size_of(tier) > req.num_named_blocks:      # a block filled up
+            req.num_named_blocks = self.kv.cache_blocks(req.request_id, self._chain(req, n), n, req.num_named_blocks)
 
     def _with_cache_copies(self, moves: list[BlockCopy]) -> tuple[tuple[BlockCopy, ...], tuple[str, ...]]:
         """The step's copies in the order they must run, and the cache's notes: demotions first (they
