@@ -140,7 +140,8 @@ class NeoScheduler(Scheduler):
         recompute them? The cost tables' answer (promotion_pays), noted for the log and the trace."""
         pays, why = promotion_pays(self.costs, hit.promoted_tokens - hit.tokens, hit.promoted_tokens)
         self._cache_notes.append(f"prefix cache: {req.request_id}: {'promote' if pays else 'recompute'} "
-                                 f"{hit.promoted_tokens - hit.tokens} host-cached tokens ({why})")
+                                 f"{hit.promoted_tokens - hit.tokens} host-cached tokens if admitted to the device "
+                                 f"({why})")
         return pays
 
     def _choose(self, a: list[StepInput], cands: list[HostCandidate]) -> set[str]:

@@ -108,7 +108,6 @@ class Scheduler(PrefixCaching):
         # Admitting new work in a step that had to preempt would only thrash.
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
             if req.kv_tiers is None:
                 req.kv_tiers, req.promote_hit = self._place(req)
             n = self._admit(req, req.kv_tiers[0], budget, promote=req.promote_hit)
