@@ -212,6 +212,11 @@ def genai_worker(spec: dict) -> None:
     cfg = og.GenerationConfig()
     cfg.max_new_tokens = spec["max_tokens"]
     cfg.ignore_eos = True
+    warm = og.GenerationConfig()
+    warm.max_new_tokens = 4
+    h = pipe.add_request(10**6, "Warm up.", warm)           # compile before the clock starts, as the servers do
+    while h.get_status() != og.GenerationStatus.FINISHED:
+        pipe.step()
     n, turns = spec["conversations"], spec["turns"]
     history = [[{"role": "system", "content": spec["system"]}] for _ in range(n)]
     out = [[] for _ in range(n)]
@@ -264,8 +269,10 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--llama-server", default="/tmp/peers24/src/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server")
-    ap.add_argument("--peer-python", default="/tmp/peers24/venv/bin/python")
+    ap.add_argument("--llama-server", default="/tmp/peers24/src/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server",
+                    help="llama.cpp's server binary (build: /work/shared/DESIGN.md, 'Serving peers')")
+    ap.add_argument("--peer-python", default="/tmp/peers24/gvenv/bin/python",
+                    help="a Python with openvino-genai 2026.4.1 and optimum-intel 2.2.0 (see benchmarks/peer_venv.sh)")
     ap.add_argument("--genai-ir", default=os.path.expanduser("~/.cache/hybridllm/peers/smollm2-135m-ov-int8"))
     ap.add_argument("--plot", default=None)
     ap.add_argument("--json", default=None)
