@@ -2,6 +2,8 @@
 # What a GPU session runs on a lent machine (see benchmarks/RESULTS.md, "GPU"). Those machines
 # reach no registry, so OpenVINO travels as wheels in .whl/ (cp312 manylinux; see README, GPU).
 #
+#   bash benchmarks/gpu_run.sh evidence [--dry-run]  # issue 27 in one command, <= 9 min: tests, quick profile,
+#                                       # decode step table, NEO online, FlexInfer vs offloading (benchmarks/evidence.py)
 #   bash benchmarks/gpu_run.sh test     # CUDA tests: graphs on/off parity, kernels, NEO's stream, offload, partition
 #   bash benchmarks/gpu_run.sh step     # decode step time (Llama-3-8B shape, bf16) vs weight+KV read at HBM speed
 #   bash benchmarks/gpu_run.sh neo      # NEO's pipelined step on 4 layers: t(A+B) against max(t(A), t(B))
@@ -27,10 +29,16 @@ stage=${1:-test}
 shift || true
 
 model() {
-    [ -f "$MODEL/config.json" ] || python3 benchmarks/random_model.py llama-3-8b "$MODEL" --dtype bfloat16
+    # A recipe: each engine draws the weights on the GPU when it loads them; nothing is written.
+    [ -f "$MODEL/config.json" ] || python3 benchmarks/random_model.py llama-3-8b "$MODEL" --dtype bfloat16 --in-memory
 }
 
 case "$stage" in
+evidence)
+    # Random weights drawn on the GPU at each engine's load (a recipe folder), never written to disk.
+    python3 benchmarks/evidence.py --out "$OUT" "$@" 2>&1 | tee "$OUT/evidence.log"
+    exit "${PIPESTATUS[0]}"
+    ;;
 test)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400 >> "$OUT/gpu.txt"
@@ -80,7 +88,7 @@ print(f'first start (profile measured on first use): {time.perf_counter() - t:.1
         --policies gpu_only,partition,cpu_only "$@" 2>&1 | tee "$OUT/per-step.log" | tail -30
     ;;
 *)
-    echo "unknown stage $stage: test, step, neo, gemv, flex, profile, online, agree or auto" >&2
+    echo "unknown stage $stage: evidence, test, step, neo, gemv, flex, profile, online, agree or auto" >&2
     exit 2
     ;;
 esac

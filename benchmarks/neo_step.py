@@ -24,7 +24,9 @@ from hybridllm.kernels import DeviceOps, resolve_kernels  # noqa: E402
 from hybridllm.kv import Tier  # noqa: E402
 from hybridllm.attention.kv_cache import KVCacheTier, KVLayout  # noqa: E402
 from hybridllm.profiling.timing import timeit  # noqa: E402
-from hybridllm.runtime.factory import host_threads  # noqa: E402
+from hybridllm.config import EngineConfig  # noqa: E402
+from hybridllm.runtime.cpu.host_precision import host_precision  # noqa: E402
+from hybridllm.runtime.spec import host_kv_precision, host_threads  # noqa: E402
 from hybridllm.runtime.executors.neo import NeoRunner  # noqa: E402
 from hybridllm.scheduler import StepInput, SubBatch  # noqa: E402
 from hybridllm.utils import ceil_div  # noqa: E402
@@ -38,9 +40,13 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--cases", default="8x8,32x16,64x32", help="A device decodes x B host decodes")
+    ap.add_argument("--host-kv", default="auto", help="host KV precision (auto: what the engine gives NEO in bf16)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    host_kv = args.host_kv
+    if host_kv == "auto":
+        host_kv = host_kv_precision(EngineConfig(policy="neo", dtype="bfloat16"), host_precision("auto", None), False)
     cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")]
     full = random_model(args.shape, torch.bfloat16, layers=args.layers, device=device)
     cfg = full.cfg
@@ -49,7 +55,7 @@ def main() -> int:
     n_a, n_b = max(a for a, _ in cases), max(b for _, b in cases)
     dev_tier = KVCacheTier(Tier.DEVICE, KVLayout(L, cfg.num_key_value_heads, cfg.head_dim, BS, torch.bfloat16),
                            n_a * per_seq, device, pad_block=True)
-    spec = HostAttentionSpec(L, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, "f32",
+    spec = HostAttentionSpec(L, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, host_kv,
                              block_size=BS, num_threads=host_threads(None, device))
     host = HostAttention.create(spec, num_blocks=n_b * per_seq, pin_memory=device.type == "cuda")
     host_per_seq = ceil_div(ctx + 1, host.layout.block_size)
@@ -58,7 +64,7 @@ def main() -> int:
         return [SubBatch("neo", tier, tuple(StepInput(f"{prefix}{i}", (1,), ctx, list(range(i * per, (i + 1) * per)),
                                                       True) for i in range(n)), part)]
 
-    title = (f"{machine()}; {args.shape} bf16, {L} layers, context {ctx}; host attention {host.name} on "
+    title = (f"{machine()}; {args.shape} bf16, {L} layers, context {ctx}; host attention {host.name} ({host_kv} KV) on "
              f"{spec.num_threads or 'all'} threads")
     print("# " + title, flush=True)
     head = ("| kernels | A x B | t(A) / layer | t(B) / layer | t(A+B) / layer | beyond max(A, B) / layer |\n"

@@ -20,10 +20,12 @@ and reports whether the choice was the measured-faster one by throughput.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,6 +48,29 @@ def workload(n: int, rate: float, in_mean: int, out_lo: int, out_hi: int, seed: 
         t += rnd.expovariate(rate)
         reqs.append((t, max(1, int(in_mean * rnd.uniform(0.9, 1.1))), rnd.randint(out_lo, out_hi)))
     return reqs
+
+
+def percentiles(arrival, finish, outs, qs=(50, 99)) -> list[float]:
+    """Per-token latency (finish - arrival) / output tokens of every request, at the given percentiles."""
+    lat = sorted((finish[i] - arrival[i]) / outs[i] for i in range(len(arrival)))
+    return [lat[min(len(lat) - 1, int(round(q / 100 * (len(lat) - 1))))] for q in qs]
+
+
+def saturating_rates(costs: NeoCostTables, device_tokens: int, input_len: int, out_lo: int, out_hi: int,
+                     max_num_seqs: int, factors=(0.5, 1.0, 2.0)) -> tuple[list[float], str]:
+    """Arrival rates around where gpu_only saturates: its KV-bound batch (each request holding its
+    prompt and whole output) decoding at the mid-life context, priced by the profile; the rate at
+    which arrivals bring that many output tokens per second, times `factors`."""
+    out_mean = (out_lo + out_hi) / 2
+    batch = max(1, min(max_num_seqs, int(device_tokens // (input_len + out_mean))))
+    ctx = input_len + out_mean / 2
+    step = costs.step(decodes(batch, int(batch * ctx), costs.kv_dtype), 0, 0)
+    sat = batch / step / out_mean
+    rates = [float(f"{f * sat:.2g}") for f in factors]
+    why = (f"gpu_only's KV-bound batch {batch} (device KV {device_tokens} tokens / {input_len + out_mean:.0f} per "
+           f"request) at {1e3 * step:.1f} ms per step (profile) = {batch / step:.0f} tok/s, saturated at "
+           f"{sat:.2f} req/s of {out_mean:.0f} output tokens; rates x{', x'.join(f'{f:g}' for f in factors)}")
+    return rates, why
 
 
 def summarize(arrival, finish, outs):
@@ -145,10 +170,12 @@ def run_sim(args) -> None:
 # -- real ------------------------------------------------------------------------
 
 def _drive(engine, reqs, vocab: int, tag: str):
-    """Feeds `reqs` (arrival s, input len, output len) to the engine in real time; returns summarize()."""
+    """Feeds `reqs` (arrival s, input len, output len) to the engine in real time; returns summarize(),
+    the p50 and p99 per-token latency, and the mean running batch per step."""
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     arrival, finish, nxt = {}, {}, 0
+    steps = running = 0
     while nxt < len(reqs) or engine.has_unfinished_requests():
         now = time.perf_counter() - start
         while nxt < len(reqs) and reqs[nxt][0] <= now:
@@ -164,8 +191,11 @@ def _drive(engine, reqs, vocab: int, tag: str):
         for o in engine.step():
             if o.finished:
                 finish[o.request_id] = time.perf_counter() - start
+        steps += 1
+        running += engine.scheduler.num_running
     order = [f"{tag}{i}" for i in range(len(reqs))]
-    return summarize([arrival[i] for i in order], [finish[i] for i in order], [r[2] for r in reqs])
+    a, f, n = [arrival[i] for i in order], [finish[i] for i in order], [r[2] for r in reqs]
+    return (*summarize(a, f, n), *percentiles(a, f, n), running / max(steps, 1))
 
 
 def run_real(args) -> None:
@@ -176,6 +206,13 @@ def run_real(args) -> None:
     block_bytes = 16 * ModelShape.from_config(mc, args.dtype).kv_bytes_per_token(DTYPE_BYTES[args.dtype])
     dev_bytes = int(args.device_kv_gb * 1e9) if args.device_kv_gb else args.device_blocks * block_bytes
     host_bytes = int(args.host_kv_gb * 1e9)
+    why = "given"
+    if args.rates is None:
+        from hybridllm.profiling.store import load_profile
+        costs = NeoCostTables(ModelShape.from_config(mc, args.dtype), load_profile(args.profile), KV_OF_MODEL[args.dtype])
+        args.rates, why = saturating_rates(costs, dev_bytes // block_bytes * 16, args.input_len, args.out_lo,
+                                           args.out_hi, args.max_num_seqs)
+    print(f"rates {args.rates} req/s: {why}", flush=True)
     workloads = {rate: workload(args.requests, rate, args.input_len, args.out_lo, args.out_hi, seed=2)
                  for rate in args.rates}
     res = {}
@@ -183,38 +220,59 @@ def run_real(args) -> None:
         # One engine per policy for every rate: loading, compiling and pinning happen once.
         llm = LLM(path, policy=policy, dtype=args.dtype, device_kv_bytes=dev_bytes, host_kv_bytes=host_bytes,
                   max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                  hardware_profile=args.profile if policy == "neo" else None)
+                  hardware_profile=args.profile if policy == "neo" else None, device=args.device)
         engine = llm.engine
         _drive(engine, workload(4, 100.0, args.input_len, 8, 8, seed=9), mc.vocab_size, "warm")
         for rate, reqs in workloads.items():
             before = engine.stats()
-            lat, thr = _drive(engine, reqs, mc.vocab_size, f"{rate}-")
+            lat, thr, p50, p99, batch = _drive(engine, reqs, mc.vocab_size, f"{rate}-")
             after = engine.stats()
             steps = {k: v - before.steps_by_policy.get(k, 0) for k, v in after.steps_by_policy.items()}
-            res[policy, rate] = (lat, thr, after.num_preemptions - before.num_preemptions, steps)
-            print(f"{policy} rate {rate}: {thr:.1f} tok/s, {1e3 * lat:.1f} ms/token", flush=True)
+            res[policy, rate] = (lat, thr, after.num_preemptions - before.num_preemptions, steps, p50, p99, batch)
+            print(f"{policy} rate {rate}: {thr:.1f} tok/s, {1e3 * lat:.1f} ms/token (p50 {1e3 * p50:.1f}, "
+                  f"p99 {1e3 * p99:.1f}), mean batch {batch:.1f}, steps {steps}", flush=True)
         engine.kv.check()
         del llm, engine
+        gc.collect()                    # the next engine's memory check must not see this one's
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     rows = []
     for rate in args.rates:
-        (lg, tg, _, _), (ln, tn, pre, steps) = res["gpu_only", rate], res["neo", rate]
-        rows.append([rate, f"{tg:.1f}", f"{tn:.1f}", f"{100 * (tn / tg - 1):+.0f}%", f"{1e3 * lg:.1f}",
-                     f"{1e3 * ln:.1f}", pre, steps])
-    print(f"\nmachine: {machine()}; model {path} ({mc.num_hidden_layers} layers, hidden {mc.hidden_size}), "
-          f"{args.dtype}; device KV capped at {dev_bytes / 1e9:.2f} GB = {dev_bytes // block_bytes} blocks of 16 "
-          f"tokens (both policies), host KV {host_bytes / 1e9:.1f} GB; NEO profile {args.profile}")
-    print(f"{args.requests} requests per rate, input {args.input_len} +-10%, output {args.out_lo}-{args.out_hi}\n")
-    print(table(["rate req/s", "gpu_only tok/s", "NEO tok/s", "NEO gain", "gpu_only ms/token", "NEO ms/token",
-                 "NEO preemptions", "NEO steps"], rows))
+        g, n = res["gpu_only", rate], res["neo", rate]
+        host_steps, all_steps = n[3].get("neo", 0), sum(n[3].values())
+        rows.append([rate, f"{g[1]:.1f}", f"{n[1]:.1f}", f"{100 * (n[1] / g[1] - 1):+.0f}%",
+                     f"{1e3 * g[4]:.1f} / {1e3 * g[5]:.1f}", f"{1e3 * n[4]:.1f} / {1e3 * n[5]:.1f}",
+                     f"{g[6]:.1f} / {n[6]:.1f}", f"{g[2]} / {n[2]}",
+                     f"{host_steps} of {all_steps} ({100 * host_steps / max(all_steps, 1):.0f}%)"])
+    head = (f"machine: {machine()}; model {path} ({mc.num_hidden_layers} layers, hidden {mc.hidden_size}), "
+            f"{args.dtype}; device KV capped at {dev_bytes / 1e9:.2f} GB = {dev_bytes // block_bytes} blocks of 16 "
+            f"tokens (both policies), host KV {host_bytes / 1e9:.1f} GB; NEO profile {args.profile}\n"
+            f"{args.requests} requests per rate, input {args.input_len} +-10%, output {args.out_lo}-{args.out_hi}, "
+            f"max_num_seqs {args.max_num_seqs}; rates: {why}")
+    out = table(["rate req/s", "gpu_only tok/s", "NEO tok/s", "NEO gain", "gpu_only ms/token p50 / p99",
+                 "NEO ms/token p50 / p99", "mean batch gpu_only / NEO", "preemptions gpu_only / NEO",
+                 "NEO steps with host decodes"], rows)
+    print("\n" + head + "\n\n" + out)
+    if args.out:
+        Path(args.out).write_text(head + "\n\n" + out + "\n")
     if args.plot:
         plot(res, args.rates, args.plot, f"{machine()}\n{os.path.basename(path.rstrip('/'))} {args.dtype}, "
              f"device KV {dev_bytes / 1e9:.1f} GB, input {args.input_len}, output {args.out_lo}-{args.out_hi}")
 
 
 def plot(res, rates, out: str, title: str) -> None:
-    """Latency per output token against throughput, one line per policy, a point per arrival rate."""
+    """Latency per output token against throughput, one line per policy, a point per arrival rate.
+    Without matplotlib (a lent GPU's image), an SVG drawn by hand: the plot must not fail on set-up."""
+    series = {label: [(res[p, r][1], 1e3 * res[p, r][0], f"{r:g}/s") for r in rates]
+              for p, label in (("gpu_only", "gpu_only (device KV only)"), ("neo", "NEO (split KV, pipelined)"))}
+    try:
+        import matplotlib
+    except ImportError:
+        from _plot import svg_lines
+        out = str(Path(out).with_suffix(".svg"))
+        Path(out).write_text(svg_lines(series, "throughput (output tokens/s)", "latency per output token (ms)", title))
+        print(f"plot written to {out} (matplotlib is not installed: SVG)")
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -313,7 +371,10 @@ def run_agree(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("sim", "real", "agree"))
-    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None)
+    ap.add_argument("--rates", type=lambda s: None if s == "auto" else [float(x) for x in s.split(",")], default=None,
+                    help="req/s, comma-separated; real: 'auto' = around gpu_only's saturation, from --profile")
+    ap.add_argument("--device", default=None, help="real: cuda or cpu (default: cuda if present)")
+    ap.add_argument("--out", default=None, help="real: also write the table (markdown) here")
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--input-len", type=int, default=None)
     ap.add_argument("--out-lo", type=int, default=50)
@@ -343,7 +404,8 @@ def main() -> None:
         args.max_num_batched_tokens = args.max_num_batched_tokens or 4096
         run_sim(args)
     else:
-        args.rates = args.rates or [0.5, 1.0, 2.0]
+        if args.rates is None and not args.profile:
+            args.rates = [0.5, 1.0, 2.0]          # 'auto' needs a profile to price gpu_only's steps
         args.requests = args.requests or 24
         args.input_len = args.input_len or 200
         args.max_num_seqs = args.max_num_seqs or 64

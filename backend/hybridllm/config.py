@@ -15,9 +15,9 @@ from .policy.registry import POLICY_NAMES
 POLICIES = ("auto",) + POLICY_NAMES
 DTYPES = MODEL_DTYPES
 KV_CACHE_DTYPES = ("auto",) + KV_PRECISIONS
-WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # see runtime/cpu/host_precision.py
+WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")   # used by runtime/cpu/host_precision.py
 HOST_ATTENTION_PATHS = ("auto", "ov_paged", "ov_sdpa", "torch")
-DEVICE_KERNELS = ("auto", "triton", "torch")     # see kernels/ops.py
+DEVICE_KERNELS = ("auto", "triton", "torch")     # kernels/ops.py checks against this tuple
 DEVICE_BLOCK_SIZE = 16      # the device tier's; the host tier takes the block size its attention backend reports
 
 GiB = 1 << 30

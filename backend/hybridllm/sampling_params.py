@@ -9,6 +9,9 @@ Penalties (engine/logits_processors.py) change the logits every row is picked fr
   many tokens are out.
 logprobs: None, or how many top tokens to report per position besides the chosen one (0: the chosen
 token's only); logprobs are of the model's distribution before penalties and temperature.
+prompt_logprobs: None, or how many top tokens to report per prompt position besides the prompt's own token
+(0: its own only); every prompt token after the first gets one (vLLM's semantics).
+min_p: drop tokens whose probability is below min_p times the most likely one's (after temperature); 0 is off.
 stop_token_ids: tokens that end the request (kept in token_ids, not in the text), even with ignore_eos.
 cache_salt: a tenant's key for prefix caching: cached prefixes are reused only by requests with the same salt.
 """
@@ -38,6 +41,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logprobs: int | None = None
     cache_salt: str | None = None   # vLLM's: prefixes are shared only between requests with the same salt
+    prompt_logprobs: int | None = None
+    min_p: float = 0.0
 
     MAX_LOGPROBS = 20           # OpenAI's cap on top_logprobs
     MAX_CACHE_SALT_CHARS = 256
@@ -84,6 +89,13 @@ class SamplingParams:
                                             or len(self.cache_salt) > self.MAX_CACHE_SALT_CHARS):
             raise ValueError(f"cache_salt must be None or a non-empty string of at most {self.MAX_CACHE_SALT_CHARS} "
                              f"characters, got {self.cache_salt!r:.80}")
+        if self.prompt_logprobs is not None and (
+                not isinstance(self.prompt_logprobs, int) or isinstance(self.prompt_logprobs, bool)
+                or not 0 <= self.prompt_logprobs <= self.MAX_LOGPROBS):
+            raise ValueError(f"prompt_logprobs must be None or an integer in [0, {self.MAX_LOGPROBS}], "
+                             f"got {self.prompt_logprobs!r}")
+        if not _number(self.min_p) or not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be a number in [0, 1], got {self.min_p!r}")
 
     @property
     def penalized(self) -> bool:

@@ -9,7 +9,7 @@ import torch
 
 from hybridllm import LLM, SamplingParams
 from hybridllm.kv import Tier
-from hybridllm.runtime import neo_runner
+from hybridllm.runtime.executors import neo as neo_runner
 
 from ..helpers.tiny_models import tiny_with_greedy
 from .common import PROMPTS, SHAPE

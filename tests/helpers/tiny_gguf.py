@@ -96,6 +96,23 @@ def quantized(arr: np.ndarray, qtype: Q) -> np.ndarray:
     return gguf.quants.dequantize(gguf.quants.quantize(arr, qtype), qtype).reshape(arr.shape)
 
 
+# Where each K-quant block keeps its f16 super-scales (the rest of the block is codes and 6-bit scales).
+K_SCALES = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+
+
+def k_blocks(rows: int, cols: int, qtype: Q, rng: np.random.Generator, d_range=None) -> np.ndarray:
+    """Random K-quant blocks [rows, cols / 256 * bytes]: every code and sub-scale bit pattern occurs, the
+    f16 super-scales drawn from d_range, or powers of two 2^-14..2^-12 (None: then every d * sub-scale is
+    an exact f16, and the kept codes decode to exactly gguf's weights). gguf has no K-quant quantizer."""
+    size = gguf.GGML_QUANT_SIZES[qtype][1]
+    raw = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+    for off in K_SCALES[qtype]:
+        shape = (rows, cols // 256, 1)
+        d = (rng.uniform(*d_range, shape) if d_range else 2.0 ** -rng.integers(12, 15, shape)).astype(np.float16)
+        raw[..., off:off + 2] = d.view(np.uint8).reshape(rows, cols // 256, 2)
+    return raw.reshape(rows, -1)
+
+
 def write_gguf(path: Path, cfg: dict, state: dict[str, np.ndarray], tok: Tokenizer | None, *,
                arch: str = "llama", qtypes: dict[str, Q] | None = None, pre: str = "smollm",
                tokenizer_model: str = "gpt2", extra_tensors: dict[str, tuple[np.ndarray, Q]] | None = None) -> Path:
@@ -138,6 +155,9 @@ def write_gguf(path: Path, cfg: dict, state: dict[str, np.ndarray], tok: Tokeniz
     for name, (arr, qtype) in tensors.items():
         if qtype in (Q.F32, Q.F16):
             w.add_tensor(name, arr.astype(np.float32 if qtype == Q.F32 else np.float16))
+        elif qtype in K_SCALES:        # random blocks: the weights are what the blocks say, not `arr`
+            w.add_tensor(name, k_blocks(arr.shape[0], arr.shape[1], qtype, np.random.default_rng(len(name))),
+                         raw_dtype=qtype)
         elif qtype.name in ("Q8_1",):  # no quantizer exists: store raw bytes of the right size
             bs, ts = gguf.GGML_QUANT_SIZES[qtype]
             raw = np.zeros((*arr.shape[:-1], arr.shape[-1] // bs * ts), np.uint8)

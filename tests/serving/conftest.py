@@ -14,6 +14,7 @@ from .triton_helpers import start_server
 TINY = "tiny_llm"
 DEFAULT = "hybrid_llm"
 TINY_NON_STREAM_CAP = 256
+DEFAULT_MAX_N = 4               # the OpenAI frontend's cap on n and best_of, a model parameter
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +28,7 @@ def triton(tmp_path_factory, tiny_model_dir, default_model_path):
     repo = root / "repo"
     # Small KV tiers: tests need a few hundred tokens per request, not the 1 GiB CPU default.
     write_model(repo, DEFAULT, EngineConfig(model=str(default_model_path), device_kv_bytes=128 << 20,
-                                            host_kv_bytes=64 << 20))
+                                            host_kv_bytes=64 << 20), ServingLimits(max_n=DEFAULT_MAX_N))
     write_model(repo, TINY, EngineConfig(model=str(tiny_model_dir), policy="gpu_only", device_kv_bytes=16 << 20,
                                          host_kv_bytes=4 << 20),
                 ServingLimits(max_tokens_non_stream=TINY_NON_STREAM_CAP, max_text_input_bytes=2048, max_input_ids=1024,

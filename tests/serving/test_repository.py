@@ -36,7 +36,7 @@ def test_config_keeps_the_design_contract():
                    "exclude_input_in_output": "TYPE_BOOL", "input_ids": "TYPE_INT32"}
     contract_out = {"text_output": "TYPE_STRING", "output_ids": "TYPE_INT32", "finish_reason": "TYPE_STRING",
                     "num_input_tokens": "TYPE_UINT32", "num_output_tokens": "TYPE_UINT32", "logprobs": "TYPE_STRING",
-                    "cumulative_logprob": "TYPE_FP32"}
+                    "prompt_logprobs": "TYPE_STRING", "cumulative_logprob": "TYPE_FP32"}
     assert contract_in.items() <= {n: t for n, t, _, _ in INPUTS}.items()
     assert contract_out == {n: t for n, t, _ in OUTPUTS}
     for name, kind in {**contract_in, **contract_out}.items():

@@ -87,12 +87,30 @@ def test_the_keys_clients_send_are_implemented():
     assert asked.params.logprobs == 0 and parse(_get(text_input="hi"), LIMITS).params.logprobs is None
 
 
-def test_logprob_outputs():
+def test_logprob_outputs_are_in_vllm_backends_format():
     from hybridllm.engine.sampler import TokenLogprob
-    out = output_arrays("a", (5,), None, 2, [TokenLogprob(5, -0.5, ((5, -0.5), (6, -1.5)))], -0.5)
-    assert json.loads(out["logprobs"][0]) == [{"token_id": 5, "logprob": -0.5, "top_logprobs": [[5, -0.5], [6, -1.5]]}]
+    decode = {5: "a", 6: "b", 7: "c"}.get
+    out = output_arrays("a", (5,), None, 2, [TokenLogprob(5, -0.5, ((5, -0.5), (6, -1.5)), rank=1)], -0.5,
+                        decode=decode)
+    # {token_id: {logprob, rank, decoded_token}} per token: the token itself first, then the top k.
+    assert json.loads(out["logprobs"][0]) == [{"5": {"logprob": -0.5, "rank": 1, "decoded_token": "a"},
+                                               "6": {"logprob": -1.5, "rank": 2, "decoded_token": "b"}}]
     assert out["cumulative_logprob"].dtype == np.float32 and out["cumulative_logprob"][0] == -0.5
     assert "logprobs" not in output_arrays("a", (5,), None, 2)
+    # A token outside the top k keeps its own rank and comes first; null stands for the prompt's first token.
+    out = output_arrays("a", (), None, 2, prompt_logprobs=[TokenLogprob(7, -3.0, ((6, -1.5),), rank=9)],
+                        decode=decode)
+    assert json.loads(out["prompt_logprobs"][0]) == [None, {"7": {"logprob": -3.0, "rank": 9, "decoded_token": "c"},
+                                                            "6": {"logprob": -1.5, "rank": 1, "decoded_token": "b"}}]
+    assert list(json.loads(out["prompt_logprobs"][0])[1]) == ["7", "6"]
+
+
+def test_prompt_logprobs_and_min_p_are_sampling_parameters():
+    p = parse(_get(text_input="hi", sampling_parameters=json.dumps({"prompt_logprobs": "2", "min_p": "0.1"})),
+              LIMITS).params
+    assert (p.prompt_logprobs, p.min_p) == (2, 0.1)
+    with pytest.raises(RequestError, match=r"prompt_logprobs must be None or an integer in \[0, 20\], got 21"):
+        parse(_get(text_input="hi", sampling_parameters=json.dumps({"prompt_logprobs": 21})), LIMITS)
 
 
 CAPS = ServingLimits(max_tokens_non_stream=50, max_text_input_bytes=16, max_input_ids=4,

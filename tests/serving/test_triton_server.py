@@ -95,11 +95,29 @@ def test_sampling_keys_as_strings_and_logprob_outputs(triton, default_model_path
         [PROMPT], SamplingParams(max_tokens=10, temperature=0.0, min_tokens=6, repetition_penalty=1.3,
                                  presence_penalty=0.4, logprobs=2, stop_token_ids=[2]), use_tqdm=False)[0]
     assert _ids(out["output_ids"]) == list(want.token_ids) and out["text_output"] == want.text
+    # vllm_backend's format: per token {token_id: {logprob, rank, decoded_token}}, the token first, then its top 2.
     rows = json.loads(out["logprobs"])
-    assert [r["token_id"] for r in rows] == list(want.token_ids)
-    assert all(len(r["top_logprobs"]) == 2 for r in rows)
-    assert [round(r["logprob"], 4) for r in rows] == [round(lp.logprob, 4) for lp in want.logprobs]
+    assert [int(next(iter(r))) for r in rows] == list(want.token_ids)
+    assert all(2 <= len(r) <= 3 and sorted(v["rank"] for v in r.values())[:2] == [1, 2] for r in rows)
+    assert [round(next(iter(r.values()))["logprob"], 4) for r in rows] == [round(lp.logprob, 4) for lp in want.logprobs]
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(default_model_path / "tokenizer.json"))
+    assert all(v["decoded_token"] == tok.decode([int(t)], skip_special_tokens=False) for r in rows for t, v in r.items())
     assert abs(out["cumulative_logprob"] - want.cumulative_logprob) < 1e-3
+
+
+@pytest.mark.slow
+def test_prompt_logprobs_output_over_grpc_streams_first(triton, default_model_path):
+    llm = LLM(str(default_model_path), device_kv_bytes=64 << 20)
+    want = llm.generate([PROMPT], SamplingParams(max_tokens=3, temperature=0.0, prompt_logprobs=1), use_tqdm=False)[0]
+    res = grpc_stream(triton, DEFAULT, PROMPT, {"max_tokens": 3, "temperature": 0, "prompt_logprobs": 1})
+    assert res.errors == [] and res.finals == 1
+    given = [c.prompt_logprobs for c in res.chunks if c.prompt_logprobs is not None]
+    assert len(given) == 1 and res.chunks[0].prompt_logprobs is not None        # once, on the first response
+    rows = given[0]
+    assert rows[0] is None and len(rows) == want.num_prompt_tokens
+    assert [int(next(iter(r))) for r in rows[1:]] == [e.token_id for e in want.prompt_logprobs]
+    assert max(abs(next(iter(r.values()))["logprob"] - e.logprob) for r, e in zip(rows[1:], want.prompt_logprobs)) < 1e-3
 
 
 @pytest.mark.slow
@@ -216,7 +234,7 @@ def test_metrics_expose_the_custom_families(triton):
 
 BAD = [  # (sampling parameters or None, prompt, expected fragment of the error)
     ({"max_tokens": 0}, "ok", "max_tokens must be an integer >= 1"),
-    ({"temperature": -1}, "ok", "temperature must be a number >= 0"),
+    ({"temperature": -1}, "ok", "temperature must be a finite number >= 0"),
     ({"top_p": 0}, "ok", "top_p must be in (0, 1]"),
     ({"bogus": 1}, "ok", "unknown key(s) bogus"),
     ({"max_tokens": 4}, "y" * 600, "at most 511"),

@@ -114,3 +114,15 @@ def test_neo_demotes_evicted_device_blocks_and_promotes_host_hits_with_real_copi
     assert stats.kv_demotions >= 2 and stats.kv_promotions >= 2, stats
     assert stats.prefix_cache_hits["device"] >= 2 * 64, stats
     llm.engine.kv.check()
+
+
+def test_a_request_asking_for_prompt_logprobs_takes_no_hit(tiny):
+    llm = LLM(str(tiny), policy="gpu_only")
+    llm.generate([TURNS[0]], GREEDY, use_tqdm=False)
+    before = llm.engine.stats().prefix_cache_hits["device"]
+    out = llm.generate([TURNS[0]], SamplingParams(max_tokens=2, temperature=0.0, prompt_logprobs=0),
+                       use_tqdm=False)[0]
+    assert out.finish_reason == "length" and len(out.prompt_logprobs) == len(TURNS[0]) - 1
+    assert llm.engine.stats().prefix_cache_hits["device"] == before        # every prompt position was computed
+    llm.generate([TURNS[0]], GREEDY, use_tqdm=False)
+    assert llm.engine.stats().prefix_cache_hits["device"] > before         # plain requests still hit

@@ -1,6 +1,8 @@
 """The device decode path's Triton kernels against their torch forms (kernels/ops.py), under Triton's
 CPU interpreter: paged decode attention reading the block table in the kernel (GQA, scattered blocks,
-sliding window), fused residual-add + RMSNorm, SiLU-and-mul, and RoPE fused with the KV store.
+sliding window), fused residual-add + RMSNorm, SiLU-and-mul, RoPE fused with the KV store, and the
+split-K GEMV of small-M linear layers (f32, f16, bf16; the interpreter has no bf16 dot, so the kernel
+computes in f32, where bf16 and f16 values are exact).
 
 Run by tests/unit/test_device_kernels.py in a fresh process with TRITON_INTERPRET=1 (Triton picks
 interpreted or compiled when it is first imported, and the suite's other imports load it first);
@@ -138,3 +140,41 @@ def test_rope_store(kernels, heads, kv_heads, d):
     rq, rk = rope(qs, ks, positions)
     torch.testing.assert_close(q_ref, rq)
     torch.testing.assert_close(caches[1][0][slots // bs, :, slots % bs], rk)
+
+
+# -- the split-K GEMV (kernels/splitk_gemv.py) --------------------------------------------------------
+
+@pytest.mark.parametrize("m,n,k,tile", [(1, 40, 200, (16, 64, 3)), (3, 64, 256, (32, 32, 4)),
+                                        (8, 50, 130, (16, 128, 2)), (16, 33, 70, (16, 16, 8))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_splitk_gemv_matches_linear(kernels, m, n, k, tile, dtype, with_bias):
+    """Ragged N and K (tiles past the edges, a last split shorter than the others), M up to 16."""
+    from hybridllm.kernels.splitk_gemv import splitk_gemv
+    g = torch.Generator().manual_seed(m * n + k)
+    x, w = torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    got = splitk_gemv(x, w, bias, *tile)
+    # The f32 sum rounded once to the output dtype: f32 to 1e-5; 16-bit to one rounding step.
+    ref = torch.nn.functional.linear(x.float(), w.float(), None if bias is None else bias.float())
+    assert got.dtype == dtype and got.shape == (m, n)
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(got.float(), ref, atol=tol * ref.abs().max().item(), rtol=tol)
+
+
+def test_splitk_gemv_refuses_more_rows_than_it_pads():
+    from hybridllm.kernels.splitk_gemv import splitk_gemv
+    with pytest.raises(ValueError, match="M <= 16"):
+        splitk_gemv(torch.zeros(17, 32), torch.zeros(8, 32), None, 16, 16, 2)
+
+
+def test_device_linear_takes_the_gemv_only_for_the_table_s_shapes(kernels):
+    """DeviceOps.linear: the tile of a (N, K, M) in the table; F.linear (bit-equal) for any other row count."""
+    from hybridllm.kernels.linear import GemvTable, Tile
+    ops = DeviceOps("triton")
+    ops.gemv = GemvTable({(48, 96, 1): Tile(16, 32, 3)})
+    w, b = torch.randn(48, 96), torch.randn(48)
+    one, two = torch.randn(1, 96), torch.randn(2, 96)
+    ref = torch.nn.functional.linear(one, w, b)
+    torch.testing.assert_close(ops.linear(one, w, b), ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ops.linear(two, w, b), torch.nn.functional.linear(two, w, b))

@@ -10,11 +10,13 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize as gguf_quantize
 
-from hybridllm.converters.gguf_quant import block_codes
+from hybridllm.converters.gguf_quant import block_codes, group_size
 from hybridllm.models.quantized import QuantWeight, concat_rows, from_gguf_codes, quantize
 from hybridllm.ov_common import compile_config, core
 from hybridllm.runtime.cpu.host_precision import EXACT, WEIGHT_DTYPES, resolve
 from hybridllm.runtime.cpu.ov_weights import finish, linear
+
+from ..helpers.tiny_gguf import K_SCALES, k_blocks
 
 
 def ov_matrix(prec, w: torch.Tensor, kept: QuantWeight | None = None) -> np.ndarray:
@@ -30,6 +32,31 @@ def ov_matrix(prec, w: torch.Tensor, kept: QuantWeight | None = None) -> np.ndar
 def reader_tensor(w: np.ndarray, qtype) -> SimpleNamespace:
     """What gguf's GGUFReader hands the converter: ggml shape (reversed) and the raw block bytes."""
     return SimpleNamespace(tensor_type=qtype, shape=list(reversed(w.shape)), data=gguf_quantize(w, qtype))
+
+
+@pytest.mark.parametrize("dynamic_quant", [0, 32])
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q5_0, Q.Q5_1])
+def test_k_quant_and_q5_codes_are_kept_exactly_to_f16_scales(qtype, dynamic_quant):
+    rng = np.random.default_rng(int(qtype))
+    rows, cols = 24, 512
+    if qtype in K_SCALES:
+        raw = k_blocks(rows, cols, qtype, rng, (1e-4, 2e-3))
+    else:
+        raw = gguf_quantize((rng.standard_normal((rows, cols)) * 0.05).astype(np.float32), qtype)
+    ref = dequantize(raw, qtype).reshape(rows, cols)                      # gguf's own arithmetic, f32
+    a = block_codes(SimpleNamespace(tensor_type=qtype, shape=[cols, rows], data=raw))
+    q = from_gguf_codes(qtype.name, a["qweight"], a["scales"], a.get("mins"), group_size(qtype.name))
+    assert q.bits == (4 if qtype == Q.Q4_K else 8) and q.group_size == (16 if qtype == Q.Q6_K else 32)
+    # Sub-scales are multiplied out and stored as f16: each term is off by at most 2^-11 of itself.
+    scale = np.repeat(np.abs(a["scales"].astype(np.float32)), q.group_size, axis=1)
+    low = np.repeat(np.abs(a["mins"].astype(np.float32)), q.group_size, axis=1) if "mins" in a else 0
+    tol = 2.0 ** -10 * (scale * (32 if q.bits == 8 else 16) + low) + 1e-9
+    assert (np.abs(q.dequantize() - ref) <= tol).all()
+    assert np.abs(ref).max() > 100 * tol.max()                           # the bound is tight, not vacuous
+    prec = resolve("int4" if q.bits == 4 else "int8", {"w": qtype.name}, frozenset(), dynamic_quant)
+    assert prec.source == qtype.name                                      # the codes are used, not rounded again
+    got = ov_matrix(prec, torch.from_numpy(ref), q)
+    np.testing.assert_allclose(got, q.dequantize(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dynamic_quant", [0, 32])

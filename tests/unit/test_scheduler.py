@@ -135,3 +135,28 @@ def test_random_arrivals_aborts_and_finishes_keep_invariants(ops, num_blocks, ma
         run_step(sched, out)
     assert not sched.has_unfinished()
     assert kv.num_used() == 0 and kv.num_free() == num_blocks
+
+
+def test_fixed_phase_policies_move_the_kv_once_after_prefill():
+    # gpu_only prefills into the device tier; cpu_only decodes need the KV on the host: the first decode
+    # step emits one device -> host copy of every block, later steps none, and the sub-batches say so.
+    kv = BlockTables({Tier.DEVICE: BlockPool(8, 16), Tier.HOST: BlockPool(8, 16)})
+    sched = Scheduler(kv, 4, 64, prefill_policy="gpu_only", decode_policy="cpu_only")
+    sched.add(req("a", 20, max_tokens=3))
+    out = sched.schedule()
+    assert [(b.policy, b.tier) for b in out.batches] == [("gpu_only", Tier.DEVICE)] and out.copies == ()
+    assert kv.num_used(Tier.DEVICE) == 2 and kv.num_used(Tier.HOST) == 0
+    run_step(sched, out)
+    out = sched.schedule()
+    (copy,) = out.copies
+    assert (copy.request_id, copy.src_tier, copy.dst_tier, len(copy.src_blocks)) == ("a", Tier.DEVICE, Tier.HOST, 2)
+    assert list(copy.dst_blocks) == list(out.scheduled[0].block_table)
+    assert [(b.policy, b.tier) for b in out.batches] == [("cpu_only", Tier.HOST)]
+    assert kv.num_used(Tier.DEVICE) == 0 and kv.num_used(Tier.HOST) == 2
+    run_step(sched, out)
+    out = sched.schedule()
+    assert out.copies == () and [(b.policy, b.tier) for b in out.batches] == [("cpu_only", Tier.HOST)]
+    run_step(sched, out)
+    assert not sched.has("a") and sched.num_running == 0
+    assert kv.num_used(Tier.DEVICE) == kv.num_used(Tier.HOST) == 0
+    kv.check()

@@ -7,6 +7,7 @@ the result; the engine samples every row in one host transfer, appends, and make
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..scheduler import NeoScheduler, Request, RequestStatus, Scheduler, Schedul
 from .detokenizer import IncrementalDetokenizer
 from .outputs import EngineStats, RequestOutput
 from .profiles import find_profile
-from .sampler import RowHistory, TokenLogprob, sample
+from .sampler import RowHistory, TokenLogprob, prompt_logprobs, sample
 from .stop import find_stop, held_back
 
 log = logging.getLogger("hybridllm")
@@ -136,7 +137,34 @@ class LLMEngine:
         self._num_steps += 1
         # A failed request may still have a logits row (a host-bound prefill whose K/V did not land).
         rows, failed = self.scheduler.update(out, result.failed, result.sampled)
+        gaps = self._score_prompt(result) if result.prompt_spans else []
+        if gaps:                                             # never a short list of prompt logprobs: an error
+            failed = failed + gaps
+            result = dataclasses.replace(result, failed={**result.failed, **{r.request_id: e for r, e in gaps}})
         return self._outputs(result, rows, failed)
+
+    def _score_prompt(self, result: StepResult) -> list[tuple[Request, str]]:
+        """Prompt logprobs: row r of a span (request_id, position p, n rows) predicts prompt token p + r + 1.
+        Positions already scored (a prefill recomputed after preemption) are skipped. Returns the requests
+        whose earlier positions were never scored (their KV came from elsewhere, e.g. a prefix cache hit),
+        to be ended with an error rather than answered with a short list."""
+        row, gaps = 0, []
+        for rid, pos, n in result.prompt_spans:
+            lo, row = row, row + n
+            req = self.scheduler.get(rid)
+            if req is None or rid in result.failed:
+                continue
+            skip = len(req.prompt_logprobs) - pos       # entries so far cover positions 0 .. len - 1
+            if skip < 0:
+                gaps.append((req, f"prompt_logprobs: positions {len(req.prompt_logprobs)}..{pos - 1} of the prompt "
+                                  "were not computed (a request asking for prompt logprobs must prefill its whole prompt)"))
+                continue
+            if skip >= n:
+                continue
+            targets = req.prompt_token_ids[pos + 1 + skip:pos + 1 + n]
+            req.prompt_logprobs += prompt_logprobs(result.prompt_logits[lo + skip:lo + n], targets,
+                                                   req.params.prompt_logprobs)
+        return gaps
 
     def _note(self, out: SchedulerOutput) -> None:
         self._num_preemptions += len(out.preempted)
@@ -206,6 +234,8 @@ class LLMEngine:
             lp = dict(delta_logprobs=tuple(req.logprobs[start:]), cumulative_logprob=req.cumulative_logprob)
             if done:
                 lp["logprobs"] = tuple(req.logprobs)
+        if req.params.prompt_logprobs is not None and (start == 0 or done):
+            lp["prompt_logprobs"] = tuple(req.prompt_logprobs)     # on the first output, and the final one
         if not done:
             return RequestOutput(req.request_id, delta, new_ids, req.num_prompt_tokens, len(req.output_token_ids),
                                  None, **lp)

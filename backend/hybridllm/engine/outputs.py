@@ -26,6 +26,9 @@ class RequestOutput:
     delta_logprobs: tuple = ()
     cumulative_logprob: float | None = None
     logprobs: tuple | None = None
+    # With SamplingParams.prompt_logprobs set, on the first output and the final one: a TokenLogprob for
+    # each prompt token after the first (the first has none), in order.
+    prompt_logprobs: tuple | None = None
 
     @property
     def finished(self) -> bool:

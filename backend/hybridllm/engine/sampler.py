@@ -1,4 +1,4 @@
-"""Sampling: penalties, greedy, temperature, top-k, top-p, each row with its own generator; logprobs."""
+"""Sampling: penalties, greedy, temperature, top-k, top-p, min-p, each row with its own generator; logprobs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,6 +17,7 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...]      # (token id, logprob), most likely first; k = params.logprobs
+    rank: int = 1                           # 1 + how many tokens are more likely (vLLM's rank)
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,23 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
 
 
 def _logprobs(raw: torch.Tensor, token: int, k: int) -> TokenLogprob:
-    lp = torch.log_softmax(raw, dim=-1)                             # [vocab]
-    top = ()
+    return prompt_logprobs(raw[None], [token], k)[0]
+
+
+def prompt_logprobs(logits: torch.Tensor, targets: Sequence[int], k: int) -> list[TokenLogprob]:
+    """logits: [R, vocab] (any device), row r predicting targets[r] -> one TokenLogprob per row, each
+    with its rank and top k; one host transfer for the lot."""
+    lp = torch.log_softmax(logits.float(), dim=-1)                                  # [R, vocab]
+    tgt = torch.as_tensor(list(targets), dtype=torch.int64, device=lp.device)[:, None]
+    chosen = lp.gather(1, tgt)                                                      # [R, 1]
+    ranks = (lp > chosen).sum(dim=1) + 1                                            # [R]
+    chosen, ranks = chosen[:, 0].tolist(), ranks.tolist()
+    top_v = top_i = None
     if k:
-        vals, ids = torch.topk(lp, k)
-        top = tuple(zip(ids.tolist(), vals.tolist()))
-    return TokenLogprob(token, float(lp[token]), top)
+        top_v, top_i = torch.topk(lp, k, dim=-1)                                    # [R, k] each
+        top_v, top_i = top_v.tolist(), top_i.tolist()
+    return [TokenLogprob(int(t), chosen[r], tuple(zip(top_i[r], top_v[r])) if k else (), int(ranks[r]))
+            for r, t in enumerate(targets)]
 
 
 def _probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
@@ -76,4 +88,8 @@ def _probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         drop = (cum - sorted_logits.softmax(-1)) >= p.top_p
         drop[0] = False
         row = row.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return row.softmax(-1)
+    probs = row.softmax(-1)
+    if p.min_p > 0:
+        # vLLM's min_p: keep tokens at least min_p times as likely as the top one (the top always stays).
+        probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+    return probs

@@ -13,7 +13,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-KERNEL_CHOICES = ("auto", "triton", "torch")
+from ..config import DEVICE_KERNELS as KERNEL_CHOICES     # the option's choices, defined once
+from .linear import GemvTable, linear, measure_table
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -53,6 +54,21 @@ class DeviceOps:
             raise ValueError(f"DeviceOps: impl must be 'triton' or 'torch', got {impl!r}")
         self.impl = impl
         self._k = importlib.import_module(f"{__package__}.triton_kernels") if impl == "triton" else None
+        self.gemv: GemvTable | None = None      # small-M shapes that take the split-K GEMV (tune_gemv)
+
+    def tune_gemv(self, shapes: dict[str, tuple[int, int]], dtype: torch.dtype, device: torch.device) -> str:
+        """Measures, once at start-up, which of `shapes` (name -> (N, K)) run faster as a split-K GEMV at
+        the small decode row counts (kernels/linear.py); Triton on CUDA only. -> a line for the log."""
+        if self.impl != "triton" or device.type != "cuda":
+            return "split-K GEMV: off (Triton kernels on CUDA only)"
+        self.gemv = measure_table(shapes, dtype, device)
+        return self.gemv.summary()
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [T, K] @ w[N, K].T (+ bias) -> [T, N]: the split-K GEMV where tune_gemv chose it, else F.linear."""
+        if self.gemv is None:
+            return F.linear(x, w, bias)
+        return linear(x, w, bias, self.gemv)
 
     def paged_decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, window: int | None,

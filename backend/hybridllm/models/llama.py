@@ -17,6 +17,7 @@ from ..dtypes import torch_dtype
 from ..converters.gguf_quant import QUANT_FILE
 from ..kernels import DeviceOps, rms_norm
 from .config import ModelConfig
+from .random_weights import RandomCheckpoint, is_random
 from .rope import RotaryEmbedding
 
 
@@ -67,7 +68,7 @@ class LlamaModel:
         w = w or self.layers[i]
         cfg = self.cfg
         x, _ = self.ops.add_rms_norm(h, None, w.input_norm, cfg.rms_norm_eps)
-        qkv = F.linear(x, w.qkv, w.qkv_bias)                      # [T, (H + 2 * KVH) * D]
+        qkv = self.ops.linear(x, w.qkv, w.qkv_bias)               # [T, (H + 2 * KVH) * D]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, cfg.num_attention_heads, cfg.head_dim)
         k = k.view(-1, cfg.num_key_value_heads, cfg.head_dim)
@@ -79,7 +80,7 @@ class LlamaModel:
                     w: LayerWeights | None = None) -> torch.Tensor:
         """h: [T, hidden], attn_out: [T, H * D] -> the layer's output [T, hidden]."""
         w = w or self.layers[i]
-        x, h = self.ops.add_rms_norm(h, F.linear(attn_out, w.o_proj), w.post_norm, self.cfg.rms_norm_eps)
+        x, h = self.ops.add_rms_norm(h, self.ops.linear(attn_out, w.o_proj), w.post_norm, self.cfg.rms_norm_eps)
         return h + F.linear(self.ops.silu_mul(F.linear(x, w.gate_up)), w.down)   # [T, hidden]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -101,10 +102,13 @@ class LlamaModel:
         device = torch.device(device)
         # quantized.safetensors holds a GGUF's integer codes for the CPU data plane (models/quantized.py).
         files = sorted(f for f in folder.glob("*.safetensors") if f.name != QUANT_FILE)
-        if not files:
+        if is_random(folder):       # a benchmark's recipe: tensors drawn on the GPU, never on disk
+            handles = [RandomCheckpoint(folder, cfg)]
+        elif not files:
             raise FileNotFoundError(f"model folder {folder}: no *.safetensors weights found")
-        # safe_open memory-maps the file; only the tensors we touch are read.
-        handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
+        else:
+            # safe_open memory-maps the file; only the tensors we touch are read.
+            handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
         where = {name: h for h in handles for name in h.keys()}
 
         ldev = torch.device(layer_device) if layer_device is not None else device

@@ -5,7 +5,7 @@ One form for all of them, the one OpenVINO's compressed FullyConnected reads, pl
 - 4-bit codes: u8 [rows, cols / 2], two per byte, the even column in the low nibble (OpenVINO u4);
 - 8-bit codes: u8 (asymmetric) or i8 (symmetric) [rows, cols];
 - scale: f16 [rows, groups]; zero: None (symmetric) or an integer array (u8) [rows, groups];
-- min: None, or f32 [rows, groups] for Q4_1. Its w = d*q + m has no integer zero point, so it becomes
+- min: None, or f32 [rows, groups] for the types with a minimum (Q4_1, Q5_1, Q4_K, Q5_K). Their w = d*q + m has no integer zero point, so it becomes
   the nearest one, z = round(-m/d), plus the remainder r = m + z*d (|r| <= d/2): w = d*(q - z) + r,
   exact in f32, and x @ w^T = x @ (d*(q - z))^T + groupsum(x) @ r^T (runtime/cpu/ov_weights.py folds r
   back into f32 zero points when activations stay f32). Centred codes matter: with z = 0 the two
@@ -29,8 +29,8 @@ class QuantWeight:
     scale: np.ndarray               # f16 [rows, groups]
     zero: np.ndarray | None         # u8 [rows, groups] integer zero points, or None (symmetric)
     group_size: int
-    source: str                     # "Q4_1" (a GGUF's codes) | "rtn" (quantized here)
-    min: np.ndarray | None = None   # f32 [rows, groups]: Q4_1's remainder, added after scaling
+    source: str                     # the GGUF type of the codes ("Q4_1", "Q6_K", ...) | "rtn" (quantized here)
+    min: np.ndarray | None = None   # f32 [rows, groups]: the remainder of a type with a minimum, added after scaling
 
     def __post_init__(self):
         rows, groups = self.scale.shape
@@ -81,18 +81,25 @@ def concat_rows(parts: list[QuantWeight]) -> QuantWeight | None:
     return QuantWeight(first.bits, cat("codes"), cat("scale"), cat("zero"), first.group_size, first.source, cat("min"))
 
 
-def from_gguf_codes(kind: str, qweight: np.ndarray, scales: np.ndarray, mins: np.ndarray | None) -> QuantWeight:
+# GGUF type -> (bits of the kept codes, their top value, the implied zero point of types without a min)
+_FORMS = {"Q8_0": (8, 127, None), "Q6_K": (8, 31, None), "Q4_0": (4, 15, 8), "Q5_0": (8, 31, 16),
+          "Q4_1": (4, 15, None), "Q4_K": (4, 15, None), "Q5_1": (8, 31, None), "Q5_K": (8, 31, None)}
+
+
+def from_gguf_codes(kind: str, qweight: np.ndarray, scales: np.ndarray, mins: np.ndarray | None,
+                    group_size: int = 32) -> QuantWeight:
     """converters/gguf_quant.py's arrays -> the common form."""
-    if kind == "Q8_0":
-        return QuantWeight(8, qweight, scales, None, 32, kind)
-    if kind == "Q4_0":
-        return QuantWeight(4, qweight, scales, np.full(scales.shape, 8, np.uint8), 32, kind)
-    if kind != "Q4_1":
-        raise ValueError(f"GGUF type {kind} has no kept codes")
+    if kind not in _FORMS:
+        raise ValueError(f"GGUF type {kind} has no kept codes; kept: {', '.join(_FORMS)}")
+    bits, top, zero = _FORMS[kind]
+    if mins is None:
+        z = None if zero is None else np.full(scales.shape, zero, np.uint8)
+        return QuantWeight(bits, qweight, scales, z, group_size, kind)
+    # w = d*q + m: the nearest integer zero point, and the remainder (module docstring).
     d, m = scales.astype(np.float32), mins.astype(np.float32)
-    zero = np.where(d > 0, np.clip(np.round(-m / np.where(d > 0, d, 1)), 0, 15), 0).astype(np.uint8)
+    zero = np.where(d > 0, np.clip(np.round(-m / np.where(d > 0, d, 1)), 0, top), 0).astype(np.uint8)
     rest = (m + zero * d).astype(np.float32)       # f32: exact for these f16 products
-    return QuantWeight(4, qweight, scales, zero, 32, kind, min=rest)
+    return QuantWeight(bits, qweight, scales, zero, group_size, kind, min=rest)
 
 
 def quantize(w: np.ndarray, bits: int, group_size: int | None) -> QuantWeight:
@@ -118,8 +125,10 @@ class QuantizedCheckpoint:
         index = json.loads((folder / QUANT_INDEX).read_text())
         self.source = index.get("source", "")
         self.types: dict[str, str] = {name: v["type"] for name, v in index["tensors"].items()}
+        self.groups: dict[str, int] = {name: v.get("group_size", 32) for name, v in index["tensors"].items()}
         from safetensors import safe_open
         self._file = safe_open(str(folder / QUANT_FILE), framework="numpy")
+        self._keys = set(self._file.keys())
 
     @classmethod
     def open(cls, folder: str | Path) -> "QuantizedCheckpoint | None":
@@ -137,6 +146,6 @@ class QuantizedCheckpoint:
         if kind is None:
             return None
         base = name.removesuffix(".weight")
-        mins = self._file.get_tensor(base + ".mins") if kind == "Q4_1" else None
+        mins = self._file.get_tensor(base + ".mins") if base + ".mins" in self._keys else None
         return from_gguf_codes(kind, self._file.get_tensor(base + ".qweight"), self._file.get_tensor(base + ".scales"),
-                               mins)
+                               mins, self.groups[name])

@@ -200,12 +200,13 @@ def _meminfo_total() -> int:
 
 def measure(mc: ModelConfig, dtype: str = "float32", device: str | None = None, progress: bool = True,
             name: str | None = None, host_kv: tuple[str, ...] | None = None, quick: bool = False,
-            host_linear: HostPrecision = EXACT) -> HardwareProfile:
+            host_linear: HostPrecision = EXACT, grid: Grid | None = None) -> HardwareProfile:
     """host_kv: the host KV precisions to time (default: the model dtype's, plus f16 for float32 models).
     host_linear: cpu_only's weights and arithmetic, which the host GEMMs are timed at.
     quick: the profile-on-first-use grid (QUICK), the model dtype's host KV only, and no NEO probe
-    (auto never plans NEO): well under 90 s for the default model on 2 cores."""
-    grid = QUICK if quick else FULL
+    (auto never plans NEO): well under 90 s for the default model on 2 cores.
+    grid: where the tables are sampled instead (a dry run's few points)."""
+    grid = grid or (QUICK if quick else FULL)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     host = torch.device("cpu")
     tdtype = torch_dtype(dtype)

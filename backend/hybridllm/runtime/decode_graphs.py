@@ -106,12 +106,12 @@ class DecodeGraphs:
         delta = None                                                              # the MLP output not yet added
         for i, w in enumerate(m.layers):
             x, h = ops.add_rms_norm(h, delta, w.input_norm, cfg.rms_norm_eps)
-            qkv = F.linear(x, w.qkv, w.qkv_bias)                                  # [b, (H + 2 * KVH) * D]
+            qkv = ops.linear(x, w.qkv, w.qkv_bias)                                # [b, (H + 2 * KVH) * D]
             q = ops.rope_store(qkv, pos, slots, m.rope.cos, m.rope.sin, attn.key_cache[i], attn.value_cache[i],
                                cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)   # [b, H, D]
             o = ops.paged_decode(q, attn.key_cache[i], attn.value_cache[i], tables, lens, attn.scale,
                                  attn.sliding_window, self.max_context)            # [b, H * D]
-            x, h = ops.add_rms_norm(h, F.linear(o, w.o_proj), w.post_norm, cfg.rms_norm_eps)
+            x, h = ops.add_rms_norm(h, ops.linear(o, w.o_proj), w.post_norm, cfg.rms_norm_eps)
             delta = F.linear(ops.silu_mul(F.linear(x, w.gate_up)), w.down)       # [b, hidden]
         x, _ = ops.add_rms_norm(h, delta, m.norm, cfg.rms_norm_eps)
         return F.linear(x, m.lm_head).float()                                     # [b, vocab]

@@ -18,6 +18,7 @@ from ..attention.kv_cache import KVCacheTier, KVLayout
 from ..config import EngineConfig
 from ..dtypes import torch_dtype
 from ..kernels import DeviceOps, resolve_kernels
+from ..kernels.linear import decode_gemv_shapes
 from ..kv import BlockTables, Tier
 from ..models.config import ModelConfig
 from ..models.llama import LlamaModel
@@ -112,7 +113,10 @@ def build(spec: RuntimeSpec, profile: HardwareProfile | None = None, tracer: Tra
     ops = DeviceOps(resolve_kernels(spec.device_kernels, device))
     model = LlamaModel.load(spec.model_path, device, spec.dtype, layer_device=HOST if spec.streamed else None,
                             ops=ops)
-    reason = spec.reason + f"; device kernels {ops.impl}"
+    # Batch-1 qkv / o_proj: cuBLAS or the split-K GEMV, per shape, from timings taken now (kernels/linear.py).
+    gemv = ops.tune_gemv(decode_gemv_shapes(mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim,
+                                            mc.hidden_size), model.dtype, device)
+    reason = spec.reason + f"; device kernels {ops.impl}; {gemv}"
     used = {t for s in specs for t in s.kv_tiers}
     tiers: dict[Tier, KVCacheTier] = {}
     dev_attn = host_attn = None

@@ -49,7 +49,10 @@ class Request:
         self.named_tier = None
         self.num_named_blocks = 0
         # True: never start from cached blocks (a request that needs every prompt token's logits).
-        self.skip_cache_hits = False
+        self.skip_cache_hits = params.prompt_logprobs is not None
+        # params.prompt_logprobs: engine.sampler.TokenLogprob of prompt tokens 1.., in order (filled by
+        # the engine as prefill chunks run; the scheduler asks for the rows not scored yet).
+        self.prompt_logprobs: list = []
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -64,6 +64,9 @@ class Scheduler(PrefixCaching):
     def has(self, request_id: str) -> bool:
         return request_id in self.requests
 
+    def get(self, request_id: str) -> Request | None:
+        return self.requests.get(request_id)
+
     @property
     def num_running(self) -> int:
         return len(self.running)
@@ -161,7 +164,7 @@ class Scheduler(PrefixCaching):
     def _input(self, req: Request, n: int) -> StepInput:
         start = req.num_computed_tokens
         return StepInput(req.request_id, req.token_ids(start, start + n), start, self.kv.block_table(req.request_id),
-                         sample=start + n == req.num_tokens)
+                         sample=start + n == req.num_tokens, num_prompt_logits=_prompt_rows(req, start, n))
 
     def _place(self, req: Request) -> tuple[tuple[Tier, Tier], bool]:
         """(prefill tier, decode tier), and whether to promote its host-cached prefix to the device."""
@@ -212,6 +215,15 @@ class Scheduler(PrefixCaching):
         if req is not None:
             self.finish(req, RequestStatus.FINISHED_ABORTED)
         return req
+
+
+def _prompt_rows(req: Request, start: int, n: int) -> int:
+    """Rows of positions [start, start + n) that predict a prompt token not scored yet (positions
+    0 .. P-2 predict tokens 1 .. P-1); a recomputed prefill after preemption scores nothing twice."""
+    last = req.num_prompt_tokens - 1
+    if req.params.prompt_logprobs is None or len(req.prompt_logprobs) >= last:
+        return 0
+    return max(0, min(start + n, last) - start)
 
 
 def prefill_shape(seqs: Sequence[StepInput], kv_dtype: str) -> StepShape:

@@ -26,6 +26,9 @@ class StepInput:
     num_computed_tokens: int        # tokens already in the KV cache; the first new token's position
     block_table: list[int]          # the block tables' list itself (no copy): read it, never change it
     sample: bool                    # whether this chunk ends the known tokens, so a token is sampled
+    # Prompt logprobs: the logits of this chunk's first rows, which predict prompt tokens (the last
+    # prompt position is the sampled row, never counted here). 0 for every request that does not ask.
+    num_prompt_logits: int = 0
 
     @property
     def is_decode(self) -> bool:

@@ -73,7 +73,8 @@ class _GraphBuilder:
         else:
             # The parts differ in form: one FullyConnected each, outputs side by side.
             sizes = [p.shape[0] if p is not None else None for p in kept]
-            rest = (w.shape[0] - sum(s or 0 for s in sizes)) // sizes.count(None)
+            missing = sizes.count(None)            # 0 when every part is kept, in different forms
+            rest = (w.shape[0] - sum(s or 0 for s in sizes)) // max(missing, 1)
             ys, row = [], 0
             for p, size in zip(kept, sizes):
                 size = size or rest

@@ -27,6 +27,10 @@ class StepResult:
     failed: dict[str, str] = field(default_factory=dict)   # request_id -> error; they end with "error"
     policy: str = ""                        # what ran, for steps_by_policy ("" : the executor's policy)
     greedy: torch.Tensor | None = None      # [S] int64 argmax of each row, where the executor had it cheaply
+    # Prompt logprobs: [R, vocab] logits of the rows that score prompt tokens, for the sequences whose
+    # StepInput.num_prompt_logits asks; spans: (request_id, first position, rows) in row order.
+    prompt_logits: torch.Tensor | None = None
+    prompt_spans: tuple[tuple[str, int, int], ...] = ()
 
     @staticmethod
     def merge(results: Sequence["StepResult"]) -> "StepResult":
@@ -36,8 +40,18 @@ class StepResult:
         greedy = None
         if all(r.greedy is not None for r in results):
             greedy = torch.cat([r.greedy.cpu() for r in results])
+        prompt = [r.prompt_logits.cpu() for r in results if r.prompt_logits is not None]
         return StepResult(torch.cat([r.logits.to(results[0].logits.device) for r in results]),
-                          tuple(rid for r in results for rid in r.sampled), failed, greedy=greedy)
+                          tuple(rid for r in results for rid in r.sampled), failed, greedy=greedy,
+                          prompt_logits=torch.cat(prompt) if prompt else None,
+                          prompt_spans=tuple(sp for r in results for sp in r.prompt_spans))
+
+
+def head(logits, h: torch.Tensor, st, ids: tuple[str, ...], **kw) -> StepResult:
+    """The LM head on the sampled rows and, where asked, on the rows that score prompt tokens.
+    logits: the executor's head, [n, hidden] -> [n, vocab]; st: the step's StepTensors."""
+    prompt = logits(h[st.prompt_index]) if st.prompt_index is not None else None      # [R, vocab]
+    return StepResult(logits(h[st.sample_index]), ids, prompt_logits=prompt, prompt_spans=st.prompt_spans, **kw)
 
 
 def sampled_ids(seqs: Sequence[StepInput]) -> tuple[str, ...]:

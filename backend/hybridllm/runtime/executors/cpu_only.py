@@ -17,7 +17,7 @@ from ...models.llama import LlamaModel
 from ...models.quantized import QuantizedCheckpoint
 from ...scheduler import SubBatch
 from ..kv_copy import KVCopier
-from .base import Parts, StepResult, sampled_ids, seqs_of, set_torch_threads
+from .base import Parts, StepResult, head, sampled_ids, seqs_of, set_torch_threads
 from ..cpu.host_linear import HostLinearModel, HostLinearOptions
 from ..step_prep import prepare_step
 
@@ -49,21 +49,23 @@ class CpuOnlyRunner:
         lin, attn = self.linear, self.attention
         ids = sampled_ids(seqs)
         if lin.fused:
-            rows = st.sample_index
+            rows, n = st.sample_index, st.sample_index.numel()
+            if st.prompt_index is not None:                   # prompt logprobs: their rows after the sampled ones
+                rows = torch.cat([rows, st.prompt_index])
             if not rows.numel():
                 # Nothing to sample (only prefill chunks): the step still writes K/V; row 0's logits are dropped.
                 logits, _ = lin.run_model(h, cos, sin, attn.prepare(st.md), torch.zeros(1, dtype=torch.int64))
                 return StepResult(logits[:0], ids)
             logits, argmax = lin.run_model(h, cos, sin, attn.prepare(st.md), rows)     # prepare checks md first
-            return StepResult(logits, ids, greedy=argmax)
+            prompt = logits[n:].clone() if st.prompt_index is not None else None      # the buffer is reused next step
+            return StepResult(logits[:n], ids, greedy=argmax[:n], prompt_logits=prompt, prompt_spans=st.prompt_spans)
         for i in range(self.model.cfg.num_hidden_layers):
             q, k, v = lin.attn_inputs(i, h, cos, sin)
             o = attn.forward(i, q, k, v, st.md)                                  # [T, H * D]
             h = lin.attn_finish(i, h, o)
-        if not st.sample_index.numel():
+        if not st.sample_index.numel() and st.prompt_index is None:
             return StepResult(torch.empty((0, self.model.cfg.vocab_size)), ids)
-        return StepResult(lin.logits(h[st.sample_index]), ids)                   # [S, vocab]
-
+        return head(lin.logits, h, st, ids)                                      # [S, vocab]
 
 def build(parts: Parts) -> CpuOnlyRunner:
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import torch
 from ...models.llama import LayerWeights, LlamaModel
 from ...scheduler import SubBatch
 from ..kv_copy import KVCopier
-from .base import Parts, StepResult, sampled_ids, seqs_of, set_torch_threads
+from .base import Parts, StepResult, head, sampled_ids, seqs_of, set_torch_threads
 from ..step_prep import cpu_threads, prepare_step
 
 
@@ -80,7 +80,7 @@ class OffloadRunner:
             h = model.attn_finish(i, h, o, w)
             if self.cuda:
                 self.free[slot].record()
-        return StepResult(model.logits(h[st.sample_index]), sampled_ids(seqs))     # [S, vocab]
+        return head(model.logits, h, st, sampled_ids(seqs))     # [S, vocab]
 
 
 def build(parts: Parts) -> OffloadRunner:

@@ -8,7 +8,7 @@ from ...scheduler import SubBatch
 from .. import decode_graphs
 from ..step_prep import cpu_threads, prepare_step
 from ..kv_copy import KVCopier
-from .base import Parts, StepResult, sampled_ids, seqs_of, set_torch_threads
+from .base import Parts, StepResult, head, sampled_ids, seqs_of, set_torch_threads
 
 
 class ModelRunner:
@@ -39,7 +39,7 @@ class ModelRunner:
             q, k, v = model.attn_inputs(i, h, st.rope)
             o = self.attention.forward(i, q, k, v, st.md)                           # [T, H * D]
             h = model.attn_finish(i, h, o)
-        return StepResult(model.logits(h[st.sample_index]), sampled_ids(seqs))     # [S, vocab]
+        return head(model.logits, h, st, sampled_ids(seqs))     # [S, vocab]
 
 
 def build(parts: Parts) -> ModelRunner:

@@ -17,6 +17,7 @@ code runs, correctly, on the same cores, with plain copies.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +30,7 @@ from ...kv import Tier
 from ...scheduler import StepInput, SubBatch
 from ..kv_copy import KVCopier
 from .base import Parts, StepResult
-from ..step_prep import prepare_step
+from ..step_prep import prepare_step, prompt_rows
 from .partition import to_host
 from ..trace import NullTracer, Tracer
 
@@ -106,6 +107,7 @@ class NeoRunner:
         st_b = prepare_step(b, self.host_block_size, m, HOST) if b else None
         n_dev = sum(len(s.token_ids) for s in a_dev)
         ids_a, pos_a, sample_a = _with_fresh_prefills(st_a, a_d2h, n_dev, self.device)
+        prompt_a, spans_a = _prompt_rows_a(st_a, a_d2h, n_dev, self.device)        # prompt logprobs' rows of A
         rope_a = m.rope_tables(pos_a) if a else None                              # [Ta, 1, D] each, all layers
         # B's device work goes on its own stream when it fits the pinned buffers.
         stg = self.staging if b and self.staging is not None and st_b.md.num_tokens <= self.staging.max_tokens \
@@ -150,6 +152,14 @@ class NeoRunner:
             if h_b is not None:
                 h_b.record_stream(cur)                  # made on B's stream, read on this one
         logits = []
+        # Prompt logprobs' rows: A's, then B's (a host request's later prefill chunks run in B).
+        prompt, spans = [], ()
+        if h_a is not None and prompt_a is not None:
+            prompt.append(m.logits(h_a[prompt_a]))                                 # [Ra, vocab]
+            spans += spans_a
+        if h_b is not None and st_b.prompt_index is not None:
+            prompt.append(m.logits(h_b[st_b.prompt_index]))                        # [Rb, vocab]
+            spans += st_b.prompt_spans
         if h_a is not None and sample_a.numel():
             logits.append(m.logits(h_a[sample_a]))
         if h_b is not None and st_b.sample_index.numel():
@@ -159,7 +169,8 @@ class NeoRunner:
             (tuple(s.request_id for s in b if s.sample) if h_b is not None else ())
         out = torch.cat(logits) if logits else torch.empty((0, m.cfg.vocab_size), device=self.device)
         # A step with host decodes ran NEO's pipeline; one without ran like gpu_only.
-        return StepResult(out, order, failed, "neo" if b else "gpu_only")
+        return StepResult(out, order, failed, "neo" if b else "gpu_only",
+                          prompt_logits=torch.cat(prompt) if prompt else None, prompt_spans=spans)
 
     def _host_attn(self, i, q, k, v, md, stg: _Staging | None):
         if stg is not None:
@@ -268,6 +279,19 @@ def _with_fresh_prefills(st, fresh: list[StepInput], offset: int, device: torch.
         return None, None, None
     return torch.cat(ids), torch.cat(pos), (torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64,
                                                                                       device=device))
+
+
+def _prompt_rows_a(st, fresh: list[StepInput], offset: int, device: torch.device):
+    """Sub-batch A's rows that score prompt tokens: the device-tier sequences' (st, may be None), then
+    the fresh prefills' (from row `offset`)."""
+    index = [st.prompt_index] if st is not None and st.prompt_index is not None else []
+    spans = list(st.prompt_spans) if st is not None else []
+    starts = list(itertools.accumulate((len(s.token_ids) for s in fresh), initial=offset))
+    extra, more = prompt_rows(fresh, starts[:-1], device)
+    if extra is not None:
+        index.append(extra)
+        spans += more
+    return (torch.cat(index) if index else None), tuple(spans)
 
 
 def build(parts: Parts) -> NeoRunner:

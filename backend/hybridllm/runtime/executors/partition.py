@@ -11,7 +11,7 @@ import torch
 from ...models.llama import LlamaModel
 from ...scheduler import SubBatch
 from ..kv_copy import KVCopier
-from .base import Parts, StepResult, sampled_ids, seqs_of, set_torch_threads
+from .base import Parts, StepResult, head, sampled_ids, seqs_of, set_torch_threads
 from ..step_prep import cpu_threads, prepare_step
 
 HOST = torch.device("cpu")
@@ -40,7 +40,7 @@ class PartitionRunner:
             q, k, v = model.attn_inputs(i, h, st.rope)
             o = self.attention.forward(i, *to_host(q, k, v), st.md)                # [T, H * D] on the host
             h = model.attn_finish(i, h, o.to(self.device, h.dtype, non_blocking=True))
-        return StepResult(model.logits(h[st.sample_index]), sampled_ids(seqs))     # [S, vocab]
+        return head(model.logits, h, st, sampled_ids(seqs))     # [S, vocab]
 
 
 def build(parts: Parts) -> PartitionRunner:

@@ -58,7 +58,10 @@ OUTPUTS = (
     # UINT32 as vllm_backend's: Triton's OpenAI frontend reads usage only from UINT32 tensors.
     ("num_input_tokens", "TYPE_UINT32", "[ 1 ]"),
     ("num_output_tokens", "TYPE_UINT32", "[ 1 ]"),
-    ("logprobs", "TYPE_STRING", "[ -1 ]"),              # JSON: [{token_id, logprob, top_logprobs}] per token
+    # vllm_backend's format: JSON [{token_id: {logprob, rank, decoded_token}}] per token, the token itself
+    # first, then its top-k alternatives.
+    ("logprobs", "TYPE_STRING", "[ -1 ]"),
+    ("prompt_logprobs", "TYPE_STRING", "[ -1 ]"),       # the same per prompt token, null for the first
     ("cumulative_logprob", "TYPE_FP32", "[ 1 ]"),
 )
 

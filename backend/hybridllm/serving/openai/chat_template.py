@@ -47,10 +47,16 @@ class ChatTemplate:
             special[key] = value or ""
         return cls(source, special)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None) -> str:
+        """Messages as given (tool turns too: assistant tool_calls, role tool); tools as transformers passes
+        them, to templates that use them (None: the variable is undefined, as there)."""
         from jinja2.exceptions import TemplateError
+        extra = {"tools": tools} if tools is not None else {}
         try:
             return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                        **self.special)
+                                        **self.special, **extra)
         except TemplateError as e:
             raise ValueError(f"messages: the model's chat template refused them: {e}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as e:   # e.g. a template that adds null content
+            raise ValueError(f"messages: the model's chat template cannot render them "
+                             f"({type(e).__name__}: {e})") from None

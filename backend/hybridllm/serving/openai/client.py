@@ -24,7 +24,10 @@ class Chunk:
     token_ids: tuple[int, ...]
     finish_reason: str | None       # set on the last chunk
     num_input_tokens: int
-    logprobs: tuple = ()            # the `logprobs` output's rows, when the request asked for them
+    # vllm_backend's rows, when the request asked: `logprobs` per token of this response ({token_id:
+    # {logprob, rank, decoded_token}}, the token itself first), `prompt_logprobs` per prompt token (null first)
+    logprobs: tuple = ()
+    prompt_logprobs: tuple | None = None
 
 
 class GenerateError(RuntimeError):
@@ -78,11 +81,13 @@ def to_chunk(result) -> Chunk:
     reason = one("finish_reason")
     n_in = one("num_input_tokens")
     lp = one("logprobs")
+    plp = one("prompt_logprobs")
     return Chunk(text[0].decode("utf-8") if text is not None and text.size else "",
                  tuple(int(t) for t in ids) if ids is not None else (),
                  (reason[0].decode() or None) if reason is not None and reason.size else None,
                  int(n_in[0]) if n_in is not None and n_in.size else 0,
-                 tuple(json.loads(lp[0])) if lp is not None and lp.size else ())
+                 tuple(json.loads(lp[0])) if lp is not None and lp.size else (),
+                 tuple(json.loads(plp[0])) if plp is not None and plp.size else None)
 
 
 def generate(url: str, prompt: str | list[int], params: SamplingParams | dict | None = None, *,
@@ -105,7 +110,7 @@ def generate(url: str, prompt: str | list[int], params: SamplingParams | dict | 
                 raise GenerateError(str(error.status()), error.message())
             finished = result.get_response().parameters["triton_final_response"].bool_param
             chunk = to_chunk(result)
-            if chunk.text or chunk.token_ids or chunk.finish_reason:  # skip an empty final marker
+            if chunk.text or chunk.token_ids or chunk.finish_reason or chunk.prompt_logprobs:  # skip an empty final
                 yield chunk
     finally:
         client.stop_stream(cancel_requests=not finished)  # stopping early cancels it on the server

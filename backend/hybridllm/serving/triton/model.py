@@ -6,6 +6,7 @@ request gets exactly one response with the FINAL flag: the last token, or an err
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import json
@@ -45,8 +46,10 @@ class _TritonLogHandler(logging.Handler):
 class TritonSink:
     """Turns one request's engine outputs into Triton responses (an engine_loop.Sink)."""
 
-    def __init__(self, pb, sender, wanted: set[str], req: GenerateRequest, prompt_text: str):
+    def __init__(self, pb, sender, wanted: set[str], req: GenerateRequest, prompt_text: str, decode=str):
         self._pb = pb
+        self._decode = decode                   # token id -> text, for the logprobs' decoded_token
+        self._prompt_sent = False
         self._sender = sender
         self._req = req
         self._prompt_text = prompt_text
@@ -58,15 +61,19 @@ class TritonSink:
     def output(self, out) -> None:
         n_in = out.num_prompt_tokens
         asked = self._req.params.logprobs is not None
+        # Prompt logprobs ride on the first response only (stream=false: the one response).
+        prompt = out.prompt_logprobs if not self._prompt_sent else None
         if self._req.stream:
             arrays = output_arrays(out.delta_text, out.delta_token_ids, out.finish_reason, n_in,
-                                   out.delta_logprobs if asked else None, out.cumulative_logprob)
+                                   out.delta_logprobs if asked else None, out.cumulative_logprob,
+                                   prompt_logprobs=prompt, decode=self._decode)
         elif out.finished:
             text = (self._prompt_text if self._req.prepend_input else "") + out.text
             arrays = output_arrays(text, out.token_ids, out.finish_reason, n_in, out.logprobs if asked else None,
-                                   out.cumulative_logprob)
+                                   out.cumulative_logprob, prompt_logprobs=prompt, decode=self._decode)
         else:
             return  # stream=false: one response, at the end
+        self._prompt_sent = self._prompt_sent or prompt is not None
         pb = self._pb
         tensors = [pb.Tensor(name, arr) for name, arr in arrays.items() if not self._wanted or name in self._wanted]
         flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0
@@ -117,6 +124,10 @@ class TritonPythonModel:
         self.engine = self.loop.engine
         self.limits = limits
         self.vocab_size = self.engine.model_config.vocab_size
+        tokenizer = self.engine.tokenizer
+        # The logprobs' decoded_token (vllm_backend's): one token's text, cached per id.
+        self._decode = functools.lru_cache(maxsize=1 << 16)(
+            lambda t: tokenizer.decode([t], skip_special_tokens=False))
         self._ids = itertools.count()
 
     def execute(self, requests):
@@ -128,7 +139,8 @@ class TritonPythonModel:
                                     vocab_size=self.vocab_size)
                 prompt_text = req.prompt if req.prompt is not None else \
                     (self.engine.tokenizer.decode(list(req.prompt_token_ids)) if req.prepend_input else "")
-                sink = TritonSink(pb, sender, set(request.requested_output_names() or ()), req, prompt_text)
+                sink = TritonSink(pb, sender, set(request.requested_output_names() or ()), req, prompt_text,
+                                  self._decode)
             except RequestError as e:
                 _send_error(pb, sender, str(e), pb.TritonError.INVALID_ARG)
                 continue

@@ -29,6 +29,8 @@ class ServingLimits:
     max_sampling_parameters_bytes: int = opt(1 << 16, "request-size cap: sampling_parameters bytes")
     max_stop: int = opt(16, "request-size cap: stop strings plus stop_token_ids")
     max_stop_length: int = opt(256, "request-size cap: characters per stop string")
+    # The OpenAI frontend reads this from the model's config: one Triton request per choice.
+    max_n: int = opt(16, "OpenAI frontend: the cap on n and best_of per prompt")
     # Engine health: it must outlast the longest real step (a max_num_batched_tokens prefill on a loaded CPU).
     engine_stall_timeout_s: int = opt(60, "the engine is not ready after this long without progress")
     # Tests only: "engine_stall" | "engine_death" make the engine thread stall or die on a request whose

@@ -192,17 +192,33 @@ def parse_request(get: Callable[[str], object], limits: ServingLimits, parameter
     return GenerateRequest(prompt, ids, params, stream, prepend)
 
 
+def logprob_rows(entries, decode) -> list[dict]:
+    """engine TokenLogprob per position -> vllm_backend's rows: {token_id: {logprob, rank, decoded_token}},
+    the position's own token first, then its top-k alternatives (by rank). decode: token id -> text."""
+    rows = []
+    for lp in entries:
+        row = {str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": decode(lp.token_id)}}
+        for rank, (t, v) in enumerate(lp.top, 1):
+            row.setdefault(str(t), {"logprob": v, "rank": rank, "decoded_token": decode(t)})
+        rows.append(row)
+    return rows
+
+
 def output_arrays(text: str, token_ids, finish_reason: str | None, num_input_tokens: int,
-                  logprobs=None, cumulative_logprob: float | None = None) -> dict[str, np.ndarray]:
+                  logprobs=None, cumulative_logprob: float | None = None, *, prompt_logprobs=None,
+                  decode=str) -> dict[str, np.ndarray]:
     """One response's outputs, named and typed as the Triton I/O contract (vllm_backend's names).
-    logprobs (engine TokenLogprob per token of this response) and cumulative_logprob: when asked for."""
+    logprobs (engine TokenLogprob per token of this response) and cumulative_logprob: when asked for;
+    prompt_logprobs: TokenLogprob per prompt token after the first (null stands for the first)."""
     ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)   # [n]
     extra = {}
     if logprobs is not None:
-        rows = [{"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": [[t, v] for t, v in lp.top]}
-                for lp in logprobs]
+        rows = logprob_rows(logprobs, decode)
         extra["logprobs"] = np.array([json.dumps(rows).encode()], dtype=np.object_)        # [1] JSON
         extra["cumulative_logprob"] = np.array([cumulative_logprob], dtype=np.float32)     # [1]
+    if prompt_logprobs is not None:
+        rows = [None] + logprob_rows(prompt_logprobs, decode)
+        extra["prompt_logprobs"] = np.array([json.dumps(rows).encode()], dtype=np.object_)  # [1] JSON
     return extra | {
         "text_output": np.array([text.encode("utf-8")], dtype=np.object_),   # [1]
         "output_ids": ids,
