@@ -211,13 +211,14 @@ def main() -> None:
         for weight_dtype, kv, dq in OURS[precision]:
             name = our_name(precision, weight_dtype, kv, dq)
             llm = LLM(model=str(path), policy="cpu_only", weight_dtype=weight_dtype, kv_cache_dtype=kv,
-                      dynamic_quant_group_size=dq, host_kv_bytes=1 << 30)
+                      dynamic_quant_group_size=dq, host_kv_bytes=1 << 30,
+                      enable_prefix_caching=False)   # cold prefill on purpose: the peers recompute it
             labels[name] = llm.engine.runtime.executors["cpu_only"].linear.options.precision.label
             runners[name] = lambda b, llm=llm: bench_engine(llm, b, n)
             peer_of[name] = LLAMA_CPP if precision == "int4" else genai_name(precision)
     hf_name = "HF transformers generate, fp32"
     if not args.only_ours:
-        dev = LLM(model=str(path), policy="gpu_only")
+        dev = LLM(model=str(path), policy="gpu_only", enable_prefix_caching=False)
         runners["hybridllm gpu_only (torch on CPU), fp32"] = lambda b: bench_engine(dev, b, n)
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         tok = transformers.AutoTokenizer.from_pretrained(path)

@@ -68,7 +68,8 @@ def per_step(args) -> None:
     for policy in args.policies.split(","):
         try:
             llm = LLM(str(path), policy=policy, dtype=args.dtype, max_num_batched_tokens=4096, max_num_seqs=64,
-                      device_kv_bytes=kv_bytes, host_kv_bytes=kv_bytes, hardware_profile="none")
+                      device_kv_bytes=kv_bytes, host_kv_bytes=kv_bytes, hardware_profile="none",
+                      enable_prefix_caching=False)   # the estimator prices cold prefill
         except (ValueError, RuntimeError) as e:                   # e.g. gpu_only when the weights do not fit
             print(f"skipping {policy}: {e}", file=sys.stderr)
             continue
@@ -166,7 +167,7 @@ def main() -> None:
     for policy in args.policies.split(","):
         try:
             llm = LLM(str(path), policy=policy, max_num_batched_tokens=budget, max_num_seqs=max(batches),
-                      host_kv_bytes=kv_bytes, device_kv_bytes=kv_bytes)
+                      host_kv_bytes=kv_bytes, device_kv_bytes=kv_bytes, enable_prefix_caching=False)
         except (NotImplementedError, ImportError, ValueError) as e:
             print(f"skipping {policy}: {e}", file=sys.stderr)
             continue

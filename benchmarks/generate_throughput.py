@@ -48,7 +48,7 @@ def main() -> None:
     import transformers
     from hybridllm import LLM, default_model
     path = default_model()
-    llm = LLM(model=str(path))
+    llm = LLM(model=str(path), enable_prefix_caching=False)   # repeated prompts: time cold prefill, as HF does
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"

@@ -69,6 +69,8 @@ class EngineConfig:
                                              "profile, measured on first use; neo: load-aware placement)")
     device: str | None = opt(None, "cpu or cuda[:N] (default: cuda if present, else cpu)")
     seed: int = opt(0, "seeds requests that give no seed of their own")
+    enable_prefix_caching: bool = opt(True, "reuse the KV of cached prompt prefixes (full blocks, per tier; a request's "
+                                            "cache_salt keeps tenants apart)")
     # Device data plane.
     enforce_eager: bool | None = opt(None, "no CUDA graphs for decode steps (default: graphs on CUDA, eager on the "
                                            "CPU; --no-enforce-eager runs the graphs' padded path on the CPU too)")
@@ -109,6 +111,8 @@ class EngineConfig:
             raise ValueError(f"host_kv_bytes must be an integer >= 0, got {self.host_kv_bytes!r}")
         if self.enforce_eager is not None and not isinstance(self.enforce_eager, bool):
             raise ValueError(f"enforce_eager must be None, True or False, got {self.enforce_eager!r}")
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(f"enable_prefix_caching must be True or False, got {self.enable_prefix_caching!r}")
         if not isinstance(self.cpu_fused, bool):
             raise ValueError(f"cpu_fused must be True or False, got {self.cpu_fused!r}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):

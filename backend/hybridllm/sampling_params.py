@@ -13,6 +13,7 @@ prompt_logprobs: None, or how many top tokens to report per prompt position besi
 (0: its own only); every prompt token after the first gets one (vLLM's semantics).
 min_p: drop tokens whose probability is below min_p times the most likely one's (after temperature); 0 is off.
 stop_token_ids: tokens that end the request (kept in token_ids, not in the text), even with ignore_eos.
+cache_salt: a tenant's key for prefix caching: cached prefixes are reused only by requests with the same salt.
 """
 from __future__ import annotations
 
@@ -39,10 +40,12 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    cache_salt: str | None = None   # vLLM's: prefixes are shared only between requests with the same salt
     prompt_logprobs: int | None = None
     min_p: float = 0.0
 
     MAX_LOGPROBS = 20           # OpenAI's cap on top_logprobs
+    MAX_CACHE_SALT_CHARS = 256
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -82,6 +85,10 @@ class SamplingParams:
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
                                           or not 0 <= self.logprobs <= self.MAX_LOGPROBS):
             raise ValueError(f"logprobs must be None or an integer in [0, {self.MAX_LOGPROBS}], got {self.logprobs!r}")
+        if self.cache_salt is not None and (not isinstance(self.cache_salt, str) or not self.cache_salt
+                                            or len(self.cache_salt) > self.MAX_CACHE_SALT_CHARS):
+            raise ValueError(f"cache_salt must be None or a non-empty string of at most {self.MAX_CACHE_SALT_CHARS} "
+                             f"characters, got {self.cache_salt!r:.80}")
         if self.prompt_logprobs is not None and (
                 not isinstance(self.prompt_logprobs, int) or isinstance(self.prompt_logprobs, bool)
                 or not 0 <= self.prompt_logprobs <= self.MAX_LOGPROBS):

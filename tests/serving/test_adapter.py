@@ -128,6 +128,29 @@ def test_cancel_frees_blocks_and_sends_cancelled(model):
     assert used.value(model="tiny") == 0
 
 
+def test_prefix_cache_metrics_count_a_repeated_prompt_and_its_salt(model):
+    prompt = "a system prompt long enough to fill a few KV blocks, shared by turns; " * 2
+    for salt in (None, None, "tenant"):
+        r = _request(prompt, {"max_tokens": 2, "temperature": 0.0, **({"cache_salt": salt} if salt else {})})
+        model.execute([r])
+        _wait(r)
+        assert r.sender.errors == []
+    hits = pb.MetricFamily.families["hybridllm_prefix_cache_hits_total"]
+    queries = pb.MetricFamily.families["hybridllm_prefix_cache_queries_total"]
+    deadline = time.monotonic() + 10             # the outbox writes metrics after the responses
+    while queries.value(model="tiny", tier="device") < 3 * len(prompt) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The second request hits every whole block but the one with its last token; the salted third hits none.
+    assert queries.value(model="tiny", tier="device") == 3 * len(prompt)
+    assert hits.value(model="tiny", tier="device") == (len(prompt) - 1) // 16 * 16
+    assert pb.MetricFamily.families["hybridllm_kv_blocks_cached"].value(model="tiny", tier="device") > 0
+    bad = _request(prompt, {"max_tokens": 2, "cache_salt": 5})
+    model.execute([bad])
+    _wait(bad)
+    (err,) = bad.sender.errors
+    assert err.code() == pb.TritonError.INVALID_ARG and "cache_salt must be None or a non-empty string" in err.message()
+
+
 def test_finalize_fails_what_is_in_flight(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     from hybridllm.serving.triton.model import TritonPythonModel

@@ -96,3 +96,19 @@ def test_bad_candidates_and_tiers_are_named():
         planner(cands=("gpu_only", "neo"))
     with pytest.raises(ValueError, match="no candidate policy keeps KV on the 'device' tier"):
         planner(cands=("cpu_only",)).choose(D, prefill(16), NONE)
+
+
+def test_a_host_hit_is_promoted_when_the_copy_beats_the_recompute_else_placed_where_it_is():
+    from hybridllm.policy import Table2D
+    # Device GEMMs cost by rows (a long prefill is dear), host GEMMs dearer still: prefill on the device.
+    dev = Table2D((1.0, 4096.0), (1.0, 1e10), ((1e-4, 1e-4), (1.0, 1.0)), "device_gemm")
+    host = Table2D((1.0, 4096.0), (1.0, 1e10), ((1e-3, 1e-3), (10.0, 10.0)), "host_gemm")
+    fast = planner(size_dependent(device_gemm=dev, host_gemm=host), ("gpu_only", "cpu_only"))
+    p = fast.place(1500, 4, 1, device_hit=0, host_hit=1472, promotable=1472)
+    assert p.prefill_tier == D and p.promote and "promoting ~" in p.reason, p.reason
+    assert not fast.place(1500, 4, 1).promote                 # nothing cached on the host: nothing to promote
+    # Copies at 1 byte/s: never promote; with the host hit covering the prompt, prefill where it is.
+    slow = planner(size_dependent(device_gemm=dev, host_gemm=host, h2d_pinned=1.0, d2h_pinned=1.0),
+                   ("gpu_only", "cpu_only"))
+    q = slow.place(1500, 4, 1, device_hit=0, host_hit=1472, promotable=1472)
+    assert not q.promote and q.prefill_tier == H, q.reason

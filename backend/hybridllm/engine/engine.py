@@ -46,7 +46,7 @@ class LLMEngine:
         self.model = rt.model
         self.device = rt.device
         self.kv = rt.block_tables()          # the scheduler's bookkeeping over the runtime's tiers
-        self.scheduler = make_scheduler(rt, self.kv)
+        self.scheduler = make_scheduler(rt, self.kv, config.enable_prefix_caching, str(self.model_path))
         self.max_model_len = rt.max_model_len
         self.eos_token_ids = set(mc.eos_token_ids) | _generation_eos(self.model_path)
         self._eos_list = sorted(self.eos_token_ids)      # what min_tokens masks
@@ -114,7 +114,16 @@ class LLMEngine:
             blocks_used={t.value: self.kv.num_used(t) for t in self.kv.tiers},
             blocks_total={t.value: self.kv.pool(t).num_blocks for t in self.kv.tiers},
             num_preemptions=self._num_preemptions, num_steps=self._num_steps,
-            steps_by_policy=dict(self.runtime.steps_by_policy))
+            steps_by_policy=dict(self.runtime.steps_by_policy), **self._cache_stats())
+
+    def _cache_stats(self) -> dict:
+        c = self.scheduler.cache
+        tiers = [t.value for t in self.kv.tiers]
+        return dict(prefix_cache_queries={t: c.tier(t).queries for t in tiers},
+                    prefix_cache_hits={t: c.tier(t).hits for t in tiers},
+                    blocks_cached={t.value: self.kv.num_cached(t) for t in self.kv.tiers},
+                    cache_evictions={t.value: self.kv.pool(t).stats.evictions for t in self.kv.tiers},
+                    kv_promotions=c.promotions, kv_demotions=c.demotions, host_hit_placements=c.host_placements)
 
     # -- the loop --------------------------------------------------------------
 
@@ -161,7 +170,8 @@ class LLMEngine:
         self._num_preemptions += len(out.preempted)
         if self.tracer is None and not log.isEnabledFor(logging.DEBUG):
             return
-        notes = [("planner", n) for n in out.notes]          # the StepPlanner's choices, per tier
+        # The StepPlanner's choices per tier; the prefix cache's promotions, demotions and host placements.
+        notes = [("scheduler" if n.startswith("prefix cache") else "planner", n) for n in out.notes]
         if out.host_choice is not None:                      # NEO's host sub-batch; formatted only when read
             notes.append(("scheduler", out.host_choice.describe()))
         for lane, note in notes:
@@ -237,14 +247,18 @@ class LLMEngine:
         return self._next_seed
 
 
-def make_scheduler(rt: Runtime, kv) -> Scheduler:
+def make_scheduler(rt: Runtime, kv, prefix_caching: bool = False, model_id: str = "") -> Scheduler:
     """The scheduler the policy table names, placing by the runtime's policies (or its planner)."""
     spec = rt.spec
+    # Promotion and demotion are BlockCopys, which copy_blocks does only between plain (not u8) tiers.
+    copies = not any(t.layout.quantized for t in rt.tiers.values())
+    cache = dict(prefix_caching=prefix_caching, model_id=model_id, tier_copies=copies)
     if rt.scheduler == "neo":
-        return NeoScheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.neo_costs)
+        return NeoScheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.neo_costs, **cache)
     if rt.planner is not None:
-        return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, planner=rt.planner)
-    return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.prefill_policy, rt.decode_policy)
+        return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, planner=rt.planner, **cache)
+    return Scheduler(kv, spec.max_num_seqs, spec.max_num_batched_tokens, rt.prefill_policy, rt.decode_policy,
+                     **cache)
 
 
 def _load_tokenizer(folder: Path) -> Tokenizer:

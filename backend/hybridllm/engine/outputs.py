@@ -1,7 +1,7 @@
 """What the engine hands back to callers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,14 @@ class EngineStats:
     num_preemptions: int
     num_steps: int
     steps_by_policy: dict[str, int]
+    # Prefix caching, cumulative per tier: prompt tokens looked up and found (vLLM's queries / hits).
+    prefix_cache_queries: dict[str, int] = field(default_factory=dict)
+    prefix_cache_hits: dict[str, int] = field(default_factory=dict)
+    blocks_cached: dict[str, int] = field(default_factory=dict)    # unheld blocks kept for their prefix
+    cache_evictions: dict[str, int] = field(default_factory=dict)
+    kv_promotions: int = 0          # host hits copied up to the device tier
+    kv_demotions: int = 0           # evicted device blocks copied down to the host tier
+    host_hit_placements: int = 0    # host hits attended where they are (request placed on the host tier)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """BlockTables: per-request block tables over the tiers' pools. Pure bookkeeping, no tensors."""
 from __future__ import annotations
 
-from typing import Hashable
+import math
+from typing import Hashable, Sequence
 
 from ..utils import ceil_div
 from .block_pool import BlockPool, KVLeakError
+from .prefix_cache import block_keys
 from .tier import Tier
 
 
@@ -25,6 +27,8 @@ class BlockTables:
             if not isinstance(t, Tier) or not isinstance(p, BlockPool):
                 raise TypeError(f"BlockTables: pools must map Tier -> BlockPool, got {t!r}: {type(p).__name__}")
         self.pools = pools
+        # The prefix hash chain's chunk: every tier's block is a whole number of chunks.
+        self.chunk = math.gcd(*(p.block_size for p in pools.values()))
         self._tables: dict[Hashable, list[int]] = {}
         self._tier_of: dict[Hashable, Tier] = {}
 
@@ -80,13 +84,34 @@ class BlockTables:
         return True
 
     def share(self, request_id: Hashable, blocks: list[int], tier: Tier = Tier.DEVICE) -> None:
-        """A new request starts its table with blocks others already hold (a shared prefix): one more
-        reference to each. The request must have no table yet."""
+        """A new request starts its table with blocks others hold or the cache keeps (a shared prefix):
+        one more reference to each. The request must have no table yet."""
         if request_id in self._tables:
             raise KVLeakError(f"request {request_id!r} already has a block table")
         self.pools[tier].share(blocks, request_id)
         self._tables[request_id] = list(blocks)
         self._tier_of[request_id] = tier
+
+    def prefix_hit(self, chain: Sequence[bytes], tier: Tier, max_tokens: int) -> list[int]:
+        """The blocks of `tier` that hold the longest cached prefix named by chain (prefix_cache's
+        chunk hashes), covering at most max_tokens tokens."""
+        bs = self.block_size_of(tier)
+        return self.pools[tier].lookup(block_keys(chain, bs, self.chunk)[:max_tokens // bs])
+
+    def cache_blocks(self, request_id: Hashable, chain: Sequence[bytes], num_tokens: int, start: int = 0) -> int:
+        """Names request_id's full blocks among its first num_tokens tokens by the prefix hashes of
+        chain, from block `start` on (those before it are named already); returns the next start."""
+        tier = self._tier_of[request_id]
+        table = self._tables[request_id]
+        keys = block_keys(chain, self.block_size_of(tier), self.chunk)
+        end = min(num_tokens // self.block_size_of(tier), len(table), len(keys))
+        pool = self.pools[tier]
+        for i in range(start, end):
+            pool.register(table[i], keys[i], keys[i - 1] if i else None, i)
+        return max(start, end)
+
+    def num_cached(self, tier: Tier = Tier.DEVICE) -> int:
+        return self.pools[tier].num_cached
 
     def free(self, request_id: Hashable) -> int:
         """Let go of every block of request_id; returns how many. Unknown ids free nothing.

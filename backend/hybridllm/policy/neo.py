@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..dtypes import BYTES
 from .cost_model import CostModel, StepShape
 from .profile import HardwareProfile
 from .shapes import ModelShape
@@ -78,6 +79,19 @@ class NeoCostTables:
             return dev + host + pipe               # same cores, or nothing to overlap with
         # B's attention hides under A's device work; only a per-layer sliver of the shorter is exposed.
         return max(dev, host) + min(dev, host) / self.m.num_layers + pipe
+
+
+def promotion_pays(costs: NeoCostTables | None, tokens: int, context: int) -> tuple[bool, str]:
+    """Whether copying `tokens` host-cached tokens of KV to the device beats recomputing them there
+    (a prefill chunk of that many tokens at `context`). Without tables, copying: it moves only the KV,
+    a recompute reads every weight and does the attention too."""
+    if costs is None:
+        return True, "no profile: promote"
+    kv = tokens * costs.m.kv_bytes_per_token(BYTES[costs.kv_dtype])
+    copy_s = kv / costs.hw.h2d_pinned
+    redo_s = costs.linear(tokens, 1) + costs.device_attention(StepShape(tokens, 1, float(context),
+                                                                        kv_dtype=costs.kv_dtype))
+    return copy_s < redo_s, f"copy {copy_s * 1e3:.2f} ms vs recompute {redo_s * 1e3:.2f} ms"
 
 
 def decodes(seqs: int, context: int, kv_dtype: str = "f32") -> StepShape:

@@ -32,6 +32,7 @@ class Placement:
     decode_tier: Tier            # where it lives while decoding (moved there once, after prefill)
     seconds: float               # predicted prefill + move + decode time of the request
     reason: str
+    promote: bool = False        # prefill on the device after copying its host-cached prefix there
 
 
 def bucket(n: float) -> int:
@@ -100,34 +101,48 @@ class StepPlanner:
 
     # -- per request ----------------------------------------------------------------
 
-    def place(self, prompt_tokens: int, new_tokens: int, batch: int) -> Placement:
+    def place(self, prompt_tokens: int, new_tokens: int, batch: int, device_hit: int = 0, host_hit: int = 0,
+              promotable: int = 0) -> Placement:
         """Where a new request's KV lives: its prefill alone on a tier, then, after a move if the decode
-        tier differs, its decodes as one of `batch` running sequences, priced per token of output."""
-        key = (bucket(prompt_tokens), bucket(new_tokens), bucket(batch))
+        tier differs, its decodes as one of `batch` running sequences, priced per token of output.
+
+        Prefix cache hits: a prefill on a tier skips that tier's cached tokens (device_hit, host_hit); a
+        device prefill may also copy `promotable` host-cached tokens down first (promotion, priced as a
+        host-to-device copy) instead of computing them. So on a host hit this asks whether to promote
+        the blocks or to place the request on the host tier and attend them where they are."""
+        key = (bucket(prompt_tokens), bucket(new_tokens), bucket(batch), bucket(prompt_tokens - device_hit),
+               bucket(prompt_tokens - host_hit), bucket(promotable))
         hit = self._places.get(key)
         if hit is None:
             hit = self._places[key] = self._place(*key)
         return hit
 
-    def _place(self, prompt: int, new: int, batch: int) -> Placement:
+    def _place(self, prompt: int, new: int, batch: int, dev_left: int = 0, host_left: int = 0,
+               promotable: int = 0) -> Placement:
         m, hw = self.model, self.cost.hw
-        kv_bytes = prompt * m.kv_bytes_per_token(BYTES[self.kv_dtype])
-        pre = StepShape(prompt, 1, float(prompt), kv_dtype=self.kv_dtype)
+        per_token = m.kv_bytes_per_token(BYTES[self.kv_dtype])
+        kv_bytes = prompt * per_token
         dec = StepShape(decode_seqs=batch, decode_context=batch * (prompt + new / 2), kv_dtype=self.kv_dtype)
-        best = None
+        options = []
         for tp, pc in self.by_tier.items():
-            t_pre = min(self._time(p, pre) for p in pc)
-            for td, dc in self.by_tier.items():
-                t_dec = min(self._time(d, dec) for d in dc) / batch * max(new - 1, 0)
-                move = 0.0 if tp == td else kv_bytes / (hw.d2h_pinned if td == Tier.HOST else hw.h2d_pinned)
-                t = t_pre + move + t_dec
-                if best is None or t < best[0]:
-                    best = (t, tp, td, move)
-        t, tp, td, move = best
-        why = (f"prompt ~{prompt}, ~{new} new tokens, batch ~{batch}: prefill on the {tp.value} tier, decode on the "
-               f"{td.value} tier" + (f" after a {move * 1e3:.2f} ms move" if tp != td else "") +
-               f" ({t * 1e3:.1f} ms predicted)")
-        return Placement(tp, td, t, why)
+            left = dev_left if tp == Tier.DEVICE else host_left
+            promote = tp == Tier.DEVICE and Tier.HOST in self.by_tier and promotable > 0
+            variants = [(left, 0.0, False)]
+            if promote:
+                variants.append((max(1, left - promotable), promotable * per_token / hw.h2d_pinned, True))
+            for run, copy, pr in variants:
+                pre = StepShape(max(1, min(run, prompt)), 1, float(prompt), kv_dtype=self.kv_dtype)
+                t_pre = min(self._time(p, pre) for p in pc) + copy
+                for td, dc in self.by_tier.items():
+                    t_dec = min(self._time(d, dec) for d in dc) / batch * max(new - 1, 0)
+                    move = 0.0 if tp == td else kv_bytes / (hw.d2h_pinned if td == Tier.HOST else hw.h2d_pinned)
+                    options.append((t_pre + move + t_dec, tp, td, move, pr, copy))
+        t, tp, td, move, pr, copy = min(options, key=lambda o: o[0])
+        why = (f"prompt ~{prompt}, ~{new} new tokens, batch ~{batch}: prefill on the {tp.value} tier"
+               + (f" after promoting ~{promotable} host-cached tokens ({copy * 1e3:.2f} ms copy)" if pr else "")
+               + f", decode on the {td.value} tier" + (f" after a {move * 1e3:.2f} ms move" if tp != td else "")
+               + f" ({t * 1e3:.1f} ms predicted)")
+        return Placement(tp, td, t, why, pr)
 
 
 def useful_policies(planner: StepPlanner, max_tokens: int, max_seqs: int, max_len: int) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..kv import BlockTables, Tier
 from ..policy import StepShape
-from ..policy.neo import HostBatchChoice, HostCandidate, NeoCostTables, choose_host_batch, decodes
+from ..policy.neo import HostBatchChoice, HostCandidate, NeoCostTables, choose_host_batch, decodes, promotion_pays
 from ..utils import ceil_div
 from .request import Request
 from .scheduler import Scheduler, decode_shape, prefill_shape
@@ -28,8 +28,10 @@ D, H = Tier.DEVICE, Tier.HOST
 
 class NeoScheduler(Scheduler):
     def __init__(self, kv: BlockTables, max_num_seqs: int, max_num_batched_tokens: int,
-                 costs: NeoCostTables | None = None, swap_in_free_fraction: float = 0.25):
-        super().__init__(kv, max_num_seqs, max_num_batched_tokens, "neo", "neo")
+                 costs: NeoCostTables | None = None, swap_in_free_fraction: float = 0.25,
+                 prefix_caching: bool = False, model_id: str = "", tier_copies: bool = True):
+        super().__init__(kv, max_num_seqs, max_num_batched_tokens, "neo", "neo", prefix_caching=prefix_caching,
+                         model_id=model_id, tier_copies=tier_copies)
         self.costs = costs
         self.swap_in_free_fraction = swap_in_free_fraction
         self.skipped: dict[str, int] = {}
@@ -90,16 +92,22 @@ class NeoScheduler(Scheduler):
         host_room = None                     # waiting requests the load-aware choice would run on the host
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1, D)
-            if self.kv.num_free(D) - reserve >= need and self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, D):
+            hit = self._hit(req, D)          # the device tier's cached prefix of req, and the host's continuation
+            promote = bool(hit.promote) and self._promotion_pays(req, hit)
+            shared = hit.blocks[:hit.keep] if promote else hit.blocks
+            need = self.kv.blocks_needed(req.request_id, req.num_tokens + 1, D) - len(shared)
+            room = self.kv.num_free(D) - self.kv.pool(D).cached_among(shared) - reserve
+            n = self._admit(req, D, budget, hit=hit, promote=promote) if room >= need else None
+            if n is not None:
                 part = a
                 reserve += 1
             else:
                 if host_room is None:
                     queue = list(self.waiting)[:max(0, self.max_num_seqs - len(self.running))]
                     host_room = self._host_room(cands, queue)
-                if host_room <= 0 or not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, H):
+                # On the host tier a cached prefix is attended where it is (sub-batch B's host attention).
+                n = self._admit(req, H, budget) if host_room > 0 else None
+                if n is None:
                     break
                 host_room -= 1
                 part = a if req.num_computed_tokens == 0 else b     # a fresh prefill attends on the device
@@ -124,7 +132,17 @@ class NeoScheduler(Scheduler):
         a_host = tuple(s for s in a if s.request_id in to_host)
         batches = tuple(SubBatch("neo", t, seqs, part) for t, seqs, part in ((D, a_dev, "A"), (H, a_host, "A"),
                                                                                (H, tuple(b), "B")) if seqs)
-        return SchedulerOutput(tuple(a + b), tuple(preempted), tuple(copies), batches, self.last_choice)
+        copies, notes = self._with_cache_copies(copies)
+        return SchedulerOutput(tuple(a + b), tuple(preempted), copies, batches, self.last_choice, notes)
+
+    def _promotion_pays(self, req: Request, hit) -> bool:
+        """A device admission with host-cached blocks continuing its device hit: copy them down, or
+        recompute them? The cost tables' answer (promotion_pays), noted for the log and the trace."""
+        pays, why = promotion_pays(self.costs, hit.promoted_tokens - hit.tokens, hit.promoted_tokens)
+        self._cache_notes.append(f"prefix cache: {req.request_id}: {'promote' if pays else 'recompute'} "
+                                 f"{hit.promoted_tokens - hit.tokens} host-cached tokens if admitted to the device "
+                                 f"({why})")
+        return pays
 
     def _choose(self, a: list[StepInput], cands: list[HostCandidate]) -> set[str]:
         if not cands:

@@ -40,8 +40,16 @@ class Request:
         self.num_preemptions = 0
         self.error: str | None = None
         self.kv_tiers = None            # (prefill tier, decode tier), set when admitted
+        self.promote_hit = False        # copy its host-cached prefix to the device tier when admitted there
         self.logprobs: list = []        # engine.sampler.TokenLogprob per output token, when params.logprobs is set
         self.cumulative_logprob = 0.0
+        # Prefix caching (kv/prefix_cache.py): the chunk hash chain of its tokens so far, and how many
+        # of its blocks on named_tier are named in the cache.
+        self.prefix_chain: list[bytes] = []
+        self.named_tier = None
+        self.num_named_blocks = 0
+        # True: never start from cached blocks (a request that needs every prompt token's logits).
+        self.skip_cache_hits = params.prompt_logprobs is not None
         # params.prompt_logprobs: engine.sampler.TokenLogprob of prompt tokens 1.., in order (filled by
         # the engine as prefill chunks run; the scheduler asks for the rows not scored yet).
         self.prompt_logprobs: list = []

@@ -26,14 +26,16 @@ from ..kv import BlockTables, Tier
 from ..policy import StepShape
 from ..policy.registry import POLICIES
 from ..policy.step_planner import StepPlanner
+from .prefix import PrefixCaching
 from .request import Request, RequestStatus
 from .step import BlockCopy, SchedulerOutput, StepInput, SubBatch
 
 
-class Scheduler:
+class Scheduler(PrefixCaching):
     def __init__(self, kv: BlockTables, max_num_seqs: int, max_num_batched_tokens: int,
                  prefill_policy: str = "gpu_only", decode_policy: str | None = None,
-                 planner: StepPlanner | None = None):
+                 planner: StepPlanner | None = None, prefix_caching: bool = False, model_id: str = "",
+                 tier_copies: bool = True):
         for name, p in (("prefill_policy", prefill_policy), ("decode_policy", decode_policy)):
             if p is not None and p not in POLICIES:
                 raise ValueError(f"{name}: {p!r} is not a policy")
@@ -48,6 +50,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}       # oldest first (insertion order)
         self.requests: dict[str, Request] = {}
+        self._init_cache(prefix_caching, model_id, tier_copies)
 
     def add(self, req: Request) -> None:
         if req.request_id in self.requests:
@@ -80,6 +83,8 @@ class Scheduler:
             req = self.requests.get(s.request_id)
             if req is not None and s.request_id not in failed:
                 req.num_computed_tokens += len(s.token_ids)
+                if self.prefix_caching and req.request_id in self.running:
+                    self._name_blocks(req)
         return ([self.requests[rid] for rid in sampled],
                 [(self.requests[rid], err) for rid, err in failed.items() if rid in self.requests])
 
@@ -106,17 +111,18 @@ class Scheduler:
         # Admitting new work in a step that had to preempt would only thrash.
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
             if req.kv_tiers is None:
-                req.kv_tiers = self._place(req)
-            if not self.kv.allocate_slots(req.request_id, req.num_computed_tokens + n, req.kv_tiers[0]):
+                req.kv_tiers, req.promote_hit = self._place(req)
+            n = self._admit(req, req.kv_tiers[0], budget, promote=req.promote_hit)
+            if n is None:
                 break
             self.waiting.popleft()
             self._run(req)
             scheduled.append(self._input(req, n))
             budget -= n
         batches, notes = self._batches(scheduled)
-        return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(copies), batches, notes=notes)
+        copies, cache_notes = self._with_cache_copies(copies)
+        return SchedulerOutput(tuple(scheduled), tuple(preempted), copies, batches, notes=notes + cache_notes)
 
     def _batches(self, seqs: list[StepInput]) -> tuple[tuple[SubBatch, ...], tuple[str, ...]]:
         """Places the step's sequences: by phase for fixed policies; under auto, per KV tier, by the
@@ -160,12 +166,20 @@ class Scheduler:
         return StepInput(req.request_id, req.token_ids(start, start + n), start, self.kv.block_table(req.request_id),
                          sample=start + n == req.num_tokens, num_prompt_logits=_prompt_rows(req, start, n))
 
-    def _place(self, req: Request) -> tuple[Tier, Tier]:
+    def _place(self, req: Request) -> tuple[tuple[Tier, Tier], bool]:
+        """(prefill tier, decode tier), and whether to promote its host-cached prefix to the device."""
         if self.planner is None:
-            return self.tier, self.decode_tier
+            return (self.tier, self.decode_tier), True
+        tiers = self.kv.tiers
+        dev = self._hit(req, Tier.DEVICE) if Tier.DEVICE in tiers else None
+        host = self._hit(req, Tier.HOST) if Tier.HOST in tiers else None
         p = self.planner.place(req.num_tokens, req.params.max_tokens - len(req.output_token_ids),
-                               len(self.running) + 1)
-        return p.prefill_tier, p.decode_tier
+                               len(self.running) + 1, device_hit=dev.tokens if dev else 0,
+                               host_hit=host.tokens if host else 0,
+                               promotable=dev.promoted_tokens - dev.tokens if dev and dev.promote else 0)
+        if dev and dev.promote or host and host.tokens:
+            self._cache_notes.append(f"prefix cache: {req.request_id}: {p.reason}")
+        return (p.prefill_tier, p.decode_tier), p.promote
 
     def _run(self, req: Request) -> None:
         req.status = RequestStatus.RUNNING
@@ -179,6 +193,8 @@ class Scheduler:
         self.running.pop(req.request_id, None)
         self.kv.free(req.request_id)
         req.kv_tiers = None                         # placed afresh when readmitted
+        req.promote_hit = False
+        req.named_tier = None
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING

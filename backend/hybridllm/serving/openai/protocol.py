@@ -23,7 +23,7 @@ HARMLESS = {"metadata", "store", "service_tier", "parallel_tool_calls", "reasoni
             "request_id", "priority", "documents", "return_tokens_as_token_ids"}
 SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty",
             # vLLM's extra sampling keys (aiperf, genai-perf and `vllm bench serve` send some of them)
-            "top_k", "min_p", "min_tokens", "repetition_penalty", "ignore_eos", "stop_token_ids")
+            "top_k", "min_p", "min_tokens", "repetition_penalty", "ignore_eos", "stop_token_ids", "cache_salt")
 COMMON = set(SAMPLING) | {"max_tokens", "logit_bias", "n", "logprobs", "prompt_logprobs"}
 COMPLETION_KEYS = COMMON | {"prompt", "echo", "best_of", "suffix"}
 CHAT_KEYS = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt",
