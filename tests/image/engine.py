@@ -47,7 +47,7 @@ def run(cmd: list[str], env: dict, timeout: float, check: bool = True, log: Path
 
 def ensure_cpu_base(cli: list[str], env: dict, workdir: Path) -> None:
     """debian:bookworm-slim from a registry if one answers, else made here with debootstrap (minbase)."""
-    if run(cli + ["image", "exists", CPU_BASE], env, 30, check=False).returncode == 0:
+    if run(cli + ["image", "inspect", CPU_BASE], env, 30, check=False).returncode == 0:
         return
     if run(cli + ["pull", CPU_BASE], env, 120, check=False, log=workdir / "pull.log").returncode == 0:
         return

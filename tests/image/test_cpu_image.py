@@ -53,7 +53,7 @@ def container(tmp_path_factory):
     finally:
         if not c.stopped:
             print(run(CLI + ["logs", name], env, 60, check=False).stdout.decode(errors="replace")[-4000:])
-        run(CLI + ["rm", "-f", "-t", "5", name], env, 120, check=False)
+        run(CLI + ["rm", "-f", name], env, 120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,12 @@ def test_openai_chat_equals_llm_generate(ready, llm, default_model_path):
     got = client.chat.completions.create(model=MODEL, messages=CHAT, **GREEDY)
     assert got.choices[0].message.content == want.text
     assert got.usage.completion_tokens == len(want.token_ids)
+
+
+def test_the_model_was_converted_at_build_not_at_start(ready):
+    logs = run(CLI + ["logs", ready.name], ready.env, 60).stdout.decode(errors="replace")
+    assert "hybridllm: serving 'hybrid_llm'" in logs, logs[-2000:]
+    assert "converting" not in logs, "the container converted the default model again at start"
 
 
 def test_sigterm_stops_the_container_within_30_s(ready):
