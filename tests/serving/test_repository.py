@@ -1,9 +1,7 @@
-"""The model repository, its parameters, the server environment, and the Dockerfile."""
+"""The model repository, its parameters and the server environment (the Dockerfiles: tests/image)."""
 from __future__ import annotations
 
 import re
-import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -89,66 +87,3 @@ def test_backend_dir_and_environment(tmp_path):
     assert env["LD_LIBRARY_PATH"].split(":")[0] == str(install.libs)
     assert (Path(env["PATH"].split(":")[0]) / "python3").exists()
     assert "PYTHONPATH" not in env
-
-
-# -- Docker ---------------------------------------------------------------------------------
-
-DOCKERFILE = ROOT / "docker" / "Dockerfile"
-
-
-def _instructions() -> list[tuple[str, str]]:
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
-
-
-def _pyproject_pins() -> dict[str, str]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    reqs = list(data["project"]["dependencies"])
-    for extra in data["project"].get("optional-dependencies", {}).values():
-        reqs += extra
-    pins = {}
-    for req in reqs:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^;\s]+)", req.strip())
-        if m:
-            pins[m.group(1).lower()] = m.group(3)
-    return pins
-
-
-def test_dockerfile_is_from_the_ngc_tritonserver_py3_image():
-    instr = _instructions()
-    (base,) = [arg for op, arg in instr if op == "FROM"]
-    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\S+-py3", base), base
-
-
-def test_dockerfile_copies_only_files_that_exist():
-    copies = [shlex.split(arg) for op, arg in _instructions() if op == "COPY"]
-    assert copies
-    for args in copies:
-        *sources, _dest = [a for a in args if not a.startswith("--")]
-        for src in sources:
-            assert (ROOT / src).exists(), f"COPY source {src} is missing"
-    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
-    for args in copies:  # and the context filter lets every one of them through
-        for src in [a for a in args if not a.startswith("--")][:-1]:
-            assert f"!{src.rstrip('/')}" in ignore, src
-
-
-def test_dockerfile_pip_installs_only_pinned_packages_from_pyproject():
-    pins = _pyproject_pins()
-    installs = [shlex.split(arg) for op, arg in _instructions() if op == "RUN" and "pip install" in arg]
-    assert installs
-    named = []
-    for words in installs:
-        for cmd in " ".join(words).split("&&"):
-            cmd = cmd.split()
-            if "install" not in cmd:
-                continue
-            for word in cmd[cmd.index("install") + 1:]:
-                if word.startswith("-") or word in (".", "./"):
-                    continue
-                m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", word)
-                assert m, f"{word!r} is not pinned with =="
-                assert pins.get(m.group(1).lower()) == m.group(2), f"{word} is not pinned so in pyproject.toml"
-                named.append(m.group(1).lower())
-    assert {"torch", "openvino"} <= set(named)
