@@ -9,7 +9,7 @@ from hybridllm.serving.triton.options import ServingLimits
 from hybridllm.serving.launch.repository import write_model
 
 from ..helpers.tiny_models import make_tiny
-from .triton_helpers import start_server
+from .triton_helpers import start_frontend, start_server
 
 TINY = "tiny_llm"
 DEFAULT = "hybrid_llm"
@@ -39,3 +39,25 @@ def triton(tmp_path_factory, tiny_model_dir, default_model_path):
     server.stop()
     assert server.proc.returncode == 0, f"tritonserver (pid {pid}) exited with {server.proc.returncode}"
     assert server.leaked_at_exit == [], f"shared memory left by tritonserver: {server.leaked_at_exit}"
+
+
+# The OpenAI frontend in front of the module's tritonserver, the openai client on it, and the
+# in-process engine with the served model's configuration (the tokens every answer is checked against).
+@pytest.fixture(scope="module")
+def frontend(triton, default_model_path):
+    server, thread, url = start_frontend(triton.grpc_url, default_model_path)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(frontend):
+    import openai
+    return openai.OpenAI(base_url=f"{frontend}/v1", api_key="none", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def llm(default_model_path):
+    from hybridllm import LLM
+    return LLM(str(default_model_path), device_kv_bytes=64 << 20)      # the served model's configuration

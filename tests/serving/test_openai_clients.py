@@ -11,32 +11,13 @@ import urllib.request
 
 import pytest
 
-from hybridllm import LLM, SamplingParams
+from hybridllm import SamplingParams
 
 from .conftest import DEFAULT, DEFAULT_MAX_N, TINY
-from .test_openai_frontend import start
+from .triton_helpers import start_frontend as start
 
 pytestmark = pytest.mark.slow       # the default model behind a real tritonserver
 PROMPTS = ["Once upon a time, there was a little", "The capital of France is"]
-
-
-@pytest.fixture(scope="module")
-def frontend(triton, default_model_path):
-    server, thread, url = start(triton.grpc_url, default_model_path)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def client(frontend):
-    import openai
-    return openai.OpenAI(base_url=f"{frontend}/v1", api_key="none", max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def llm(default_model_path):
-    return LLM(str(default_model_path), device_kv_bytes=64 << 20)      # the served model's configuration
 
 
 def post(url: str, body: dict | None = None) -> tuple[int, dict]:

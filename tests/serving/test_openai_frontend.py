@@ -3,51 +3,18 @@ completions and chat, streaming and not, stop strings, usage, logprobs, bad requ
 disconnects (its KV blocks come back), and a frontend whose Triton is gone (503)."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from hybridllm import LLM, SamplingParams
-from hybridllm.serving.openai.frontend import run_frontend
+from hybridllm import SamplingParams
 
 from .conftest import DEFAULT
-from .triton_helpers import free_ports, metric
+from .triton_helpers import free_ports, metric, start_frontend as start
 
 pytestmark = pytest.mark.slow       # the default model behind a real tritonserver
 PROMPT = "Once upon a time, there was a little"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def start(triton_url: str, folder, **kwargs):
-    (port,) = free_ports(1)
-    server = run_frontend(triton_url, folder, port=port, **kwargs)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the frontend did not start"
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-def frontend(triton, default_model_path):
-    server, thread, url = start(triton.grpc_url, default_model_path)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def client(frontend):
-    import openai
-    return openai.OpenAI(base_url=f"{frontend}/v1", api_key="none", max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def llm(default_model_path):
-    return LLM(str(default_model_path), device_kv_bytes=64 << 20)      # the served model's configuration
 
 
 def chat_prompt(default_model_path, messages) -> str:

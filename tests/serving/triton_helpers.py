@@ -5,6 +5,7 @@ import json
 import queue
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from hybridllm.serving.openai.client import build_inputs, to_chunk
 from hybridllm.serving.launch.server import ServerError, TritonServer
+from hybridllm.serving.openai.frontend import run_frontend
 
 READY_TIMEOUT = 240.0  # two models loading on 2 busy cores; a hung stub fails after this
 
@@ -141,3 +143,15 @@ def grpc_stream(server: TritonServer, model: str, prompt=None, params=None, *, s
         client.stop_stream()
         client.close()
     return res
+
+
+def start_frontend(triton_url: str, folder, **kwargs):
+    (port,) = free_ports(1)
+    server = run_frontend(triton_url, folder, port=port, **kwargs)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the frontend did not start"
+    return server, thread, f"http://127.0.0.1:{port}"
