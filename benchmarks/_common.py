@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import time
 
@@ -59,3 +60,14 @@ def decode_tps(llm, batch: int, new_tokens: int, prompt: str) -> float:
     while engine.has_unfinished_requests():
         n += len(engine.step())
     return n / (time.perf_counter() - t)
+
+
+def free_ports(n: int) -> list[int]:
+    """n free TCP ports on 127.0.0.1 (bound, read, released)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,16 +38,6 @@ TOPICS = ["rivers", "volcanoes", "bread", "chess", "comets", "bees", "glass", "t
 PARAGRAPH = ("You are a careful assistant for a travel company. Answer in plain English, give short lists "
              "when they help, name the sources of numbers, and say when you are unsure. Customers ask about "
              "flights, hotels, visas, local food, museums, weather and safety. Never invent prices. ")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def system_prompt(tokenizer, n_tokens: int) -> str:
@@ -141,6 +130,7 @@ def prefix_metrics(metrics_url: str) -> dict[str, float]:
 
 
 def ours(system: str, args, caching: bool, work: Path):
+    from _common import free_ports      # here: _common loads torch, which the peer worker does not need
     http, grpc, metrics, port = free_ports(4)
     log = work / f"serve-{'on' if caching else 'off'}.out"
     cmd = [str(Path(sys.executable).parent / "hybridllm"), "serve", "--http-port", str(http), "--grpc-port", str(grpc),
@@ -159,6 +149,7 @@ def ours(system: str, args, caching: bool, work: Path):
 
 
 def llama_server(system: str, args, work: Path):
+    from _common import free_ports
     from hybridllm.models.default import default_gguf
     (port,) = free_ports(1)
     log = work / "llama-server.out"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import socket
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, table  # noqa: E402
+from _common import free_ports, machine, table  # noqa: E402
 
 SENTENCES = ["Once upon a time, there was a little", "The capital of France is", "In a distant galaxy,",
              "The best way to learn to cook is", "Yesterday the weather was", "My favourite book is about"]
@@ -116,16 +115,6 @@ def in_process(llm, work: list[str], params: dict, concurrency: int) -> dict:
     ttft = [ts[0] - arrival[r] for r, ts in times.items()]
     tpot = [(ts[-1] - ts[0]) / (len(ts) - 1) for ts in times.values() if len(ts) > 1]
     return {"req_s": len(times) / wall, "tok_s": tokens / wall, "ttft": ttft, "tpot": tpot}
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def p99(xs: list[float]) -> float:

@@ -1,7 +1,7 @@
 """EngineConfig: every engine option, checked once.
 
 A few options may take their default from an environment variable (HYBRIDLLM_WEIGHT_DTYPE,
-HYBRIDLLM_CPU_FUSED, HYBRIDLLM_HOST_ATTENTION, HYBRIDLLM_HOST_ISA, HYBRIDLLM_HOST_THREADS, HYBRIDLLM_CPU_TORCH_THREADS,
+HYBRIDLLM_CPU_FUSED, HYBRIDLLM_HOST_ATTENTION, HYBRIDLLM_HOST_THREADS, HYBRIDLLM_CPU_TORCH_THREADS,
 HYBRIDLLM_OV_CACHE_DIR), read when the config is made; the field is what counts.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ class EngineConfig:
     cpu_fused: bool = opt(True, "cpu_only as one whole-model OpenVINO graph", env="HYBRIDLLM_CPU_FUSED", kind=bool)
     host_attention: str = opt("auto", "host attention path", HOST_ATTENTION_PATHS, env="HYBRIDLLM_HOST_ATTENTION")
     host_isa: str = opt("auto", "the native host attention kernel's instruction set (auto: the best this CPU has; "
-                                "avx2 / scalar force a slower one)", HOST_ISAS, env="HYBRIDLLM_HOST_ISA")
+                                "avx2 / scalar force a slower one)", HOST_ISAS)
     host_threads: int | None = opt(None, "OpenVINO threads for host attention (default: all cores; all but one "
                                          "beside a GPU)", env="HYBRIDLLM_HOST_THREADS", kind=int)
     cpu_torch_threads: int = opt(1, "torch threads under cpu_only", env="HYBRIDLLM_CPU_TORCH_THREADS", kind=int)

@@ -10,12 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .triton_helpers import free_ports
+from .triton_helpers import free_ports, serve_banner
 
 pytestmark = pytest.mark.slow          # the default model, a real tritonserver and lm-eval
 DATA = Path(__file__).parents[1] / "data" / "lm_eval" / "mc10.jsonl"
@@ -49,17 +48,8 @@ def served(tmp_path_factory, default_model_path):
                               "--metrics-port", str(metrics), "--openai-port", str(oai), "--workdir", str(root),
                               "--log-file", str(root / "log.txt")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = serve.stdout.readline()
-            assert line, f"serve ended early: {''.join(lines)}"
-            lines.append(line)
-            if "Ctrl-C stops" in line:
-                break
-        else:
-            pytest.fail(f"serve did not start: {''.join(lines)}")
+        serve_banner(serve, 300)
         yield f"http://127.0.0.1:{oai}"
     finally:
         serve.send_signal(signal.SIGINT)

@@ -16,7 +16,7 @@ from hybridllm.config import EngineConfig
 from hybridllm.serving.launch.repository import write_model
 from hybridllm.serving.launch.server import ServerError, TritonServer
 
-from .triton_helpers import free_ports, grpc_stream, start_server
+from .triton_helpers import free_ports, grpc_stream, serve_banner, start_server
 
 pytestmark = pytest.mark.slow      # real tritonserver processes
 
@@ -95,16 +95,8 @@ def test_cli_serve_then_generate_then_ctrl_c(tmp_path, tiny_model_dir):
                        "--host-kv-bytes", str(1 << 20), "--http-port", str(http), "--grpc-port", str(grpc),
                        "--metrics-port", str(metrics), "--openai-port", str(oai), "--workdir", str(tmp_path),
                        "--log-file", str(tmp_path / "log.txt"))
-    lines = []
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = serve.stdout.readline()
-            assert line, f"serve ended early: {''.join(lines)}"
-            lines.append(line)
-            if "Ctrl-C stops" in line:
-                break
-        banner = "".join(lines)
+        banner = serve_banner(serve, 240)
         assert f"127.0.0.1:{grpc}" in banner and f"http://127.0.0.1:{metrics}/metrics" in banner, banner
         server_pid = int(re.search(r"tritonserver pid (\d+)", banner).group(1))
         gen = _hybridllm("generate", "--url", f"127.0.0.1:{grpc}", "--stream", "--max-tokens", "5", "hello")

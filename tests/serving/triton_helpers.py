@@ -155,3 +155,16 @@ def start_frontend(triton_url: str, folder, **kwargs):
         time.sleep(0.05)
     assert server.started, "the frontend did not start"
     return server, thread, f"http://127.0.0.1:{port}"
+
+
+def serve_banner(proc, timeout: float) -> str:
+    """The start-up lines `hybridllm serve` prints, up to its "Ctrl-C stops" line (it is serving then)."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"serve ended early: {''.join(lines)}"
+        lines.append(line)
+        if "Ctrl-C stops" in line:
+            return "".join(lines)
+    raise AssertionError(f"serve did not start in {timeout:.0f} s: {''.join(lines)}")
